@@ -1,0 +1,1 @@
+"""Parsers of QEMU migration streams recorded from real QEMU processes."""

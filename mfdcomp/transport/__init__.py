@@ -1,0 +1,1 @@
+"""Connections that carry channels: tcp, unix, vsock, inherited fds, files."""

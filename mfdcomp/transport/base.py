@@ -1,0 +1,50 @@
+"""What the engine needs of a connection, whatever carries it.
+
+A :class:`Stream` is one connected, ordered byte stream (a socket of some
+family). Writes are scatter-gather and complete; reads land straight in the
+caller's memory. ``shutdown()`` may be called from any thread and wakes every
+thread blocked in the stream with a :class:`ChannelError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from typing_extensions import Buffer
+
+
+class Stream(Protocol):
+    name: str
+    """Printable peer description for error messages, e.g. 'tcp:127.0.0.1:4444'."""
+
+    def send_all(self, buffers: Sequence[Buffer]) -> None:
+        """Write every byte of ``buffers`` in order (sendmsg, partial writes resumed)."""
+
+    def recv_exact_into(self, view: memoryview) -> int:
+        """Fill ``view`` completely; return 0 only at a clean end before the first byte.
+
+        Ending after some bytes raises TruncatedError; reset or shutdown raises ChannelError.
+        """
+
+    def recv_into_all(self, views: Sequence[memoryview]) -> None:
+        """Fill every view in order (recvmsg_into); any end before that raises."""
+
+    def peek(self, size: int) -> bytes:
+        """The next ``size`` bytes without consuming them (fewer only at end of stream)."""
+
+    def shutdown(self) -> None:
+        """Stop both directions now; blocked readers and writers raise ChannelError."""
+
+    def close(self) -> None: ...
+
+
+class Listener(Protocol):
+    address: str
+    """The address actually bound, e.g. with the port the kernel chose for port 0."""
+
+    def accept(self, timeout: float | None = None) -> Stream:
+        """The next incoming connection; raises ChannelError on timeout or after close()."""
+
+    def close(self) -> None:
+        """Stop listening; a thread blocked in accept() raises ChannelError."""
