@@ -10,9 +10,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from mfdcomp.errors import MfdcompError
+from mfdcomp.errors import MfdcompError, WireError
 from mfdcomp.qemu.capture import ChannelSummary, split_connections, summarize_channel
-from mfdcomp.qemu.replay import replay
+from mfdcomp.qemu.mainstream import MainStream, PageRecord, ZeroPageRecord, parse_main_stream
+from mfdcomp.qemu.replay import main_records_applier, replay
 from mfdcomp.units import format_bytes, parse_size
 from mfdcomp.wire import DEFAULT_PAGE_SIZE, ChannelIds, ReceiverLimits
 
@@ -27,6 +28,11 @@ With --replay IMAGE --block NAME, the payloads (none, zlib, zstd) are decoded
 with one decompressor per channel, and the pages of block NAME are applied to
 IMAGE epoch by epoch (SYNC barriers respected). IMAGE is created zeroed when
 absent. The last line printed is "sha256 <hex>" of IMAGE.
+
+Give QEMU's main stream too (main.bin, told apart by its "QEVM" magic) and
+its RAM part is parsed: the ramblock table then checks every packet's block
+and offsets, sizes IMAGE, and zero pages sent on the main channel (legacy
+zero-page detection, QEMU 7.2) are applied in their epoch.
 """
 
 
@@ -45,7 +51,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--replay", type=Path, metavar="IMAGE", help="apply the pages of --block to IMAGE")
     parser.add_argument("--block", metavar="NAME", help="ramblock to replay (for example ram0)")
     parser.add_argument(
-        "--size", type=parse_size, help="size of IMAGE (default: the largest page offset written, or the file's size)"
+        "--size", type=parse_size, help="size of IMAGE (default: the block's length from the main stream, else the largest page offset written)"
     )
     parser.set_defaults(run=run)
 
@@ -56,20 +62,34 @@ def run(args: argparse.Namespace) -> int:
     multifd, main = split_connections(args.captures)
     if not multifd:
         raise MfdcompError("no multifd channel among the files given (they start with 11 22 33 44)")
+    if len(main) > 1:
+        raise MfdcompError(f"more than one main stream given: {', '.join(map(str, main))}")
+    stream = _parse_main(main[0], args.page_size) if main else None
     limits = ReceiverLimits(
         page_size=args.page_size,
         channels=args.channels,
         uuid=args.uuid.bytes if args.uuid else None,
+        ramblocks=stream.ramblocks if stream is not None else None,
     )
     ids = ChannelIds()
     summaries = sorted((summarize_channel(path, limits, ids) for path in multifd), key=lambda s: s.channel_id)
     report: dict[str, Any] = {
         "channels": [_channel_json(s) for s in summaries],
         "totals": _totals(summaries),
-        "main_streams": [str(p) for p in main],
+        "main_stream": _main_json(main[0], stream) if stream is not None else None,
     }
     if args.replay is not None:
-        result = replay(multifd, args.replay, args.block, limits=limits, size=args.size)
+        size = args.size
+        if size is None and stream is not None:
+            size = stream.ramblocks.get(args.block)
+        result = replay(
+            multifd,
+            args.replay,
+            args.block,
+            limits=limits,
+            size=size,
+            main_epoch=main_records_applier(stream, args.block) if stream is not None else None,
+        )
         report["replay"] = asdict(result) | {"image": str(args.replay), "block": args.block}
     if args.json:
         json.dump(report, sys.stdout, indent=2)
@@ -79,6 +99,29 @@ def run(args: argparse.Namespace) -> int:
     if args.replay is not None:
         print(f"sha256 {report['replay']['sha256']}")
     return 0
+
+
+def _parse_main(path: Path, page_size: int) -> MainStream:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise MfdcompError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        return parse_main_stream(data, page_size)
+    except WireError as exc:
+        raise type(exc)(f"{path}: {exc}", field=exc.field, value=exc.value, limit=exc.limit) from exc
+
+
+def _main_json(path: Path, stream: MainStream) -> dict[str, Any]:
+    return {
+        "file": str(path),
+        "machine_type": stream.machine_type,
+        "ramblocks": dict(stream.ramblocks),
+        "sync_mode": stream.sync_mode,
+        "sync_points": stream.sync_points,
+        "zero_page_records": sum(isinstance(r, ZeroPageRecord) for r in stream.records),
+        "page_records": sum(isinstance(r, PageRecord) for r in stream.records),
+    }
 
 
 def _channel_json(summary: ChannelSummary) -> dict[str, Any]:
@@ -127,8 +170,15 @@ def _print_tables(summaries: list[ChannelSummary], report: dict[str, Any]) -> No
             row[2] += count.zero_pages
     for name, (packets, normal, zero) in sorted(blocks.items()):
         print(f"{name:<28} {packets:>7} {normal:>7} {zero:>6}")
-    for main in report["main_streams"]:
-        print(f"\nmain stream {main}: QEMU's own channel, not summarised here")
+    main = report["main_stream"]
+    if main is not None:
+        print(
+            f"\nmain stream {Path(main['file']).name}: {main['machine_type'] or 'unknown machine'}, "
+            f"{main['sync_mode']} sync ({main['sync_points']} sync points), "
+            f"{main['zero_page_records']} zero-page and {main['page_records']} page records"
+        )
+        for name, size in main["ramblocks"].items():
+            print(f"  ramblock {name:<26} {format_bytes(size):>10}")
     if "replay" in report:
         r = report["replay"]
         print(

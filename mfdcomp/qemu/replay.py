@@ -18,6 +18,7 @@ from pathlib import Path
 from mfdcomp.errors import MfdcompError, WireError
 from mfdcomp.qemu.capture import channel_events
 from mfdcomp.qemu.decoders import PayloadDecoder, decoder_for
+from mfdcomp.qemu.mainstream import MainStream, PageRecord, ZeroPageRecord
 from mfdcomp.wire import ChannelIds, EndOfStream, Event, RamData, ReceiverLimits, Sync, check_codec
 
 
@@ -111,6 +112,25 @@ class _Channel:
             )
         expected = event.packet.normal_pages * self.limits.page_size
         return self.decoder.decode(event.payload, expected)
+
+
+def main_records_applier(stream: MainStream, block: str) -> Callable[[int, ImageWriter], None]:
+    """Applies the main stream's zero and page records of ``block`` epoch by epoch."""
+    by_epoch: dict[int, list[ZeroPageRecord | PageRecord]] = {}
+    for record in stream.records:
+        if isinstance(record, ZeroPageRecord | PageRecord) and record.block == block:
+            by_epoch.setdefault(record.epoch, []).append(record)
+
+    def apply(epoch: int, writer: ImageWriter) -> None:
+        for record in by_epoch.get(epoch, ()):
+            if isinstance(record, PageRecord):
+                writer.write_pages((record.offset,), bytes(record.data))
+            elif record.fill == 0:
+                writer.zero_pages((record.offset,))
+            else:
+                writer.write_pages((record.offset,), bytes([record.fill]) * writer.page_size)
+
+    return apply
 
 
 def replay(

@@ -1,0 +1,254 @@
+"""Destination side: channel threads that check packets and fill target memory.
+
+Each channel thread reads a header into a fixed buffer, checks it with the
+wire layer, applies zero pages (QEMU's received-bitmap rule) and lets the
+codec read the payload straight into the page slots. A SYNC packet parks
+the channel until the main thread reaches the matching FLUSH.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from mfdcomp.engine.state import RunState
+from mfdcomp.engine.stats import ChannelStats
+from mfdcomp.errors import ChannelError, TruncatedError, WireError
+from mfdcomp.methods import Codec, MultiFDMethods
+from mfdcomp.transport.base import Stream
+from mfdcomp.wire import (
+    DEVICE_STATE_SIZE,
+    HEADER_SIZE,
+    DeviceStatePacket,
+    Flag,
+    Header,
+    RamPacket,
+    ReceiverLimits,
+    check_device_state,
+    check_header,
+    check_ram,
+    ram_payload_size,
+    ram_packet_size,
+)
+
+
+class TargetBlock(Protocol):
+    """The part of a RAM block the receiver writes."""
+
+    name: str
+    size: int
+    memory: memoryview
+
+
+class TargetMemory:
+    """Target blocks with QEMU's received bitmap (one flag per page)."""
+
+    def __init__(self, blocks: Mapping[str, TargetBlock], page_size: int) -> None:
+        self.blocks = blocks
+        self.page_size = page_size
+        self._zero = bytes(page_size)
+        # One byte per page: channels of one epoch touch distinct pages.
+        self.received = {name: np.zeros(block.size // page_size, dtype=np.bool_) for name, block in blocks.items()}
+
+    def pages(self, name: str, offsets: Sequence[int]) -> list[memoryview]:
+        memory = self.blocks[name].memory
+        ps = self.page_size
+        return [memory[o : o + ps] for o in offsets]
+
+    def mark_received(self, name: str, offsets: Sequence[int]) -> None:
+        received = self.received[name]
+        for offset in offsets:
+            received[offset // self.page_size] = True
+
+    def apply_zero(self, name: str, offsets: Sequence[int]) -> None:
+        """Zero a page only if it was received before; a fresh target is zero already."""
+        received = self.received[name]
+        memory = self.blocks[name].memory
+        ps = self.page_size
+        for offset in offsets:
+            index = offset // ps
+            if received[index]:
+                memory[offset : offset + ps] = self._zero
+            else:
+                received[index] = True
+
+
+class _Payload:
+    """The payload of the packet being received, read from the channel's stream."""
+
+    def __init__(self, stream: Stream, buffer: bytearray) -> None:
+        self.stream = stream
+        self.buffer = memoryview(buffer)
+        self.size = 0
+
+    def read(self) -> memoryview:
+        view = self.buffer[: self.size]
+        if self.size and self.stream.recv_exact_into(view) == 0:
+            raise TruncatedError("channel ended before the payload", field="payload", value=0, limit=self.size)
+        return view
+
+    def read_into(self, views: Sequence[memoryview]) -> None:
+        self.stream.recv_into_all(views)
+
+
+class Barrier:
+    """SYNC/FLUSH rendezvous between channel threads and the main thread."""
+
+    def __init__(self, state: RunState, channels: int) -> None:
+        self.state = state
+        self.channels = channels
+        self.arrived = 0  # under state.cond
+        self.epoch = 0  # under state.cond
+        self.ended: list[int] = []  # under state.cond: channels whose stream ended
+
+    def arrive(self, channel: int) -> None:
+        """A channel read a SYNC packet: wait until the main thread releases the epoch."""
+        state = self.state
+        with state.cond:
+            self.arrived += 1
+            epoch = self.epoch
+            state.cond.notify_all()
+        state.wait_for(lambda: self.epoch != epoch, f"channel {channel} at SYNC")
+
+    def flush(self) -> None:
+        """The main channel read FLUSH: wait for every channel's SYNC, then release them."""
+        state = self.state
+        state.wait_for(lambda: self.arrived == self.channels or bool(self.ended), "FLUSH")
+        with state.cond:
+            if self.arrived != self.channels:
+                raise ChannelError(f"channel {self.ended[0]} ended before reaching the SYNC point")
+            self.arrived = 0
+            self.epoch += 1
+            state.cond.notify_all()
+
+    def end(self, channel: int) -> None:
+        with self.state.cond:
+            self.ended.append(channel)
+            self.state.cond.notify_all()
+
+    def wait_all_ended(self) -> None:
+        self.state.wait_for(lambda: len(self.ended) == self.channels, "end of stream")
+
+
+class RecvChannel:
+    """One destination channel thread."""
+
+    def __init__(
+        self,
+        channel_id: int,
+        stream: Stream,
+        method: MultiFDMethods,
+        *,
+        limits: ReceiverLimits,
+        memory: TargetMemory,
+        barrier: Barrier,
+        on_device_state: Callable[[DeviceStatePacket, bytes], None] | None = None,
+        on_packet: Callable[[int], None] | None = None,
+    ) -> None:
+        self.id = channel_id  # set once
+        self.stream = stream  # set once
+        self.method = method  # channel thread only
+        self.limits = limits  # set once
+        self.memory = memory  # set once; pages of an epoch are disjoint
+        self.barrier = barrier  # set once
+        self.stats = ChannelStats(channel_id)  # channel thread only; read after join
+        self._on_device_state = on_device_state
+        self._on_packet = on_packet
+        self.thread = threading.Thread(target=self._run, name=f"mfdcomp-recv-{channel_id}")
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.method.recv_setup(self.id)
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - every failure must reach the other threads
+            self.barrier.state.fail(exc)
+        finally:
+            self.method.recv_cleanup()
+            self.barrier.end(self.id)
+
+    def _loop(self) -> None:
+        ps = self.limits.page_size
+        header_buf = bytearray(max(ram_packet_size(ps), DEVICE_STATE_SIZE))
+        header = memoryview(header_buf)
+        payload = _Payload(self.stream, bytearray(self.limits.max_payload))
+        stats = self.stats
+        while True:
+            if self.stream.recv_exact_into(header[:HEADER_SIZE]) == 0:
+                return
+            head = Header.decode(header)
+            check_header(head)
+            if head.flags & Flag.DEVICE_STATE:
+                self._device_state(header, payload)
+                continue
+            self._read_rest(header[HEADER_SIZE : ram_packet_size(ps)], "RAM packet")
+            packet = RamPacket.decode(header, ps)
+            check_ram(packet, self.limits)
+            payload.size = ram_payload_size(packet, self.limits)
+            stats.packets += 1
+            stats.wire_bytes += ram_packet_size(ps) + payload.size
+            if packet.has_pages:
+                self._apply(packet, payload)
+            if packet.is_sync:
+                stats.sync_packets += 1
+                self.barrier.arrive(self.id)
+
+    def _read_rest(self, view: memoryview, what: str) -> None:
+        if self.stream.recv_exact_into(view) == 0:
+            raise TruncatedError(f"channel {self.id} ended after a {what} header", field=what, value=HEADER_SIZE)
+
+    def _apply(self, packet: RamPacket, payload: _Payload) -> None:
+        name = packet.ramblock
+        zero = packet.zero_offsets
+        self.memory.apply_zero(name, zero)
+        normal = packet.normal_offsets
+        if normal:
+            path = self.method.recv(packet, payload, self.memory.pages(name, normal))
+            self.memory.mark_received(name, normal)
+            self.stats.paths[path] += 1
+        self.stats.normal_pages += len(normal)
+        self.stats.zero_pages += len(zero)
+        self.stats.payload_bytes += payload.size
+        if self._on_packet is not None:
+            self._on_packet((len(normal) + len(zero)) * self.limits.page_size)
+
+    def _device_state(self, header: memoryview, payload: _Payload) -> None:
+        self._read_rest(header[HEADER_SIZE:DEVICE_STATE_SIZE], "device-state packet")
+        packet = DeviceStatePacket.decode(header)
+        check_device_state(packet, self.limits)
+        payload.size = packet.next_packet_size
+        blob = bytes(payload.read())
+        if self._on_device_state is None:
+            raise WireError(
+                f"device-state packet for {packet.idstr!r} but this session has no device-state client",
+                field="flags",
+                value=packet.flags,
+            )
+        self._on_device_state(packet, blob)
+
+
+def make_channel(
+    channel_id: int,
+    stream: Stream,
+    codec: Codec,
+    level: int | None,
+    *,
+    limits: ReceiverLimits,
+    memory: TargetMemory,
+    barrier: Barrier,
+    on_packet: Callable[[int], None] | None = None,
+) -> RecvChannel:
+    return RecvChannel(
+        channel_id,
+        stream,
+        codec.methods(limits.page_size, level),
+        limits=limits,
+        memory=memory,
+        barrier=barrier,
+        on_packet=on_packet,
+    )

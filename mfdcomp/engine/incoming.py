@@ -1,0 +1,285 @@
+"""The destination end of a session: accept, classify, receive, sync, verify.
+
+Connections arrive on one listener in any order. The first 4 bytes, peeked,
+tell the main channel (mfdcomp's MAIN_MAGIC) from multifd channels (the
+multifd magic); channels are mapped by the id in their init packet, checked
+against the session the main channel announced.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mfdcomp.engine import mainchannel as mc
+from mfdcomp.engine.destination import Barrier, RecvChannel, TargetBlock, TargetMemory
+from mfdcomp.engine.mainstream import MainStream
+from mfdcomp.engine.state import RemoteError, RunState
+from mfdcomp.engine.stats import ChannelStats
+from mfdcomp.errors import ChannelError, ChannelIdError, MfdcompError, WireError
+from mfdcomp.methods import Codec
+from mfdcomp.transport.base import Listener, Stream
+from mfdcomp.wire import (
+    INIT_SIZE,
+    MULTIFD_MAGIC,
+    ChannelIds,
+    InitPacket,
+    ReceiverLimits,
+    check_init,
+)
+
+
+@dataclass
+class IncomingResult:
+    ok: bool
+    seconds: float
+    session: mc.Session
+    digests: dict[str, str]
+    source_digests: dict[str, str]
+    channels: list[ChannelStats]
+    main_zero_pages: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "seconds": self.seconds,
+            "channels": [c.as_dict() for c in self.channels],
+            "main_zero_pages": self.main_zero_pages,
+            "digests": self.digests,
+            "source_digests": self.source_digests,
+            "codec": self.session.codec,
+            "level": self.session.level,
+            "zero_page_detection": self.session.zero_page_detection,
+        }
+
+
+TargetFactory = Callable[[mc.Session], Mapping[str, TargetBlock]]
+DigestFn = Callable[[], dict[str, str]]
+
+
+class Incoming:
+    """One destination session over ``listener``.
+
+    ``make_targets(session)`` returns the zeroed target blocks, ``digests()``
+    their sha256s once the transfer ended; ``find_codec(name)`` looks a codec up.
+    """
+
+    def __init__(
+        self,
+        listener: Listener,
+        *,
+        make_targets: TargetFactory,
+        digests: DigestFn,
+        find_codec: Callable[[str], Codec],
+        connect_timeout: float = 10.0,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.listener = listener  # set once
+        self.state = RunState()
+        self._make_targets = make_targets
+        self._digests = digests
+        self._find_codec = find_codec
+        self._connect_timeout = connect_timeout
+        self._on_progress = on_progress
+        self._main: MainStream | None = None  # under state.cond
+        self._session_ready = False  # under state.cond
+        self._channels: dict[int, RecvChannel] = {}  # under state.cond
+        self._finishing = False  # under state.cond
+        # Set once, by the main thread, before _session_ready turns True:
+        self._session: mc.Session | None = None
+        self._limits: ReceiverLimits | None = None
+        self._memory: TargetMemory | None = None
+        self._barrier: Barrier | None = None
+        self._codec: Codec | None = None
+        self._ids = ChannelIds()
+
+    def run(self) -> IncomingResult:
+        started = time.monotonic()
+        acceptor = threading.Thread(target=self._accept_loop, name="mfdcomp-accept")
+        acceptor.start()
+        try:
+            self.state.wait_for(lambda: self._main is not None, "the main channel", None)
+            assert self._main is not None
+            main = self._main
+            self.state.on_fail(main.report_error)
+            session = self._start_session(main)
+            result = self._follow_main(main, session)
+            result.seconds = time.monotonic() - started
+            main.write(mc.encode_json(mc.Message.RESULT, {"ok": result.ok, "digests": result.digests}))
+            return result
+        except BaseException as exc:
+            self.state.fail(exc)
+            error = self.state.first_error()
+            assert error is not None
+            raise error from exc
+        finally:
+            with self.state.cond:
+                self._finishing = True
+                channels = list(self._channels.values())
+            self.listener.close()
+            acceptor.join()
+            for channel in channels:
+                channel.thread.join()
+                channel.stream.close()
+            if self._main is not None:
+                self._main.stream.close()
+
+    def _start_session(self, main: MainStream) -> mc.Session:
+        main.read_opening()
+        message = main.read()
+        if message is None or message[0] is not mc.Message.SESSION:
+            raise WireError("main channel did not start with a SESSION message", field="type")
+        session = mc.Session.from_json(message[1])
+        codec = self._find_codec(session.codec)
+        blocks = self._make_targets(session)
+        try:
+            uuid = uuidlib.UUID(hex=session.uuid).bytes
+        except ValueError as exc:
+            raise WireError(f"session uuid {session.uuid!r} is malformed", field="uuid") from exc
+        limits = ReceiverLimits(
+            page_size=session.page_size,
+            channels=session.channels,
+            uuid=uuid,
+            ramblocks={name: block.size for name, block in blocks.items()},
+            codec_flag=codec.info.qemu_flag,
+        )
+        with self.state.cond:
+            self._session = session
+            self._codec = codec
+            self._limits = limits
+            self._memory = TargetMemory(blocks, session.page_size)
+            self._barrier = Barrier(self.state, session.channels)
+            self._session_ready = True
+            self.state.cond.notify_all()
+        return session
+
+    def _follow_main(self, main: MainStream, session: mc.Session) -> IncomingResult:
+        barrier = self._barrier
+        memory = self._memory
+        assert barrier is not None and memory is not None
+        main_zero = 0
+        while True:
+            message = main.read()
+            if message is None:
+                raise ChannelError("main channel closed before the end of stream")
+            kind, body = message
+            if kind is mc.Message.FLUSH:
+                self._wait_channels_connected(session)
+                barrier.flush()
+            elif kind is mc.Message.ZERO:
+                name, offsets = mc.decode_zero(body)
+                _check_zero(name, offsets, self._limits)
+                memory.apply_zero(name, offsets)
+                main_zero += len(offsets)
+                if self._on_progress is not None:
+                    self._on_progress(len(offsets) * session.page_size)
+            elif kind is mc.Message.EOS:
+                source_digests = mc.decode_json(kind, body).get("digests", {})
+                self._wait_channels_connected(session)
+                barrier.wait_all_ended()
+                digests = self._digests()
+                with self.state.cond:
+                    channels = [self._channels[i].stats for i in sorted(self._channels)]
+                return IncomingResult(
+                    ok=digests == source_digests,
+                    seconds=0.0,
+                    session=session,
+                    digests=digests,
+                    source_digests=source_digests,
+                    channels=channels,
+                    main_zero_pages=main_zero,
+                )
+            elif kind is mc.Message.ERROR:
+                raise RemoteError(f"source: {body.decode(errors='replace')}")
+            else:
+                raise WireError(f"unexpected {kind.name} message from the source", field="type", value=kind.name)
+
+    def _wait_channels_connected(self, session: mc.Session) -> None:
+        self.state.wait_for(
+            lambda: len(self._channels) == session.channels,
+            f"all {session.channels} channels to connect",
+            self._connect_timeout,
+        )
+
+    def _accept_loop(self) -> None:
+        try:
+            while True:
+                try:
+                    stream = self.listener.accept()
+                except ChannelError:
+                    with self.state.cond:
+                        if self._finishing or self.state.error is not None:
+                            return
+                    raise
+                self.state.register(stream)
+                self._classify(stream)
+        except BaseException as exc:  # noqa: BLE001 - failures of the acceptor end the run
+            self.state.fail(exc)
+
+    def _classify(self, stream: Stream) -> None:
+        head = stream.peek(4)
+        magic = struct.unpack(">I", head)[0] if len(head) == 4 else None
+        if magic == mc.MAIN_MAGIC:
+            with self.state.cond:
+                if self._main is not None:
+                    raise ChannelError(f"{stream.name}: a second main channel")
+                self._main = MainStream(stream)
+                self.state.cond.notify_all()
+            return
+        if magic != MULTIFD_MAGIC:
+            shown = head.hex() or "nothing"
+            raise WireError(f"{stream.name}: unknown channel magic {shown}", field="magic", value=shown)
+        self._add_channel(stream)
+
+    def _add_channel(self, stream: Stream) -> None:
+        self.state.wait_for(lambda: self._session_ready, "the session before a channel", self._connect_timeout)
+        limits, codec, session = self._limits, self._codec, self._session
+        assert limits is not None and codec is not None and session is not None
+        assert self._memory is not None and self._barrier is not None
+        with self.state.cond:
+            if len(self._channels) >= session.channels:
+                raise ChannelIdError(
+                    f"{stream.name}: connection beyond the session's {session.channels} channels",
+                    field="channels",
+                    value=len(self._channels) + 1,
+                    limit=session.channels,
+                )
+        buf = bytearray(INIT_SIZE)
+        if stream.recv_exact_into(memoryview(buf)) == 0:
+            raise ChannelError(f"{stream.name}: channel closed before its init packet")
+        init = InitPacket.decode(buf)
+        check_init(init, limits)
+        self._ids.claim(init.id)
+        channel = RecvChannel(
+            init.id,
+            stream,
+            codec.methods(limits.page_size, session.level),
+            limits=limits,
+            memory=self._memory,
+            barrier=self._barrier,
+            on_packet=self._on_progress,
+        )
+        with self.state.cond:
+            self._channels[init.id] = channel
+            self.state.cond.notify_all()
+        channel.start()
+
+
+def _check_zero(name: str, offsets: tuple[int, ...], limits: ReceiverLimits | None) -> None:
+    assert limits is not None and limits.ramblocks is not None
+    size = limits.ramblocks.get(name)
+    if size is None:
+        raise WireError(f"ZERO message for unknown block {name!r}", field="ramblock", value=name)
+    for offset in offsets:
+        if offset % limits.page_size or offset > size - limits.page_size:
+            raise WireError(
+                f"ZERO message offset 0x{offset:x} outside block {name!r}", field="offset", value=offset, limit=size
+            )
+
+
+__all__ = ["Incoming", "IncomingResult", "MfdcompError"]

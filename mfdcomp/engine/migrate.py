@@ -1,0 +1,226 @@
+"""The source end of a session: connect, send every round, sync, and learn the outcome."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from mfdcomp.engine import mainchannel as mc
+from mfdcomp.engine.mainstream import MainStream
+from mfdcomp.engine.source import PageBlock, SendBatch, SourceEngine
+from mfdcomp.engine.state import RemoteError, RunState
+from mfdcomp.engine.stats import ChannelStats, totals
+from mfdcomp.errors import ChannelError, MfdcompError
+from mfdcomp.methods import Codec
+from mfdcomp.transport.base import Stream
+from mfdcomp.wire import page_count
+from mfdcomp.zeropage import partition, zero_flags
+
+ZERO_PAGE_MODES = ("none", "legacy", "multifd")
+
+
+class SourceRam(Protocol):
+    """What the source needs of a RAM client."""
+
+    blocks: Any
+
+    def iter_batches(self, max_pages: int = 128) -> Any: ...
+
+    def perturb(self, fraction: float, rng: np.random.Generator) -> int: ...
+
+    def digests(self) -> dict[str, str]: ...
+
+
+@dataclass(frozen=True)
+class MigrateOptions:
+    channels: int = 2
+    level: int | None = None
+    zero_page_detection: str = "multifd"
+    rounds: int = 1
+    dirty_fraction: float = 0.0
+    seed: int = 0
+    page_size: int = 4096
+    uuid: bytes = field(default_factory=lambda: uuidlib.uuid4().bytes)
+    result_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.channels <= 255:
+            raise MfdcompError(f"multifd-channels must be 1-255, got {self.channels}")
+        if self.zero_page_detection not in ZERO_PAGE_MODES:
+            raise MfdcompError(f"zero-page-detection must be one of {', '.join(ZERO_PAGE_MODES)}")
+        if self.rounds < 1:
+            raise MfdcompError(f"rounds must be at least 1, got {self.rounds}")
+        if not 0.0 <= self.dirty_fraction <= 1.0:
+            raise MfdcompError(f"dirty fraction must be between 0 and 1, got {self.dirty_fraction}")
+
+
+@dataclass
+class MigrateResult:
+    seconds: float
+    rounds: int
+    channels: list[ChannelStats]
+    main_zero_pages: int
+    digests: dict[str, str]
+    destination: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.destination.get("ok"))
+
+    def as_dict(self) -> dict[str, Any]:
+        total = totals(self.channels)
+        return {
+            "ok": self.ok,
+            "seconds": self.seconds,
+            "rounds": self.rounds,
+            "totals": total | {"main_zero_pages": self.main_zero_pages},
+            "channels": [c.as_dict() for c in self.channels],
+            "digests": self.digests,
+            "destination": self.destination,
+        }
+
+
+def migrate(
+    ram: SourceRam,
+    connect: Callable[[], Stream],
+    codec: Codec,
+    options: MigrateOptions,
+    *,
+    on_progress: Callable[[int], None] | None = None,
+) -> MigrateResult:
+    """Send every block of ``ram`` to a destination reached by ``connect()``."""
+    state = RunState()
+    started = time.monotonic()
+    level = codec.info.check_level(options.level)
+    main = MainStream(connect())
+    state.register(main.stream)
+    state.on_fail(main.report_error)
+    outcome: dict[str, Any] = {}
+    got_result = threading.Event()
+    session = mc.Session(
+        uuid=options.uuid.hex(),
+        page_size=options.page_size,
+        channels=options.channels,
+        codec=codec.info.name,
+        level=level,
+        zero_page_detection=options.zero_page_detection,
+        blocks=[(name, block.size) for name, block in ram.blocks.items()],
+    )
+    main.write(mc.opening() + mc.encode(mc.Message.SESSION, session.to_json()))
+    reader = threading.Thread(
+        target=_read_main, args=(main, state, outcome, got_result), name="mfdcomp-main-reader", daemon=False
+    )
+    reader.start()
+    engine: SourceEngine | None = None
+    try:
+        streams = [connect() for _ in range(options.channels)]
+        engine = SourceEngine(
+            streams,
+            codec,
+            level=level,
+            page_size=options.page_size,
+            uuid=options.uuid,
+            detect_zero_pages=options.zero_page_detection == "multifd",
+            state=state,
+            on_packet=on_progress,
+        )
+        engine.start()
+        main_zero = _send_rounds(ram, engine, main, options, on_progress)
+        engine.finish()
+        for stream in streams:
+            stream.close()
+        digests = ram.digests()
+        main.write(mc.encode_json(mc.Message.EOS, {"digests": digests}))
+        state.wait_for(got_result.is_set, "the destination's result", options.result_timeout)
+    except BaseException as exc:
+        state.fail(exc)
+        raise _first(state) from exc
+    finally:
+        if engine is not None:
+            engine.close()
+        main.stream.shutdown()
+        reader.join()
+        main.stream.close()
+    return MigrateResult(
+        seconds=time.monotonic() - started,
+        rounds=options.rounds,
+        channels=engine.stats(),
+        main_zero_pages=main_zero,
+        digests=digests,
+        destination=outcome,
+    )
+
+
+def _first(state: RunState) -> MfdcompError:
+    error = state.first_error()
+    assert error is not None
+    return error
+
+
+def _send_rounds(
+    ram: SourceRam,
+    engine: SourceEngine,
+    main: MainStream,
+    options: MigrateOptions,
+    on_progress: Callable[[int], None] | None,
+) -> int:
+    """Every round: hand each batch to a channel, then SYNC + FLUSH. Returns legacy zero pages sent."""
+    rng = np.random.default_rng(options.seed)
+    ps = options.page_size
+    capacity = page_count(ps)
+    legacy = options.zero_page_detection == "legacy"
+    batch = SendBatch()
+    main_zero = 0
+    for round_index in range(options.rounds):
+        if round_index:
+            ram.perturb(options.dirty_fraction, rng)
+        for block, offsets in ram.iter_batches(capacity):
+            if legacy:
+                count = len(offsets)
+                offsets = _split_legacy_zero(block, offsets, main, ps)
+                main_zero += count - len(offsets)
+                if on_progress is not None:
+                    on_progress((count - len(offsets)) * ps)
+            if not offsets:
+                continue
+            batch.block = block
+            batch.offsets = offsets
+            batch = engine.send(batch)
+        engine.sync()
+        main.write(mc.encode(mc.Message.FLUSH))
+    return main_zero
+
+
+def _split_legacy_zero(block: PageBlock, offsets: list[int], main: MainStream, page_size: int) -> list[int]:
+    """Legacy mode: zero pages go on the main channel, the rest to the channels."""
+    zero = zero_flags(block.memory, offsets, page_size)
+    normal_num = partition(offsets, zero)
+    if normal_num < len(offsets):
+        main.write(mc.encode_zero(block.name, offsets[normal_num:]))
+    return offsets[:normal_num]
+
+
+def _read_main(main: MainStream, state: RunState, outcome: dict[str, Any], got_result: threading.Event) -> None:
+    """The destination's words on the main channel: RESULT or ERROR."""
+    try:
+        while (message := main.read()) is not None:
+            kind, body = message
+            if kind is mc.Message.ERROR:
+                raise RemoteError(f"destination: {body.decode(errors='replace')}")
+            if kind is not mc.Message.RESULT:
+                raise ChannelError(f"unexpected {kind.name} message from the destination")
+            outcome.update(mc.decode_json(kind, body))
+            with state.cond:
+                got_result.set()
+                state.cond.notify_all()
+            return
+        if state.error is None:
+            raise ChannelError("destination closed the main channel before sending its result")
+    except BaseException as exc:  # noqa: BLE001 - the reader thread's failures go to the run
+        state.fail(exc)

@@ -1,0 +1,156 @@
+"""The codec contract: QEMU's MultiFDMethods, one object per channel.
+
+A codec is described by a :class:`CodecInfo` and makes one
+:class:`MultiFDMethods` per channel and direction, so stream state (a zlib or
+zstd context) belongs to exactly one channel thread.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from typing_extensions import Buffer
+
+from mfdcomp.errors import CodecError
+from mfdcomp.wire import RamPacket
+
+
+class CodecPath(enum.StrEnum):
+    """Which implementation produced or consumed a packet."""
+
+    HARDWARE = "hardware"
+    SOFTWARE = "software"
+    RAW = "raw"
+
+
+@dataclass(frozen=True, slots=True)
+class CodecInfo:
+    """What a codec is, as the registry and ``mfdcomp codecs`` show it.
+
+    ``qemu_flag`` is QEMU's MULTIFD_FLAG value; a codec QEMU lacks has None
+    there and an ``extension_id`` instead. Codecs that share ``wire_format``
+    must decode each other's payloads.
+    """
+
+    name: str
+    qemu_flag: int | None
+    wire_format: str
+    stateful: bool
+    paths: tuple[CodecPath, ...]
+    levels: tuple[int, int] | None = None
+    default_level: int | None = None
+    extension_id: int | None = None
+    page_sizes: tuple[int, ...] | None = None
+    description: str = ""
+
+    def check_level(self, level: int | None) -> int | None:
+        if level is None:
+            return self.default_level
+        if self.levels is None:
+            raise CodecError(f"codec {self.name} takes no level, got {level}")
+        low, high = self.levels
+        if not low <= level <= high:
+            raise CodecError(f"{self.name} level must be {low}-{high}, got {level}")
+        return level
+
+
+@dataclass(slots=True)
+class SendPayload:
+    """What ``send_prepare`` made of one packet's normal pages."""
+
+    buffers: list[Buffer]
+    size: int
+    path: CodecPath
+    flags: int = 0
+
+
+class PayloadSource(Protocol):
+    """The payload of the packet being received, still on the wire.
+
+    ``size`` bytes follow (checked against the bounds already). A codec calls
+    exactly one of the two methods, once per packet.
+    """
+
+    size: int
+
+    def read(self) -> memoryview:
+        """All ``size`` bytes, in a buffer the channel reuses for the next packet."""
+
+    def read_into(self, views: Sequence[memoryview]) -> None:
+        """Read the payload straight into ``views`` (their lengths add up to ``size``)."""
+
+
+@dataclass(slots=True)
+class ChannelOwner:
+    """Detects a method object used by two channels or two threads."""
+
+    channel: int | None = None
+    thread: int | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def bind(self, channel: int) -> None:
+        with self.lock:
+            if self.channel is not None:
+                raise CodecError(f"codec context already set up for channel {self.channel}; one context per channel")
+            self.channel = channel
+            self.thread = threading.get_ident()
+
+    def check(self) -> None:
+        if self.channel is None:
+            raise CodecError("codec context used before setup")
+        if self.thread != threading.get_ident():
+            raise CodecError(f"codec context of channel {self.channel} used from another thread")
+
+
+class MultiFDMethods(abc.ABC):
+    """One channel's codec, one direction: QEMU's six hooks.
+
+    The engine calls ``send_setup``/``recv_setup`` once in the channel thread,
+    then ``send_prepare`` or ``recv`` for every packet with normal pages, and
+    the matching cleanup at the end, also on errors.
+    """
+
+    info: CodecInfo
+
+    def __init__(self, page_size: int, level: int | None) -> None:
+        self.page_size = page_size
+        self.level = self.info.check_level(level)
+        self.owner = ChannelOwner()
+
+    def send_setup(self, channel: int) -> None:
+        self.owner.bind(channel)
+
+    @abc.abstractmethod
+    def send_prepare(self, pages: Sequence[memoryview]) -> SendPayload:
+        """Encode the normal pages of one packet."""
+
+    def send_cleanup(self) -> None:
+        """Release what send_setup made (default: nothing)."""
+
+    def recv_setup(self, channel: int) -> None:
+        self.owner.bind(channel)
+
+    @abc.abstractmethod
+    def recv(self, packet: RamPacket, source: PayloadSource, pages: Sequence[memoryview]) -> CodecPath:
+        """Fill ``pages`` (the packet's normal pages in target memory) from the payload."""
+
+    def recv_cleanup(self) -> None:
+        """Release what recv_setup made (default: nothing)."""
+
+    @property
+    def flag(self) -> int:
+        """Codec bits this codec puts in hdr.flags."""
+        return self.info.qemu_flag or 0
+
+
+class Codec(Protocol):
+    """What a plugin registers: a description and a per-channel factory."""
+
+    info: CodecInfo
+
+    def methods(self, page_size: int, level: int | None) -> MultiFDMethods: ...

@@ -1,0 +1,41 @@
+"""nocomp: pages travel raw (spec §5.1); the one codec that lives in core, as in QEMU."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mfdcomp.errors import CodecError
+from mfdcomp.methods.contract import CodecInfo, CodecPath, MultiFDMethods, PayloadSource, SendPayload
+from mfdcomp.wire import NOCOMP, RamPacket
+
+NOCOMP_INFO = CodecInfo(
+    name="none",
+    qemu_flag=NOCOMP,
+    wire_format="raw-pages",
+    stateful=False,
+    paths=(CodecPath.RAW,),
+    description="no compression: normal pages sent as they are",
+)
+
+
+class NocompMethods(MultiFDMethods):
+    info = NOCOMP_INFO
+
+    def send_prepare(self, pages: Sequence[memoryview]) -> SendPayload:
+        self.owner.check()
+        # The page views go to sendmsg as they are: no copy.
+        return SendPayload(buffers=list(pages), size=len(pages) * self.page_size, path=CodecPath.RAW)
+
+    def recv(self, packet: RamPacket, source: PayloadSource, pages: Sequence[memoryview]) -> CodecPath:
+        self.owner.check()
+        if source.size != len(pages) * self.page_size:
+            raise CodecError(f"nocomp payload of {source.size} bytes for {len(pages)} pages")
+        source.read_into(pages)
+        return CodecPath.RAW
+
+
+class Nocomp:
+    info = NOCOMP_INFO
+
+    def methods(self, page_size: int, level: int | None) -> MultiFDMethods:
+        return NocompMethods(page_size, level)
