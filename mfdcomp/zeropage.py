@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import as_strided
-
-if TYPE_CHECKING:
-    # collections.abc.Buffer only exists from Python 3.12 on.
-    from typing_extensions import Buffer
+from typing_extensions import Buffer  # collections.abc.Buffer is Python 3.12+
 
 __all__ = ["is_zero_page", "partition", "zero_flags", "zero_page_mask"]
 
@@ -29,9 +25,7 @@ _WORD = 8
 
 def _check_page_size(page_size: int) -> None:
     if page_size <= 0 or page_size % _WORD:
-        raise ValueError(
-            f"page_size must be a positive multiple of {_WORD}, got {page_size}"
-        )
+        raise ValueError(f"page_size must be a positive multiple of {_WORD}, got {page_size}")
 
 
 def _byte_array(buf: Buffer) -> npt.NDArray[np.uint8]:
@@ -79,16 +73,11 @@ def zero_page_mask(pages: Buffer, page_size: int = 4096) -> npt.NDArray[np.bool_
     _check_page_size(page_size)
     data = _byte_array(pages)
     if data.size % page_size:
-        raise ValueError(
-            f"buffer of {data.size} bytes is not a whole number of "
-            f"{page_size}-byte pages"
-        )
+        raise ValueError(f"buffer of {data.size} bytes is not a whole number of {page_size}-byte pages")
     return _mask(data.view(np.uint64), page_size)
 
 
-def zero_flags(
-    block: Buffer, offsets: Sequence[int], page_size: int = 4096
-) -> list[bool]:
+def zero_flags(block: Buffer, offsets: Sequence[int], page_size: int = 4096) -> list[bool]:
     """Return, for each byte offset in ``offsets``, whether the page of
     ``page_size`` bytes starting there in ``block`` is all zero."""
     _check_page_size(page_size)
@@ -104,19 +93,26 @@ def zero_flags(
             f"{data.size}-byte block and {page_size}-byte pages, "
             f"got offsets from {low} to {high}"
         )
-    # One row per possible page start (rows overlap; nothing is copied), so
-    # that a single fancy index gathers every page of the batch into one
-    # contiguous array. For 128 pages of 4 KiB this took 73 us against 89-100
-    # for a per-page ``bytes ==`` loop, 85-126 for per-page ctypes memcmp and
-    # 180-240 for per-page numpy reductions.
-    windows = as_strided(
-        data,
-        shape=(data.size - page_size + 1, page_size),
-        strides=(1, 1),
-        writeable=False,
-    )
-    gathered = windows[np.asarray(offsets, dtype=np.intp)]
-    flags: list[bool] = _mask(gathered.reshape(-1).view(np.uint64), page_size).tolist()
+    first, count = offsets[0], len(offsets)
+    # The first pass over RAM fills packets with consecutive pages: those are
+    # read in place, which halves the time for 128 pages of 4 KiB (62 us ->
+    # 32 us, out of cache); testing for it costs about 2.5 us otherwise.
+    if list(offsets) == list(range(first, first + count * page_size, page_size)):
+        pages = data[first : first + count * page_size]
+    else:
+        # One row per possible page start (rows overlap; nothing is copied),
+        # so that one fancy index gathers the batch into a contiguous array.
+        # For 128 random pages of 4 KiB this took 73 us against 89-100 us for
+        # a per-page ``bytes ==`` loop, 85-126 us for per-page ctypes memcmp
+        # and 180-240 us for per-page numpy reductions.
+        windows = as_strided(
+            data,
+            shape=(data.size - page_size + 1, page_size),
+            strides=(1, 1),
+            writeable=False,
+        )
+        pages = windows[np.asarray(offsets, dtype=np.intp)].reshape(-1)
+    flags: list[bool] = _mask(pages.view(np.uint64), page_size).tolist()
     return flags
 
 
@@ -142,9 +138,7 @@ def partition(offsets: list[int], zero: list[bool]) -> int:
     lists are swapped together. The order is not preserved.
     """
     if len(offsets) != len(zero):
-        raise ValueError(
-            f"offsets and zero flags differ in length: {len(offsets)} != {len(zero)}"
-        )
+        raise ValueError(f"offsets and zero flags differ in length: {len(offsets)} != {len(zero)}")
     i, j = 0, len(offsets) - 1
     while i <= j:
         if not zero[i]:

@@ -39,3 +39,8 @@ class Nocomp:
 
     def methods(self, page_size: int, level: int | None) -> MultiFDMethods:
         return NocompMethods(page_size, level)
+
+
+def mfdcomp_methods() -> list[Nocomp]:
+    """Hook implementation: nocomp registers through the entry points like any plugin."""
+    return [Nocomp()]

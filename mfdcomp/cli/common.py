@@ -1,0 +1,42 @@
+"""Pieces shared by the sub-commands: codec options, JSON output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from mfdcomp.methods import Codec
+from mfdcomp.registry import default_registry
+
+
+def add_codec_options(parser: argparse.ArgumentParser) -> None:
+    registry = default_registry()
+    names = ", ".join(sorted(registry.codecs))
+    parser.add_argument(
+        "--multifd-compression",
+        default="none",
+        metavar="CODEC",
+        help=f"codec for the multifd channels (registered here: {names}; see `mfdcomp codecs`)",
+    )
+    for name, codec in sorted(registry.codecs.items()):
+        if codec.info.levels is not None:
+            low, high = codec.info.levels
+            parser.add_argument(
+                f"--multifd-{name}-level",
+                type=int,
+                metavar="N",
+                help=f"{name} level {low}-{high} (default {codec.info.default_level})",
+            )
+
+
+def chosen_codec(args: argparse.Namespace) -> tuple[Codec, int | None]:
+    codec = default_registry().get(args.multifd_compression)
+    level = getattr(args, f"multifd_{codec.info.name}_level".replace("-", "_"), None)
+    return codec, codec.info.check_level(level)
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2)
+    print()
