@@ -80,5 +80,6 @@ __all__ = [
     "codec_name",
     "page_count",
     "ram_packet_size",
+    "ram_payload_size",
     "read_channel",
 ]

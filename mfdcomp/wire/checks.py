@@ -65,7 +65,8 @@ def check_header(header: Header) -> None:
             value=header.version,
             limit=MULTIFD_VERSION,
         )
-    unknown = header.flags & ~KNOWN_FLAGS
+    # int(): ~ of an IntFlag only inverts within its members, which would hide every unknown bit.
+    unknown = header.flags & ~int(KNOWN_FLAGS)
     if unknown:
         raise WireError(
             f"unknown flag bits 0x{unknown:x} in flags 0x{header.flags:x}",
@@ -169,7 +170,7 @@ def check_ram(packet: RamPacket, limits: ReceiverLimits) -> None:
                 f"{packet.ramblock!r} ({length} bytes, pages of {limits.page_size})",
                 field="offset",
                 value=offset,
-                limit=last,
+                limit=last if offset > last else f"multiple of {limits.page_size}",
             )
 
 

@@ -100,7 +100,10 @@ class InitPacket:
             raise WireError("uuid must be 16 bytes", field="uuid", value=len(self.uuid), limit=16)
         if not 0 <= self.id <= 0xFF:
             raise WireError("channel id must fit in one byte", field="id", value=self.id, limit=255)
-        return INIT.pack(self.magic, self.version, self.uuid, self.id)
+        try:
+            return INIT.pack(self.magic, self.version, self.uuid, self.id)
+        except struct.error as exc:
+            raise WireError(f"init packet field out of range: {exc}", field="init packet") from exc
 
     @classmethod
     def decode(cls, buf: bytes | bytearray | memoryview) -> InitPacket:

@@ -114,6 +114,7 @@ class ChannelReader:
         self._pending_size = 0
         self._sync_after: RamPacket | None = None
         self._head = b""
+        self._taken = 0
         self.consumed = 0
         """Bytes of the stream turned into events so far."""
 
@@ -141,7 +142,7 @@ class ChannelReader:
         with memoryview(self._buf) as whole:
             data = whole[self._pos : self._pos + size].tobytes()
         self._pos += size
-        self.consumed += size
+        self._taken += size
         return data
 
     def _compact(self) -> None:
@@ -175,7 +176,11 @@ class ChannelReader:
         data = self._take(size)
         if data is None:
             return self._need(size)
-        return self._handle(state, data)
+        event = self._handle(state, data)
+        if not isinstance(event, NeedData):
+            # Only whole records count, so an error names where its packet began.
+            self.consumed = self._taken
+        return event
 
     def _expected_size(self) -> int:
         if self._state is _State.INIT:

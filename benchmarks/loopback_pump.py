@@ -1,0 +1,278 @@
+"""How fast Python can pump multifd-sized messages over loopback sockets.
+
+Usage: python benchmarks/loopback_pump.py [--transport tcp|unix] [--connections N]
+                                           [--size 1G] [--via-stream] [--bufsize B]
+                                           [--repeats R] [--json]
+
+Two processes (this one receives, a child it starts sends) move ``--size``
+bytes of pages over ``--connections`` parallel connections, one thread per
+connection on each side, in messages shaped like a multifd packet without
+compression: a 1344-byte header plus 128 views of 4 KiB pages (512 KiB).
+
+* default, the plain pump: ``sock.sendmsg([header, *pages])`` and
+  ``recv_into(header)`` + ``recv_into(payload)`` written directly. Its GB/s is
+  the loopback limit a transfer engine is compared to.
+* ``--via-stream``: the same through mfdcomp's ``listen``/``connect`` and
+  ``SocketStream.send_all`` / ``recv_exact_into`` / ``recv_into_all`` (128 views).
+
+``--bufsize B`` sets SO_SNDBUF and SO_RCVBUF on both ends (plain pump only),
+to see whether bigger socket buffers help. GB/s counts page bytes (10**9),
+timed on the receiver from the "go" byte it sends to the last byte received;
+the best of ``--repeats`` runs is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mfdcomp.transport.address import parse_address
+from mfdcomp.transport.base import Stream
+from mfdcomp.transport.sockets import connect, listen
+from mfdcomp.units import parse_size
+
+HEADER = 1344
+PAGE = 4096
+PAGES = 128
+MESSAGE = PAGE * PAGES
+REGION = 64 << 20  # pages cycle through a 64 MiB region: larger than the caches, like guest RAM
+VIEWS_PER_REGION = REGION // MESSAGE
+
+
+def region_views(region: bytearray) -> list[list[memoryview]]:
+    """For each message slot of ``region``, its 128 page views."""
+    mv = memoryview(region)
+    return [
+        [mv[m * MESSAGE + p * PAGE : m * MESSAGE + (p + 1) * PAGE] for p in range(PAGES)]
+        for m in range(VIEWS_PER_REGION)
+    ]
+
+
+def share(messages: int, connections: int, index: int) -> int:
+    """Messages carried by connection ``index``."""
+    return messages // connections + (1 if index < messages % connections else 0)
+
+
+def plain_send(sock: socket.socket, count: int, slots: list[list[memoryview]]) -> None:
+    header = bytes(HEADER)
+    total = HEADER + MESSAGE
+    for m in range(count):
+        buffers: list[Any] = [header, *slots[m % VIEWS_PER_REGION]]
+        sent = sock.sendmsg(buffers)
+        while sent < total:  # a partial write: finish it the simple way, it is rare on blocking sockets
+            rest = b"".join(buffers)[sent:]
+            sent += sock.send(rest)
+
+
+def plain_recv_exact(sock: socket.socket, view: memoryview) -> None:
+    got = 0
+    while got < len(view):
+        n = sock.recv_into(view[got:], 0, socket.MSG_WAITALL)
+        if n == 0:
+            raise EOFError("sender ended early")
+        got += n
+
+
+def plain_recv(sock: socket.socket, count: int, region: bytearray) -> None:
+    header = memoryview(bytearray(HEADER))
+    mv = memoryview(region)
+    for m in range(count):
+        plain_recv_exact(sock, header)
+        off = (m % VIEWS_PER_REGION) * MESSAGE
+        plain_recv_exact(sock, mv[off : off + MESSAGE])
+
+
+def stream_send(stream: Stream, count: int, slots: list[list[memoryview]]) -> None:
+    header = bytes(HEADER)
+    for m in range(count):
+        stream.send_all([header, *slots[m % VIEWS_PER_REGION]])
+
+
+def stream_recv(stream: Stream, count: int, region: bytearray) -> None:
+    header = memoryview(bytearray(HEADER))
+    slots = region_views(region)
+    for m in range(count):
+        if stream.recv_exact_into(header) == 0:
+            raise EOFError("sender ended early")
+        stream.recv_into_all(slots[m % VIEWS_PER_REGION])
+
+
+def set_bufsize(sock: socket.socket, size: int) -> None:
+    if size:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+def run_threads(target: Callable[[int], None], connections: int) -> None:
+    errors: list[BaseException] = []
+
+    def guarded(index: int) -> None:
+        try:
+            target(index)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def sender(args: argparse.Namespace) -> None:
+    """The child: connect, wait for the go byte on every connection, send."""
+    messages = args.size // MESSAGE
+    slots = region_views(bytearray(os.urandom(REGION)))
+    address = parse_address(args.address)
+    if args.via_stream:
+        streams = [connect(address) for _ in range(args.connections)]
+
+        def send_one(i: int) -> None:
+            if streams[i].recv_exact_into(memoryview(bytearray(1))) == 0:
+                raise EOFError("no go byte")
+            stream_send(streams[i], share(messages, args.connections, i), slots)
+            streams[i].close()
+
+        run_threads(send_one, args.connections)
+        return
+    socks = []
+    for _ in range(args.connections):
+        if address.kind == "tcp":
+            sock = socket.create_connection((address.host, address.port))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        else:
+            assert address.path is not None
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(address.path)
+        set_bufsize(sock, args.bufsize)
+        socks.append(sock)
+
+    def send_plain(i: int) -> None:
+        sock = socks[i]
+        if sock.recv(1) != b"g":
+            raise EOFError("no go byte")
+        plain_send(sock, share(messages, args.connections, i), slots)
+        sock.close()
+
+    run_threads(send_plain, args.connections)
+
+
+def plain_listener(transport: str, workdir: str) -> tuple[socket.socket, str]:
+    if transport == "tcp":
+        sock = socket.create_server(("127.0.0.1", 0))
+        return sock, f"tcp:127.0.0.1:{sock.getsockname()[1]}"
+    path = f"{workdir}/plain.sock"
+    if os.path.exists(path):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen()
+    return sock, f"unix:{path}"
+
+
+def one_run(args: argparse.Namespace, workdir: str) -> float:
+    """Seconds of one transfer, measured on this (receiving) side."""
+    messages = args.size // MESSAGE
+    n = args.connections
+    regions = [bytearray(b"\xff") * REGION for _ in range(n)]  # written now: no page faults later
+    if args.via_stream:
+        listener = listen(parse_address("tcp:127.0.0.1:0" if args.transport == "tcp" else f"unix:{workdir}/s.sock"))
+        address = listener.address
+    else:
+        server, address = plain_listener(args.transport, workdir)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--role=send",
+            f"--address={address}",
+            f"--connections={n}",
+            f"--size={args.size}",
+            f"--bufsize={args.bufsize}",
+            *(["--via-stream"] if args.via_stream else []),
+        ]
+    )
+    try:
+        if args.via_stream:
+            streams = [listener.accept(timeout=60) for _ in range(n)]
+            listener.close()
+            start = time.perf_counter()
+            for stream in streams:
+                stream.send_all([b"g"])
+            run_threads(lambda i: stream_recv(streams[i], share(messages, n, i), regions[i]), n)
+        else:
+            server.settimeout(60)
+            socks = [server.accept()[0] for _ in range(n)]
+            server.close()
+            for sock in socks:
+                sock.settimeout(None)
+                set_bufsize(sock, args.bufsize)
+            start = time.perf_counter()
+            for sock in socks:
+                sock.sendall(b"g")
+            run_threads(lambda i: plain_recv(socks[i], share(messages, n, i), regions[i]), n)
+        seconds = time.perf_counter() - start
+        if child.wait(timeout=60) != 0:
+            raise RuntimeError(f"sender exited with {child.returncode}")
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--transport", choices=("tcp", "unix"), default="tcp")
+    parser.add_argument("--connections", type=int, default=1, metavar="N")
+    parser.add_argument("--size", type=parse_size, default=1 << 30, help="page bytes to move (1G)")
+    parser.add_argument("--via-stream", action="store_true", help="use mfdcomp's SocketStream")
+    parser.add_argument(
+        "--bufsize", type=parse_size, default=0, help="SO_SNDBUF/SO_RCVBUF, plain pump (kernel default)"
+    )
+    parser.add_argument("--repeats", type=int, default=3, metavar="R")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--role", choices=("receive", "send"), default="receive", help=argparse.SUPPRESS)
+    parser.add_argument("--address", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == "send":
+        sender(args)
+        return 0
+    bytes_moved = args.size // MESSAGE * MESSAGE
+    with tempfile.TemporaryDirectory() as workdir:
+        runs = [one_run(args, workdir) for _ in range(args.repeats)]
+    rates = [bytes_moved / s / 1e9 for s in runs]
+    mode = "stream" if args.via_stream else "plain"
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "transport": args.transport,
+                    "connections": args.connections,
+                    "bytes": bytes_moved,
+                    "mode": mode,
+                    "bufsize": args.bufsize,
+                    "gb_per_s": max(rates),
+                    "runs_gb_per_s": rates,
+                }
+            )
+        )
+    else:
+        shown = ", ".join(f"{r:.2f}" for r in rates)
+        print(f"{mode} {args.transport} x{args.connections}: {max(rates):.2f} GB/s (best of {shown})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

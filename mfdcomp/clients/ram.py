@@ -1,0 +1,344 @@
+"""Guest RAM of the source and the destination: memory-mapped blocks with dirty pages.
+
+A :class:`RamClient` holds RAM blocks in order, like QEMU's RAMBlock list. The
+source maps image files privately (copy-on-write), so dirty rounds can change
+pages without ever touching the files; the destination maps zeroed target
+files shared, so what the channels write lands in the files.
+
+Each block has a dirty bitmap (one bool per page), all set at first: round 0
+sends everything. :meth:`RamClient.iter_batches` walks the dirty pages block
+by block, as QEMU's migration thread fills one batch per RAMBlock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+import numpy.typing as npt
+
+from mfdcomp.errors import MfdcompError
+from mfdcomp.wire.constants import MULTIFD_PACKET_SIZE, RAMBLOCK_NAME_LEN
+
+__all__ = ["MIN_PAGE_SIZE", "RamBlock", "RamClient", "check_page_size", "parse_image_spec"]
+
+# Zero-page detection reads pages as 8-byte words; half pages need two halves.
+MIN_PAGE_SIZE = 64
+
+# Hash in pieces so the GIL is released per piece and no piece is copied.
+_HASH_CHUNK = 8 << 20
+
+Layout = Iterable[tuple[str, int]]
+PathFor = Callable[[str], str | os.PathLike[str]]
+
+
+def check_page_size(page_size: int) -> int:
+    """``page_size`` if it is a power of two from 64 B to 512 KiB (what one packet can carry)."""
+    if not MIN_PAGE_SIZE <= page_size <= MULTIFD_PACKET_SIZE or page_size & (page_size - 1):
+        raise MfdcompError(f"page size must be a power of two from {MIN_PAGE_SIZE} B to 512 KiB, got {page_size}")
+    return page_size
+
+
+def parse_image_spec(spec: str, index: int) -> tuple[str, Path]:
+    """``PATH`` or ``NAME=PATH``; an unnamed image is called ``ram<index>``.
+
+    Text before the first ``=`` is a name only if it holds no path separator,
+    so ``dir/a=b.img`` is a path; write ``./x=y`` for a file named ``x=y``.
+    """
+    name, sep, path = spec.partition("=")
+    if sep and name and os.sep not in name and "/" not in name:
+        return name, Path(path)
+    return f"ram{index}", Path(spec)
+
+
+def _check_name(name: str) -> None:
+    encoded = name.encode()
+    # The packet's name field is NUL-terminated: at most 255 bytes of name.
+    if not encoded or len(encoded) >= RAMBLOCK_NAME_LEN or b"\0" in encoded:
+        raise MfdcompError(f"ramblock name must be 1-{RAMBLOCK_NAME_LEN - 1} bytes without NUL, got {name!r}")
+
+
+def _check_size(what: str, size: int, page_size: int) -> None:
+    if size <= 0:
+        raise MfdcompError(f"{what} is empty; a RAM block needs at least one page")
+    if size % page_size:
+        raise MfdcompError(f"size of {what} ({size} bytes) is not a multiple of the page size {page_size}")
+
+
+def _checked_layout(layout: Layout, page_size: int) -> list[tuple[str, int]]:
+    """The layout as a list, every name and size checked before anything is created."""
+    check_page_size(page_size)
+    checked = list(layout)
+    names: set[str] = set()
+    for name, size in checked:
+        _check_name(name)
+        if name in names:
+            raise MfdcompError(f"ramblock name {name!r} given twice")
+        names.add(name)
+        _check_size(f"ramblock {name!r}", size, page_size)
+    return checked
+
+
+@dataclass(eq=False)
+class RamBlock:
+    """One RAM block: ``size`` bytes of ``memory`` in pages of ``page_size``.
+
+    ``memory`` is a flat unsigned-byte view of the mapping; it is released by
+    :meth:`RamClient.close`, after which using it raises ``ValueError``.
+    """
+
+    name: str
+    size: int
+    page_size: int
+    memory: memoryview
+    path: Path | None = None
+    dirty: npt.NDArray[np.bool_] = field(init=False, repr=False)
+    _map: mmap.mmap | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.dirty = np.ones(self.size // self.page_size, dtype=np.bool_)
+
+    @property
+    def pages(self) -> int:
+        return self.size // self.page_size
+
+    def _release(self) -> None:
+        try:
+            self.memory.release()
+            if self._map is not None:
+                self._map.close()
+        except BufferError:
+            # A caller still holds a slice or array of this block: the mapping
+            # stays valid for it and is unmapped when the last one goes.
+            pass
+        self._map = None
+
+
+class RamClient:
+    """Ordered RAM blocks with dirty tracking; close it (or use ``with``) to unmap them."""
+
+    def __init__(self, blocks: Iterable[RamBlock]) -> None:
+        self.blocks: dict[str, RamBlock] = {}
+        self._closed = False
+        for block in blocks:
+            if block.name in self.blocks:
+                raise MfdcompError(f"ramblock name {block.name!r} given twice")
+            self.blocks[block.name] = block
+
+    # --- constructors -------------------------------------------------------
+
+    @classmethod
+    def from_images(cls, specs: list[str], page_size: int = 4096, writable_source: bool = True) -> RamClient:
+        """Map image files as source blocks (``PATH`` or ``NAME=PATH`` each).
+
+        Writable sources are private copy-on-write maps: perturbed pages change
+        in memory only, never in the files. Otherwise the maps are read-only.
+        """
+        check_page_size(page_size)
+        if not specs:
+            raise MfdcompError("no image given")
+        access = mmap.ACCESS_COPY if writable_source else mmap.ACCESS_READ
+        blocks: list[RamBlock] = []
+        try:
+            for index, spec in enumerate(specs):
+                name, path = parse_image_spec(spec, index)
+                _check_name(name)
+                blocks.append(_map_file(name, path, page_size, access))
+            return cls(blocks)
+        except BaseException:
+            _release_all(blocks)
+            raise
+
+    @classmethod
+    def create_targets(cls, layout: Layout, path_for: PathFor, page_size: int = 4096) -> RamClient:
+        """Create (or truncate) one zeroed, sparse file per block and map it shared and writable."""
+        blocks: list[RamBlock] = []
+        try:
+            for name, size in _checked_layout(layout, page_size):
+                path = Path(path_for(name))
+                blocks.append(_map_file(name, path, page_size, mmap.ACCESS_WRITE, create_size=size))
+            return cls(blocks)
+        except BaseException:
+            _release_all(blocks)
+            raise
+
+    @classmethod
+    def anonymous(cls, layout: Layout, page_size: int = 4096) -> RamClient:
+        """Zeroed blocks in anonymous memory (no files)."""
+        blocks: list[RamBlock] = []
+        try:
+            for name, size in _checked_layout(layout, page_size):
+                region = mmap.mmap(-1, size)
+                blocks.append(RamBlock(name, size, page_size, memoryview(region), _map=region))
+            return cls(blocks)
+        except BaseException:
+            _release_all(blocks)
+            raise
+
+    # --- dirty pages --------------------------------------------------------
+
+    def mark_dirty(self, block_name: str, page_indices: npt.ArrayLike) -> None:
+        """Mark pages (indices, not offsets) of a block dirty."""
+        block = self._block(block_name)
+        indices = np.asarray(page_indices, dtype=np.int64).ravel()
+        # Negative indices would wrap around silently in numpy.
+        if indices.size and (indices.min() < 0 or indices.max() >= block.pages):
+            raise MfdcompError(f"page index out of range for {block_name!r} (0-{block.pages - 1})")
+        block.dirty[indices] = True
+
+    def dirty_pages(self, block_name: str) -> npt.NDArray[np.intp]:
+        """Indices of the dirty pages of a block, ascending."""
+        return np.flatnonzero(self._block(block_name).dirty)
+
+    def dirty_count(self) -> int:
+        self._check_open()
+        return sum(int(np.count_nonzero(block.dirty)) for block in self.blocks.values())
+
+    def iter_batches(self, max_pages: int = 128) -> Iterator[tuple[RamBlock, list[int]]]:
+        """Dirty pages as batches of at most ``max_pages`` byte offsets, ascending, one block per batch.
+
+        Each batch's pages are clean once it is yielded. A block's dirty pages
+        are collected when the walk reaches it; pages dirtied later in a block
+        already passed wait for the next round.
+        """
+        if max_pages < 1:
+            raise MfdcompError(f"max_pages must be at least 1, got {max_pages}")
+        self._check_open()
+        for block in list(self.blocks.values()):
+            indices = np.flatnonzero(block.dirty)
+            offsets = indices * block.page_size
+            for start in range(0, len(indices), max_pages):
+                self._check_open()
+                block.dirty[indices[start : start + max_pages]] = False
+                yield block, offsets[start : start + max_pages].tolist()
+
+    # --- changing pages -----------------------------------------------------
+
+    def perturb(self, fraction: float, rng: np.random.Generator) -> int:
+        """Change ``fraction`` of all pages, chosen at random, mark them dirty, and return how many.
+
+        A quarter each (at random) get new random bytes, zeros, a random first
+        half and a zero second half, or one byte flipped, so every page kind
+        occurs. A page that zeroing would leave unchanged gets a flipped byte
+        instead: every chosen page really changes.
+        """
+        if not 0.0 <= fraction <= 1.0:
+            raise MfdcompError(f"dirty fraction must be between 0 and 1, got {fraction}")
+        self._check_open()
+        blocks = list(self.blocks.values())
+        for block in blocks:
+            if block.memory.readonly:
+                raise MfdcompError(f"ramblock {block.name!r} is read-only; open the source writable to perturb it")
+        starts = np.cumsum([0] + [block.pages for block in blocks])
+        total = int(starts[-1])
+        count = round(fraction * total)
+        chosen = np.sort(rng.choice(total, size=count, replace=False, shuffle=False))
+        kinds = rng.integers(0, 4, size=count)
+        for number, block in enumerate(blocks):
+            low, high = np.searchsorted(chosen, starts[number : number + 2])
+            _perturb_block(block, chosen[low:high] - starts[number], kinds[low:high], rng)
+        return count
+
+    # --- digests ------------------------------------------------------------
+
+    def sha256(self, block_name: str) -> str:
+        block = self._block(block_name)
+        digest = hashlib.sha256()
+        for start in range(0, block.size, _HASH_CHUNK):
+            with block.memory[start : start + _HASH_CHUNK] as piece:
+                digest.update(piece)
+        return digest.hexdigest()
+
+    def digests(self) -> dict[str, str]:
+        return {name: self.sha256(name) for name in self.blocks}
+
+    # --- lifetime -----------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Release every view and map; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        _release_all(self.blocks.values())
+
+    def __enter__(self) -> RamClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise MfdcompError("RAM client is closed")
+
+    def _block(self, name: str) -> RamBlock:
+        self._check_open()
+        try:
+            return self.blocks[name]
+        except KeyError:
+            raise MfdcompError(f"no ramblock {name!r} (blocks: {', '.join(self.blocks)})") from None
+
+
+def _map_file(name: str, path: Path, page_size: int, access: int, create_size: int | None = None) -> RamBlock:
+    """Map ``path``; with ``create_size``, the file is (re)created sparse, zeroed, at that size first."""
+    flags = os.O_RDONLY if create_size is None else os.O_RDWR | os.O_CREAT | os.O_TRUNC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        raise MfdcompError(f"cannot open {path}: {exc.strerror or exc}") from exc
+    try:
+        if create_size is None:
+            size = os.fstat(fd).st_size
+            _check_size(f"image {path}", size, page_size)
+        else:
+            size = create_size
+            os.ftruncate(fd, size)
+        region = mmap.mmap(fd, size, access=access)
+    except OSError as exc:
+        raise MfdcompError(f"cannot map {path}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)  # the mapping keeps its own reference to the file
+    return RamBlock(name, size, page_size, memoryview(region), path=path, _map=region)
+
+
+def _release_all(blocks: Iterable[RamBlock]) -> None:
+    for block in blocks:
+        block._release()
+
+
+def _perturb_block(
+    block: RamBlock, pages: npt.NDArray[np.int64], kinds: npt.NDArray[np.int64], rng: np.random.Generator
+) -> None:
+    if not len(pages):
+        return
+    ps = block.page_size
+    memory = np.frombuffer(block.memory, dtype=np.uint8).reshape(-1, ps)
+    try:
+        random, zero, half, flip = (pages[kinds == kind] for kind in range(4))
+        if len(zero):
+            # Zeroing a zero page changes nothing: flip a byte of it instead.
+            already = ~memory[zero].any(axis=1)
+            flip = np.sort(np.concatenate([flip, zero[already]]))
+            zero = zero[~already]
+        memory[random] = rng.integers(0, 256, size=(len(random), ps), dtype=np.uint8)
+        memory[zero] = 0
+        memory[half, : ps // 2] = rng.integers(0, 256, size=(len(half), ps // 2), dtype=np.uint8)
+        memory[half, ps // 2 :] = 0
+        # XOR with 1-255 always changes the byte.
+        positions = rng.integers(0, ps, size=len(flip))
+        memory[flip, positions] ^= rng.integers(1, 256, size=len(flip), dtype=np.uint8)
+    finally:
+        del memory  # drop the export so close() can unmap
+    block.dirty[pages] = True

@@ -1,0 +1,50 @@
+"""Shared fixtures.
+
+QEMU captures: every capture of ``../shared/vectors/qemu`` (relative to the repo
+root) when that directory exists, else the ones bundled in ``tests/vectors/qemu``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_QEMU_CAPTURES = REPO_ROOT.parent / "shared" / "vectors" / "qemu"
+BUNDLED_QEMU_CAPTURES = Path(__file__).resolve().parent / "vectors" / "qemu"
+
+
+def find_capture_dirs() -> list[Path]:
+    """Capture directories (each with manifest.json) of the first root that exists."""
+    for root in (SHARED_QEMU_CAPTURES, BUNDLED_QEMU_CAPTURES):
+        if root.is_dir():
+            return sorted(d for d in root.iterdir() if (d / "manifest.json").is_file())
+    return []
+
+
+CAPTURE_DIRS = find_capture_dirs()
+
+
+def _no_captures() -> None:
+    pytest.fail(f"no QEMU capture found in {SHARED_QEMU_CAPTURES} nor in {BUNDLED_QEMU_CAPTURES}")
+
+
+@pytest.fixture(scope="session")
+def capture_dirs() -> list[Path]:
+    """Every QEMU capture directory; fails (never skips) when there is none."""
+    if not CAPTURE_DIRS:
+        _no_captures()
+    return CAPTURE_DIRS
+
+
+_CAPTURE_PARAMS: list[Path | None] = [*CAPTURE_DIRS] or [None]
+
+
+@pytest.fixture(params=_CAPTURE_PARAMS, ids=lambda d: d.name if d else "no-capture")
+def capture_dir(request: pytest.FixtureRequest) -> Path:
+    """One QEMU capture directory per test instance; fails (never skips) when there is none."""
+    if request.param is None:
+        _no_captures()
+    directory: Path = request.param
+    return directory
