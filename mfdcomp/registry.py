@@ -96,7 +96,7 @@ class Registry:
             if not impls:
                 raise PluginError("it implements no mfdcomp_methods hook")
             provided = impls[0].function()
-        except Exception as exc:  # noqa: BLE001 - a broken plugin is reported, never fatal
+        except Exception as exc:
             self.plugins.append(PluginRecord(candidate.name, candidate.source, errors=(_describe(exc),)))
             return
         for codec in _as_list(provided, errors):

@@ -22,7 +22,7 @@ def register(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     registry = default_registry()
-    codecs = []
+    codecs: list[dict[str, Any]] = []
     for name, codec in sorted(registry.codecs.items()):
         info = codec.info
         codecs.append(
@@ -38,7 +38,10 @@ def run(args: argparse.Namespace) -> int:
                 "description": info.description,
             }
         )
-    plugins = [{"name": p.name, "source": p.source, "codecs": list(p.codecs), "errors": list(p.errors)} for p in registry.plugins]
+    plugins = [
+        {"name": p.name, "source": p.source, "codecs": list(p.codecs), "errors": list(p.errors)}
+        for p in registry.plugins
+    ]
     if args.json:
         print_json({"codecs": codecs, "plugins": plugins})
         return 0

@@ -51,7 +51,9 @@ def register(commands: Any) -> None:
     parser.add_argument("--replay", type=Path, metavar="IMAGE", help="apply the pages of --block to IMAGE")
     parser.add_argument("--block", metavar="NAME", help="ramblock to replay (for example ram0)")
     parser.add_argument(
-        "--size", type=parse_size, help="size of IMAGE (default: the block's length from the main stream, else the largest page offset written)"
+        "--size",
+        type=parse_size,
+        help="size of IMAGE (default: the block's length from the main stream, else the largest page written)",
     )
     parser.set_defaults(run=run)
 
@@ -146,7 +148,10 @@ def _totals(summaries: list[ChannelSummary]) -> dict[str, int]:
 
 
 def _print_tables(summaries: list[ChannelSummary], report: dict[str, Any]) -> None:
-    header = f"{'ch':>3} {'file':<24} {'packets':>7} {'SYNC':>5} {'data':>5} {'normal':>7} {'zero':>6} {'payload':>11}  codec"
+    header = (
+        f"{'ch':>3} {'file':<24} {'packets':>7} {'SYNC':>5} {'data':>5} "
+        f"{'normal':>7} {'zero':>6} {'payload':>11}  codec"
+    )
     print(header)
     for s in summaries:
         codecs = ",".join(f"{name}×{count}" for name, count in sorted(s.codecs.items())) or "-"

@@ -35,7 +35,9 @@ def register(commands: Any) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--listen", required=True, metavar="ADDRESS", help="tcp:HOST:PORT, unix:PATH, vsock:CID:PORT, fd:N")
+    parser.add_argument(
+        "--listen", required=True, metavar="ADDRESS", help="tcp:HOST:PORT, unix:PATH, vsock:CID:PORT, fd:N"
+    )
     parser.add_argument("--out", required=True, type=Path, metavar="PATH", help="image file (or directory)")
     parser.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="seconds for channels to join")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")

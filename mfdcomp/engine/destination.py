@@ -30,8 +30,8 @@ from mfdcomp.wire import (
     check_device_state,
     check_header,
     check_ram,
-    ram_payload_size,
     ram_packet_size,
+    ram_payload_size,
 )
 
 
@@ -166,7 +166,7 @@ class RecvChannel:
         try:
             self.method.recv_setup(self.id)
             self._loop()
-        except BaseException as exc:  # noqa: BLE001 - every failure must reach the other threads
+        except BaseException as exc:
             self.barrier.state.fail(exc)
         finally:
             self.method.recv_cleanup()

@@ -218,7 +218,7 @@ class Incoming:
                     raise
                 self.state.register(stream)
                 self._classify(stream)
-        except BaseException as exc:  # noqa: BLE001 - failures of the acceptor end the run
+        except BaseException as exc:
             self.state.fail(exc)
 
     def _classify(self, stream: Stream) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 from mfdcomp.engine import mainchannel as mc
@@ -20,10 +21,8 @@ class MainStream:
 
     def report_error(self, exc: BaseException) -> None:
         """Tell the peer about the first error; the peer may already be gone."""
-        try:
+        with contextlib.suppress(ChannelError):
             self.write(mc.encode(mc.Message.ERROR, str(exc).encode()[: mc.MAX_BODY]))
-        except ChannelError:
-            pass
 
     def read_opening(self) -> None:
         buf = bytearray(mc.OPENING.size)

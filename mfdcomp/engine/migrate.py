@@ -222,5 +222,5 @@ def _read_main(main: MainStream, state: RunState, outcome: dict[str, Any], got_r
             return
         if state.error is None:
             raise ChannelError("destination closed the main channel before sending its result")
-    except BaseException as exc:  # noqa: BLE001 - the reader thread's failures go to the run
+    except BaseException as exc:
         state.fail(exc)

@@ -180,7 +180,7 @@ class SourceEngine:
                     with state.cond:
                         channel.pending_sync = False
                         state.cond.notify_all()
-        except BaseException as exc:  # noqa: BLE001 - every failure must reach the other threads
+        except BaseException as exc:
             state.fail(exc)
         finally:
             method.send_cleanup()
@@ -191,10 +191,7 @@ class SourceEngine:
         offsets = job.offsets
         ps = self.page_size
         memory = block.memory
-        if self.detect_zero_pages:
-            normal_num = partition(offsets, zero_flags(memory, offsets, ps))
-        else:
-            normal_num = len(offsets)
+        normal_num = partition(offsets, zero_flags(memory, offsets, ps)) if self.detect_zero_pages else len(offsets)
         normal = offsets[:normal_num]
         method = channel.method
         if normal:

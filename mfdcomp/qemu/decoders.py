@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from typing import Protocol
+from typing import IO, Protocol, cast
 
 import zstandard
 
@@ -67,7 +67,7 @@ class ZstdDecoder:
         # everything a payload decodes to in one pass, and a bomb overflows it
         # into the bounded sink at once.
         self._stream = zstandard.ZstdDecompressor().stream_writer(
-            self._sink, write_size=MULTIFD_PACKET_SIZE + 1, write_return_read=True
+            cast(IO[bytes], self._sink), write_size=MULTIFD_PACKET_SIZE + 1, write_return_read=True
         )
 
     def decode(self, payload: bytes, expected: int) -> bytes:
