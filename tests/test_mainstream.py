@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import BUNDLED_QEMU_CAPTURES, SHARED_QEMU_CAPTURES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,8 +27,8 @@ from mfdcomp.qemu.mainstream import (
 
 # --- captures -------------------------------------------------------------------------------------
 
-SHARED_CAPTURES = Path("/work/shared/vectors/qemu")
-LOCAL_CAPTURES = Path(__file__).parent / "vectors" / "qemu"
+SHARED_CAPTURES = SHARED_QEMU_CAPTURES
+LOCAL_CAPTURES = BUNDLED_QEMU_CAPTURES
 SHARED_CAPTURE_NAMES = (
     "q10-none-2ch-legacy-paused",
     "q10-none-2ch-multifd-paused",
@@ -56,7 +57,7 @@ NO_CAPTURES = f"no QEMU capture found: neither {SHARED_CAPTURES} nor {LOCAL_CAPT
 
 def _load(directory: Path | None) -> tuple[bytes, dict[str, Any]]:
     if directory is None:
-        pytest.skip(NO_CAPTURES)
+        pytest.fail(NO_CAPTURES)
     manifest: dict[str, Any] = json.loads((directory / "manifest.json").read_text())
     return (directory / "main.bin").read_bytes(), manifest
 

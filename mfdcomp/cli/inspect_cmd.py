@@ -187,6 +187,6 @@ def _print_tables(summaries: list[ChannelSummary], report: dict[str, Any]) -> No
     if "replay" in report:
         r = report["replay"]
         print(
-            f"\nreplayed {r['normal_pages']} normal and {r['zero_pages']} zero pages of {r['block']} "
-            f"over {r['epochs']} epochs into {r['image']} ({format_bytes(r['size'])})"
+            f"\nreplayed {r['normal_pages']} normal and {r['zero_pages']} zero pages of {r['block']} from the "
+            f"multifd channels over {r['epochs']} epochs into {r['image']} ({format_bytes(r['size'])})"
         )
