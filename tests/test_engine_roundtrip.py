@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,19 @@ def _fill(ram: RamClient) -> None:
 
 @pytest.mark.parametrize("zero_mode", ["none", "legacy", "multifd"])
 @pytest.mark.parametrize("channels", [1, 2, 4])
-@pytest.mark.parametrize("transport", ["tcp", "unix"])
+@pytest.mark.parametrize("transport", ["tcp", "tcp6", "unix", "fd"])
 def test_roundtrip(tmp_path: Path, transport: str, channels: int, zero_mode: str) -> None:
-    text = "tcp:127.0.0.1:0" if transport == "tcp" else f"unix:{tmp_path / 'sock'}"
-    listener = listen(parse_address(text))
-    address = parse_address(listener.address)
+    if transport == "fd":
+        # One inherited socketpair carries every connection as a passed fd.
+        left, right = socket.socketpair()
+        listener = listen(parse_address(f"fd:{right.fileno()}"))
+        address = parse_address(f"fd:{left.fileno()}")
+    else:
+        text = {"tcp": "tcp:127.0.0.1:0", "tcp6": "tcp:[::1]:0", "unix": f"unix:{tmp_path / 'sock'}"}[transport]
+        listener = listen(parse_address(text))
+        address = parse_address(listener.address)
     targets: list[RamClient] = []
+    inherited = (left, right) if transport == "fd" else ()
 
     def make_targets(session: mc.Session) -> Any:
         targets.append(RamClient.anonymous(session.blocks, page_size=session.page_size))
@@ -62,3 +70,5 @@ def test_roundtrip(tmp_path: Path, transport: str, channels: int, zero_mode: str
     assert syncs == 3 * channels
     for target in targets:
         target.close()
+    for sock in inherited:
+        sock.close()
