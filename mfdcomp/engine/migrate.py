@@ -63,6 +63,7 @@ class MigrateOptions:
 @dataclass
 class MigrateResult:
     seconds: float
+    transfer_seconds: float
     rounds: int
     channels: list[ChannelStats]
     main_zero_pages: int
@@ -78,6 +79,7 @@ class MigrateResult:
         return {
             "ok": self.ok,
             "seconds": self.seconds,
+            "transfer_seconds": self.transfer_seconds,
             "rounds": self.rounds,
             "totals": total | {"main_zero_pages": self.main_zero_pages},
             "channels": [c.as_dict() for c in self.channels],
@@ -133,6 +135,7 @@ def migrate(
         engine.start()
         main_zero = _send_rounds(ram, engine, main, options, on_progress)
         engine.finish()
+        transferred = time.monotonic() - started
         for stream in streams:
             stream.close()
         digests = ram.digests()
@@ -149,6 +152,7 @@ def migrate(
         main.stream.close()
     return MigrateResult(
         seconds=time.monotonic() - started,
+        transfer_seconds=transferred,
         rounds=options.rounds,
         channels=engine.stats(),
         main_zero_pages=main_zero,
