@@ -179,10 +179,10 @@ class Incoming:
                 if self._on_progress is not None:
                     self._on_progress(len(offsets) * session.page_size)
             elif kind is mc.Message.EOS:
-                source_digests = mc.decode_json(kind, body).get("digests", {})
                 self._wait_channels_connected(session)
                 barrier.wait_all_ended()
                 digests = self._digests()
+                source_digests = self._read_source_digests(main)
                 with self.state.cond:
                     channels = [self._channels[i].stats for i in sorted(self._channels)]
                 return IncomingResult(
@@ -198,6 +198,20 @@ class Incoming:
                 raise RemoteError(f"source: {body.decode(errors='replace')}")
             else:
                 raise WireError(f"unexpected {kind.name} message from the source", field="type", value=kind.name)
+
+    def _read_source_digests(self, main: MainStream) -> dict[str, str]:
+        message = main.read()
+        if message is None:
+            raise ChannelError("main channel closed before the source's digests")
+        kind, body = message
+        if kind is mc.Message.ERROR:
+            raise RemoteError(f"source: {body.decode(errors='replace')}")
+        if kind is not mc.Message.DIGESTS:
+            raise WireError(f"expected DIGESTS after EOS, got {kind.name}", field="type", value=kind.name)
+        digests = mc.decode_json(kind, body).get("digests")
+        if not isinstance(digests, dict):
+            raise WireError("DIGESTS message without a digests object", field="digests")
+        return {str(name): str(value) for name, value in digests.items()}
 
     def _wait_channels_connected(self, session: mc.Session) -> None:
         self.state.wait_for(

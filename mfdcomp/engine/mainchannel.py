@@ -31,9 +31,10 @@ class Message(enum.IntEnum):
     SESSION = 1  # source → destination: Session as JSON
     ZERO = 2  # legacy zero pages: block name, offsets
     FLUSH = 3  # end of a round: channels synced up to here
-    EOS = 4  # end of stream: per-block sha256 as JSON
+    EOS = 4  # end of stream: every page has been sent
     ERROR = 5  # either way: the first error's text, UTF-8
     RESULT = 6  # destination → source: outcome as JSON
+    DIGESTS = 7  # source → destination after EOS: per-block sha256 as JSON
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,8 +138,10 @@ def migrate(
         transferred = time.monotonic() - started
         for stream in streams:
             stream.close()
+        # EOS first, so the destination hashes its copy while this side hashes its own.
+        main.write(mc.encode(mc.Message.EOS))
         digests = ram.digests()
-        main.write(mc.encode_json(mc.Message.EOS, {"digests": digests}))
+        main.write(mc.encode_json(mc.Message.DIGESTS, {"digests": digests}))
         state.wait_for(got_result.is_set, "the destination's result", options.result_timeout)
     except BaseException as exc:
         state.fail(exc)
