@@ -21,7 +21,7 @@ from mfdcomp.engine.destination import Barrier, RecvChannel, TargetBlock, Target
 from mfdcomp.engine.mainstream import MainStream
 from mfdcomp.engine.state import RemoteError, RunState
 from mfdcomp.engine.stats import ChannelStats
-from mfdcomp.errors import ChannelError, ChannelIdError, MfdcompError, WireError
+from mfdcomp.errors import ChannelError, ChannelIdError, WireError
 from mfdcomp.methods import Codec
 from mfdcomp.transport.base import Listener, Stream
 from mfdcomp.wire import (
@@ -295,5 +295,3 @@ def _check_zero(name: str, offsets: tuple[int, ...], limits: ReceiverLimits | No
                 f"ZERO message offset 0x{offset:x} outside block {name!r}", field="offset", value=offset, limit=size
             )
 
-
-__all__ = ["Incoming", "IncomingResult", "MfdcompError"]

@@ -123,13 +123,15 @@ class SourceEngine:
         state.wait_for(lambda: all(c.idle for c in self.channels), "sync")
 
     def finish(self) -> None:
-        """Let every channel drain, end the threads, and close the write side."""
-        state = self.state
-        with state.cond:
+        """Let every channel drain its queued work, end the threads, and report the first error."""
+        self._stop_threads()
+        self.state.raise_if_failed("finish")
+
+    def _stop_threads(self) -> None:
+        with self.state.cond:
             self._exiting = True
-            state.cond.notify_all()
+            self.state.cond.notify_all()
         self.join()
-        state.raise_if_failed("finish")
 
     def join(self) -> None:
         for channel in self.channels:
@@ -137,11 +139,8 @@ class SourceEngine:
                 channel.thread.join()
 
     def close(self) -> None:
-        """Stop threads (failing the run if they were busy) and close streams."""
-        with self.state.cond:
-            self._exiting = True
-            self.state.cond.notify_all()
-        self.join()
+        """End the threads (after a failure they stop at once) and close the streams."""
+        self._stop_threads()
         for channel in self.channels:
             channel.stream.close()
 

@@ -9,6 +9,7 @@ read in bounded chunks and one epoch at a time, so memory stays flat.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -102,14 +103,7 @@ class _Channel:
         if self.decoder is None:
             self.decoder = decoder_for(codec)
             # Later packets of this channel must use the same codec.
-            self.limits = ReceiverLimits(
-                page_size=self.limits.page_size,
-                channels=self.limits.channels,
-                uuid=self.limits.uuid,
-                ramblocks=self.limits.ramblocks,
-                codec_flag=codec,
-                max_payload=self.limits.max_payload,
-            )
+            self.limits = dataclasses.replace(self.limits, codec_flag=codec)
         expected = event.packet.normal_pages * self.limits.page_size
         return self.decoder.decode(event.payload, expected)
 
