@@ -6,6 +6,8 @@ import argparse
 from typing import Any
 
 from mfdcomp.cli.common import print_json
+from mfdcomp.errors import MfdcompError
+from mfdcomp.methods import Codec, PathProbe, choose_path
 from mfdcomp.registry import default_registry
 
 
@@ -13,8 +15,9 @@ def register(commands: Any) -> None:
     parser = commands.add_parser(
         "codecs",
         help="list registered codecs and plugins",
-        description="List every codec registered through the mfdcomp.methods entry points, "
-        "and every plugin that failed to load, with its error.",
+        description="List every codec registered through the mfdcomp.methods entry points, with each path "
+        "(hardware, software, raw) probed on this host and the reason it can or cannot run, the library "
+        "versions in use, and every plugin that failed to load, with its error.",
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(run=run)
@@ -25,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     codecs: list[dict[str, Any]] = []
     for name, codec in sorted(registry.codecs.items()):
         info = codec.info
+        probes, sends = _probe(codec)
         codecs.append(
             {
                 "name": name,
@@ -34,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
                 "stateful": info.stateful,
                 "levels": list(info.levels) if info.levels else None,
                 "default_level": info.default_level,
-                "paths": [str(p) for p in info.paths],
+                "paths": [_probe_dict(p) for p in probes],
+                "sends_through": sends,
                 "description": info.description,
             }
         )
@@ -45,12 +50,39 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"codecs": codecs, "plugins": plugins})
         return 0
-    print(f"{'codec':<10} {'flag':<14} {'wire format':<22} {'levels':<8} paths")
+    print(f"{'codec':<10} {'flag':<8} {'wire format':<22} {'levels':<8} sends through")
     for c in codecs:
         flag = f"0x{c['qemu_flag']:02x}" if c["qemu_flag"] is not None else f"ext {c['extension_id']}"
         levels = "-".join(map(str, c["levels"])) if c["levels"] else "-"
-        print(f"{c['name']:<10} {flag:<14} {c['wire_format']:<22} {levels:<8} {', '.join(c['paths'])}")
+        print(f"{c['name']:<10} {flag:<8} {c['wire_format']:<22} {levels:<8} {c['sends_through']}")
+        for p in c["paths"]:
+            mark = "yes" if p["available"] else "NO "
+            lib = f" [{p['library']} {p['version'] or ''}]".rstrip() if p["library"] else ""
+            print(f"    {p['path']:<9} {mark} {p['reason']}{lib}")
     broken = [p for p in plugins if p["errors"]]
     for p in broken:
         print(f"plugin {p['name']} ({p['source']}) FAILED: {'; '.join(p['errors'])}")
     return 0
+
+
+def _probe(codec: Codec) -> tuple[list[PathProbe], str]:
+    """The codec's probes and the path a default send would take, or why none can."""
+    try:
+        probes = list(codec.probe())
+    except Exception as exc:
+        return [], f"PROBE FAILED: {type(exc).__name__}: {exc}"
+    try:
+        choice = choose_path(codec.info, probes)
+    except MfdcompError as exc:
+        return probes, f"NOTHING: {exc}"
+    return probes, str(choice.path)
+
+
+def _probe_dict(probe: PathProbe) -> dict[str, Any]:
+    return {
+        "path": str(probe.path),
+        "available": probe.available,
+        "reason": probe.reason,
+        "library": probe.library,
+        "version": probe.version,
+    }

@@ -31,6 +31,20 @@ def add_codec_options(parser: argparse.ArgumentParser) -> None:
             )
 
 
+def add_path_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--require-hw",
+        action="store_true",
+        help="fail unless the codec's hardware path is available and produces every packet",
+    )
+    group.add_argument(
+        "--force-sw",
+        action="store_true",
+        help="send through the codec's software twin even where the hardware is present",
+    )
+
+
 def chosen_codec(args: argparse.Namespace) -> tuple[Codec, int | None]:
     codec = default_registry().get(args.multifd_compression)
     level = getattr(args, f"multifd_{codec.info.name}_level".replace("-", "_"), None)

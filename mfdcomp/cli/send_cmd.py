@@ -6,7 +6,7 @@ import argparse
 import uuid as uuidlib
 from typing import Any
 
-from mfdcomp.cli.common import add_codec_options, chosen_codec, print_json
+from mfdcomp.cli.common import add_codec_options, add_path_options, chosen_codec, print_json
 from mfdcomp.clients.ram import RamClient
 from mfdcomp.engine.migrate import ZERO_PAGE_MODES, MigrateOptions, migrate
 from mfdcomp.errors import MfdcompError
@@ -41,6 +41,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--to", required=True, metavar="ADDRESS", help="where `mfdcomp recv` listens")
     parser.add_argument("--multifd-channels", type=int, default=2, metavar="N", help="channels, 1-255 (2)")
     add_codec_options(parser)
+    add_path_options(parser)
     parser.add_argument(
         "--zero-page-detection",
         choices=ZERO_PAGE_MODES,
@@ -66,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         dirty_fraction=args.dirty_fraction,
         seed=args.seed,
         page_size=args.page_size,
+        require_hw=args.require_hw,
+        force_sw=args.force_sw,
         **({"uuid": args.uuid.bytes} if args.uuid else {}),
     )
     try:
@@ -92,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
             f"({t['sync_packets']} SYNC), {format_bytes(t['wire_bytes'])} on the wire; "
             f"{result.seconds:.2f} s with verification"
         )
+        path = summary["path"]
+        print(f"codec {codec.info.name}: sent through the {path['chosen']} path; packets by path {t['paths']}")
+        for reason in path["passed_over"]:
+            print(f"  passed over {reason}")
         for name, digest in result.digests.items():
             print(f"sha256 {digest} {name}")
         print("destination: " + ("identical" if result.ok else "DIFFERS"))

@@ -17,7 +17,7 @@ import numpy as np
 from mfdcomp.engine.state import RunState
 from mfdcomp.engine.stats import ChannelStats
 from mfdcomp.errors import ChannelError, TruncatedError, WireError
-from mfdcomp.methods import Codec, MultiFDMethods
+from mfdcomp.methods import Codec, CodecPath, MultiFDMethods
 from mfdcomp.transport.base import Stream
 from mfdcomp.wire import (
     DEVICE_STATE_SIZE,
@@ -238,6 +238,7 @@ def make_channel(
     codec: Codec,
     level: int | None,
     *,
+    path: CodecPath | None = None,
     limits: ReceiverLimits,
     memory: TargetMemory,
     barrier: Barrier,
@@ -246,7 +247,7 @@ def make_channel(
     return RecvChannel(
         channel_id,
         stream,
-        codec.methods(limits.page_size, level),
+        codec.methods(limits.page_size, level, path or codec.info.paths[0]),
         limits=limits,
         memory=memory,
         barrier=barrier,

@@ -22,7 +22,7 @@ from mfdcomp.engine.mainstream import MainStream
 from mfdcomp.engine.state import RemoteError, RunState
 from mfdcomp.engine.stats import ChannelStats
 from mfdcomp.errors import ChannelError, ChannelIdError, WireError
-from mfdcomp.methods import Codec
+from mfdcomp.methods import Codec, CodecPath, choose_path
 from mfdcomp.transport.base import Listener, Stream
 from mfdcomp.wire import (
     INIT_SIZE,
@@ -96,6 +96,7 @@ class Incoming:
         self._memory: TargetMemory | None = None
         self._barrier: Barrier | None = None
         self._codec: Codec | None = None
+        self._path: CodecPath | None = None
         self._ids = ChannelIds()
 
     def run(self) -> IncomingResult:
@@ -136,6 +137,7 @@ class Incoming:
             raise WireError("main channel did not start with a SESSION message", field="type")
         session = mc.Session.from_json(message[1])
         codec = self._find_codec(session.codec)
+        path = choose_path(codec.info, codec.probe()).path
         blocks = self._make_targets(session)
         try:
             uuid = uuidlib.UUID(hex=session.uuid).bytes
@@ -151,6 +153,7 @@ class Incoming:
         with self.state.cond:
             self._session = session
             self._codec = codec
+            self._path = path
             self._limits = limits
             self._memory = TargetMemory(blocks, session.page_size)
             self._barrier = Barrier(self.state, session.channels)
@@ -252,8 +255,8 @@ class Incoming:
 
     def _add_channel(self, stream: Stream) -> None:
         self.state.wait_for(lambda: self._session_ready, "the session before a channel", self._connect_timeout)
-        limits, codec, session = self._limits, self._codec, self._session
-        assert limits is not None and codec is not None and session is not None
+        limits, codec, session, path = self._limits, self._codec, self._session, self._path
+        assert limits is not None and codec is not None and session is not None and path is not None
         assert self._memory is not None and self._barrier is not None
         with self.state.cond:
             if len(self._channels) >= session.channels:
@@ -272,7 +275,7 @@ class Incoming:
         channel = RecvChannel(
             init.id,
             stream,
-            codec.methods(limits.page_size, session.level),
+            codec.methods(limits.page_size, session.level, path),
             limits=limits,
             memory=self._memory,
             barrier=self._barrier,

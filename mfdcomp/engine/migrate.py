@@ -17,7 +17,7 @@ from mfdcomp.engine.source import PageBlock, SendBatch, SourceEngine
 from mfdcomp.engine.state import RemoteError, RunState
 from mfdcomp.engine.stats import ChannelStats, totals
 from mfdcomp.errors import ChannelError, MfdcompError
-from mfdcomp.methods import Codec
+from mfdcomp.methods import Codec, PathChoice, choose_path
 from mfdcomp.transport.base import Stream
 from mfdcomp.wire import page_count
 from mfdcomp.zeropage import partition, zero_flags
@@ -48,6 +48,8 @@ class MigrateOptions:
     page_size: int = 4096
     uuid: bytes = field(default_factory=lambda: uuidlib.uuid4().bytes)
     result_timeout: float = 60.0
+    require_hw: bool = False
+    force_sw: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.channels <= 255:
@@ -69,6 +71,7 @@ class MigrateResult:
     main_zero_pages: int
     digests: dict[str, str]
     destination: dict[str, Any]
+    path: PathChoice
 
     @property
     def ok(self) -> bool:
@@ -81,6 +84,7 @@ class MigrateResult:
             "seconds": self.seconds,
             "transfer_seconds": self.transfer_seconds,
             "rounds": self.rounds,
+            "path": {"chosen": str(self.path.path), "passed_over": list(self.path.passed_over)},
             "totals": total | {"main_zero_pages": self.main_zero_pages},
             "channels": [c.as_dict() for c in self.channels],
             "digests": self.digests,
@@ -100,6 +104,7 @@ def migrate(
     state = RunState()
     started = time.monotonic()
     level = codec.info.check_level(options.level)
+    choice = choose_path(codec.info, codec.probe(), require_hw=options.require_hw, force_sw=options.force_sw)
     main = MainStream(connect())
     state.register(main.stream)
     state.on_fail(main.report_error)
@@ -129,6 +134,8 @@ def migrate(
             page_size=options.page_size,
             uuid=options.uuid,
             detect_zero_pages=options.zero_page_detection == "multifd",
+            path=choice.path,
+            require_hw=options.require_hw,
             state=state,
             on_packet=on_progress,
         )
@@ -160,6 +167,7 @@ def migrate(
         main_zero_pages=main_zero,
         digests=digests,
         destination=outcome,
+        path=choice,
     )
 
 

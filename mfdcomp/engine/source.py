@@ -17,7 +17,7 @@ from typing import Protocol
 
 from mfdcomp.engine.state import RunState
 from mfdcomp.engine.stats import ChannelStats
-from mfdcomp.methods import Codec, MultiFDMethods, SendPayload
+from mfdcomp.methods import Codec, CodecPath, MultiFDMethods, SendPayload, check_packet_path
 from mfdcomp.transport.base import Stream
 from mfdcomp.wire import InitPacket, RamPacket, page_count
 from mfdcomp.zeropage import partition, zero_flags
@@ -70,6 +70,8 @@ class SourceEngine:
         page_size: int,
         uuid: bytes,
         detect_zero_pages: bool,
+        path: CodecPath | None = None,
+        require_hw: bool = False,
         state: RunState | None = None,
         on_packet: Callable[[int], None] | None = None,
     ) -> None:
@@ -77,13 +79,16 @@ class SourceEngine:
         self.page_size = page_size
         self.uuid = uuid
         self.detect_zero_pages = detect_zero_pages
+        self.require_hw = require_hw
+        self.info = codec.info
+        path = path or codec.info.paths[0]
         self.capacity = page_count(page_size)
         self._on_packet = on_packet
         self._packet_num = itertools.count()  # one counter for all channels, as QEMU 10
         self._num_lock = threading.Lock()
         self._next_channel = 0  # caller thread only
         self._exiting = False  # under state.cond
-        self.channels = [_SendChannel(i, s, codec.methods(page_size, level)) for i, s in enumerate(streams)]
+        self.channels = [_SendChannel(i, s, codec.methods(page_size, level, path)) for i, s in enumerate(streams)]
         for stream in streams:
             self.state.register(stream)
 
@@ -214,6 +219,7 @@ class SourceEngine:
         stats.payload_bytes += payload.size
         stats.wire_bytes += len(header) + payload.size
         if normal:
+            check_packet_path(self.info, payload.path, require_hw=self.require_hw)
             stats.paths[payload.path] += 1
         if self._on_packet is not None:
             self._on_packet(len(offsets) * ps)

@@ -6,10 +6,12 @@ from mfdcomp.methods.contract import (
     CodecInfo,
     CodecPath,
     MultiFDMethods,
+    PathProbe,
     PayloadSource,
     SendPayload,
 )
 from mfdcomp.methods.nocomp import NOCOMP_INFO, Nocomp, NocompMethods
+from mfdcomp.methods.policy import PathChoice, check_packet_path, choose_path
 
 __all__ = [
     "NOCOMP_INFO",
@@ -20,6 +22,10 @@ __all__ = [
     "MultiFDMethods",
     "Nocomp",
     "NocompMethods",
+    "PathChoice",
+    "PathProbe",
     "PayloadSource",
     "SendPayload",
+    "check_packet_path",
+    "choose_path",
 ]

@@ -148,9 +148,32 @@ class MultiFDMethods(abc.ABC):
         return self.info.qemu_flag or 0
 
 
+@dataclass(frozen=True, slots=True)
+class PathProbe:
+    """Whether one path of a codec can run on this host, and why.
+
+    ``library`` and ``version`` name what the path would load (``libqatzip.so.3``,
+    ``zlib 1.2.13``); ``reason`` is written for a person deciding what to fix.
+    """
+
+    path: CodecPath
+    available: bool
+    reason: str
+    library: str | None = None
+    version: str | None = None
+
+
 class Codec(Protocol):
-    """What a plugin registers: a description and a per-channel factory."""
+    """What a plugin registers: a description, a probe and a per-channel factory.
+
+    ``probe()`` is the only place a vendor library may be loaded or a device
+    opened; a codec caches its answer. ``methods(page_size, level, path)``
+    makes one channel's context that sends through ``path`` (one of the
+    available ones); every context decodes whatever its wire format allows.
+    """
 
     info: CodecInfo
 
-    def methods(self, page_size: int, level: int | None) -> MultiFDMethods: ...
+    def probe(self) -> Sequence[PathProbe]: ...
+
+    def methods(self, page_size: int, level: int | None, path: CodecPath) -> MultiFDMethods: ...

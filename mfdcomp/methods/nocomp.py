@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mfdcomp.errors import CodecError
-from mfdcomp.methods.contract import CodecInfo, CodecPath, MultiFDMethods, PayloadSource, SendPayload
+from mfdcomp.methods.contract import CodecInfo, CodecPath, MultiFDMethods, PathProbe, PayloadSource, SendPayload
 from mfdcomp.wire import NOCOMP, RamPacket
 
 NOCOMP_INFO = CodecInfo(
@@ -37,7 +37,12 @@ class NocompMethods(MultiFDMethods):
 class Nocomp:
     info = NOCOMP_INFO
 
-    def methods(self, page_size: int, level: int | None) -> MultiFDMethods:
+    def probe(self) -> list[PathProbe]:
+        return [PathProbe(CodecPath.RAW, True, "pages are sent as they are; nothing to load")]
+
+    def methods(self, page_size: int, level: int | None, path: CodecPath = CodecPath.RAW) -> MultiFDMethods:
+        if path is not CodecPath.RAW:
+            raise CodecError(f"nocomp has only the raw path, not {path}")
         return NocompMethods(page_size, level)
 
 
