@@ -15,7 +15,10 @@ def info(*paths: CodecPath) -> CodecInfo:
 
 
 def host(**available: bool) -> list[PathProbe]:
-    return [PathProbe(CodecPath(name.lower()), ok, f"{name} {'here' if ok else 'missing'}") for name, ok in available.items()]
+    return [
+        PathProbe(CodecPath(name.lower()), ok, f"{name} {'here' if ok else 'missing'}")
+        for name, ok in available.items()
+    ]
 
 
 # (paths the codec has, what the host has, require_hw, force_sw, expected path or error text)

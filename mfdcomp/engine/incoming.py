@@ -297,4 +297,3 @@ def _check_zero(name: str, offsets: tuple[int, ...], limits: ReceiverLimits | No
             raise WireError(
                 f"ZERO message offset 0x{offset:x} outside block {name!r}", field="offset", value=offset, limit=size
             )
-

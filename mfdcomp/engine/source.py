@@ -166,9 +166,7 @@ class SourceEngine:
             channel.stats.wire_bytes += len(init)
             while True:
                 with state.cond:
-                    state.cond.wait_for(
-                        lambda: state.error is not None or self._exiting or not channel.idle
-                    )
+                    state.cond.wait_for(lambda: state.error is not None or self._exiting or not channel.idle)
                     if state.error is not None or channel.idle:
                         return
                     job = channel.job

@@ -268,4 +268,3 @@ class DeviceStatePacket:
             magic=magic,
             version=version,
         )
-
