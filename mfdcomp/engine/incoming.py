@@ -248,9 +248,10 @@ class Incoming:
                 self._main = MainStream(stream)
                 self.state.cond.notify_all()
             return
+        if magic is None:
+            raise ChannelError(f"{stream.name}: connection closed after {len(head)} bytes, before its magic")
         if magic != MULTIFD_MAGIC:
-            shown = head.hex() or "nothing"
-            raise WireError(f"{stream.name}: unknown channel magic {shown}", field="magic", value=shown)
+            raise WireError(f"{stream.name}: unknown channel magic {head.hex()}", field="magic", value=head.hex())
         self._add_channel(stream)
 
     def _add_channel(self, stream: Stream) -> None:

@@ -1,0 +1,81 @@
+"""`mfdcomp send` and `mfdcomp recv` as separate processes: a good run, and a peer killed mid-stream."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+MFDCOMP = [sys.executable, "-m", "mfdcomp"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MFDCOMP, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def start(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([*MFDCOMP, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("img") / "src.img"
+    done = run("gen-image", str(path), "--size", "32M", "--seed", "3")
+    assert done.returncode == 0, done.stderr
+    return path
+
+
+def wait_listening(path: Path, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 10
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "recv did not start listening"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("zero_mode", ["multifd", "legacy"])
+def test_send_and_recv_processes_agree(tmp_path: Path, image: Path, zero_mode: str) -> None:
+    sock = tmp_path / "mfd.sock"
+    out = tmp_path / "dst.img"
+    recv = start("recv", "--listen", f"unix:{sock}", "--out", str(out))
+    wait_listening(sock, recv)
+    sent = run(
+        "send", str(image), "--to", f"unix:{sock}", "--multifd-channels", "4",
+        "--zero-page-detection", zero_mode, "--rounds", "3", "--dirty-fraction", "0.1", "--json",
+    )  # fmt: skip
+    stdout, stderr = recv.communicate(timeout=60)
+    assert sent.returncode == 0, sent.stderr
+    assert recv.returncode == 0, stderr
+    summary = json.loads(sent.stdout)
+    assert summary["ok"] and summary["totals"]["sync_packets"] == 12
+    last = stdout.strip().splitlines()[-1]
+    assert last.startswith("sha256 ") and last.split()[1] == summary["digests"]["ram0"]
+
+
+@pytest.mark.parametrize("victim", ["recv", "send"])
+def test_a_killed_peer_ends_the_other_side_within_5_s(tmp_path: Path, image: Path, victim: str) -> None:
+    sock = tmp_path / "mfd.sock"
+    recv = start("recv", "--listen", f"unix:{sock}", "--out", str(tmp_path / "dst.img"))
+    wait_listening(sock, recv)
+    # Enough dirty rounds to still be running when the peer dies.
+    send = start("send", str(image), "--to", f"unix:{sock}", "--rounds", "100000", "--dirty-fraction", "0.5")
+    time.sleep(1.5)
+    assert send.poll() is None and recv.poll() is None, "the transfer ended before the kill"
+    dead, survivor = (recv, send) if victim == "recv" else (send, recv)
+    os.kill(dead.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    try:
+        _, stderr = survivor.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        survivor.kill()
+        pytest.fail(f"the other side of a killed {victim} was still running 5 s later")
+    assert time.monotonic() - killed_at < 5
+    dead.communicate()
+    assert survivor.returncode != 0
+    assert "error:" in stderr, stderr

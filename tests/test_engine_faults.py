@@ -1,0 +1,263 @@
+"""Ordering under skewed channels, refusal of hostile connections, and failures that end both sides."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typing_extensions import Buffer
+
+from mfdcomp.clients.ram import RamClient
+from mfdcomp.engine import mainchannel as mc
+from mfdcomp.engine.incoming import Incoming
+from mfdcomp.engine.migrate import MigrateOptions
+from mfdcomp.errors import ChannelError, ChannelIdError, MfdcompError, WireError
+from mfdcomp.registry import get_codec
+from mfdcomp.testing import run_loopback
+from mfdcomp.transport.address import parse_address
+from mfdcomp.transport.base import Stream
+from mfdcomp.transport.sockets import listen
+from mfdcomp.wire import InitPacket, RamPacket
+from tests.test_engine_roundtrip import fill_mixed
+
+
+class SlowStream:
+    """A stream whose every write (or every read) first sleeps: one channel lags the others."""
+
+    def __init__(self, inner: Stream, *, send_delay: float = 0.0, recv_delay: float = 0.0) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.send_delay = send_delay
+        self.recv_delay = recv_delay
+
+    def send_all(self, buffers: Sequence[Buffer]) -> None:
+        time.sleep(self.send_delay)
+        self.inner.send_all(buffers)
+
+    def recv_exact_into(self, view: memoryview) -> int:
+        time.sleep(self.recv_delay)
+        return self.inner.recv_exact_into(view)
+
+    def recv_into_all(self, views: Sequence[memoryview]) -> None:
+        self.inner.recv_into_all(views)
+
+    def peek(self, size: int) -> bytes:
+        return self.inner.peek(size)
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@pytest.mark.parametrize("side", ["source", "destination"])
+@pytest.mark.parametrize("slow_channel", [0, 2])
+def test_redirtied_pages_land_in_their_newest_version(tmp_path: Path, side: str, slow_channel: int) -> None:
+    """One channel lags by a millisecond per packet; later rounds' copies must still win."""
+
+    def lag(index: int, stream: Stream) -> Stream:
+        if index != slow_channel + 1:
+            return stream
+        if side == "source":
+            return SlowStream(stream, send_delay=0.001)
+        return SlowStream(stream, recv_delay=0.001)
+
+    with RamClient.anonymous([("ram0", 2 << 20)]) as ram:
+        fill_mixed(ram)
+        options = MigrateOptions(channels=3, rounds=6, dirty_fraction=0.6, seed=5)
+        kwargs: dict[str, Any] = {"wrap": lag} if side == "source" else {"wrap_accepted": lag}
+        outcome = run_loopback(ram, get_codec("none"), options, workdir=tmp_path, **kwargs)
+        outcome.raise_for_errors()
+        assert outcome.destination is not None
+        assert outcome.destination.digests == ram.digests()
+
+
+# --- hostile connections against a real destination -------------------------------------------
+
+
+class HostileSource:
+    """A hand-driven source: a real main channel, then whatever channels a test opens."""
+
+    def __init__(self, tmp_path: Path, channels: int = 2) -> None:
+        self.uuid = uuidlib.uuid4()
+        self.channels = channels
+        self.listener = listen(parse_address(f"unix:{tmp_path / 'dst.sock'}"))
+        self.path = str(tmp_path / "dst.sock")
+        self.targets: list[RamClient] = []
+        self.incoming = Incoming(
+            self.listener,
+            make_targets=self._targets,
+            digests=lambda: self.targets[0].digests(),
+            find_codec=get_codec,
+            connect_timeout=5.0,
+        )
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+        self.main = self.open()
+        session = mc.Session(
+            uuid=self.uuid.hex,
+            page_size=4096,
+            channels=channels,
+            codec="none",
+            level=None,
+            zero_page_detection="multifd",
+            blocks=[("ram0", 1 << 20)],
+        )
+        self.main.sendall(mc.opening() + mc.encode(mc.Message.SESSION, session.to_json()))
+
+    def _targets(self, session: mc.Session) -> Any:
+        self.targets.append(RamClient.anonymous(session.blocks))
+        return self.targets[0].blocks
+
+    def _run(self) -> None:
+        try:
+            self.incoming.run()
+        except BaseException as exc:
+            self.error = exc
+
+    def open(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(self.path)
+        return sock
+
+    def channel(self, channel_id: int, uuid: bytes | None = None) -> socket.socket:
+        sock = self.open()
+        sock.sendall(InitPacket(uuid=uuid or self.uuid.bytes, id=channel_id).encode())
+        return sock
+
+    def finish(self) -> BaseException | None:
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "destination did not end within 10 s"
+        for target in self.targets:
+            target.close()
+        return self.error
+
+    def main_error_text(self) -> str:
+        """What the destination wrote on the main channel: the ERROR message's text."""
+        self.main.settimeout(5)
+        data = b""
+        while chunk := self.main.recv(65536):
+            data += chunk
+        return data.decode(errors="replace")
+
+
+def test_wrong_uuid_is_refused(tmp_path: Path) -> None:
+    src = HostileSource(tmp_path)
+    src.channel(0, uuid=uuidlib.uuid4().bytes)
+    error = src.finish()
+    assert isinstance(error, WireError) and error.field == "uuid"
+    assert "uuid" in src.main_error_text()
+
+
+def test_duplicate_channel_id_is_refused(tmp_path: Path) -> None:
+    src = HostileSource(tmp_path)
+    first = src.channel(0)
+    second = src.channel(0)
+    error = src.finish()
+    assert isinstance(error, ChannelIdError) and "channel id 0 is already set up" in str(error)
+    assert "channel" in src.main_error_text()
+    first.close()
+    second.close()
+
+
+def test_channel_id_beyond_the_session_is_refused(tmp_path: Path) -> None:
+    src = HostileSource(tmp_path, channels=2)
+    src.channel(2)
+    error = src.finish()
+    assert isinstance(error, ChannelIdError)
+    assert error.field == "id" and error.value == 2 and error.limit == 1
+    assert "id" in src.main_error_text()
+
+
+def test_connection_beyond_the_announced_channels_is_refused(tmp_path: Path) -> None:
+    src = HostileSource(tmp_path, channels=2)
+    held = [src.channel(0), src.channel(1)]
+    time.sleep(0.2)  # let both be accepted before the extra one; order matters for the message
+    held.append(src.channel(1))
+    error = src.finish()
+    assert isinstance(error, ChannelIdError)
+    assert "beyond the session's 2 channels" in str(error)
+    for sock in held:
+        sock.close()
+
+
+def test_unknown_magic_is_refused(tmp_path: Path) -> None:
+    src = HostileSource(tmp_path)
+    stranger = src.open()
+    stranger.sendall(b"GET / HTTP/1.1\r\n\r\n")
+    error = src.finish()
+    assert isinstance(error, WireError) and error.field == "magic"
+    stranger.close()
+
+
+def test_channel_that_never_sends_its_init_packet_ends_in_time(tmp_path: Path) -> None:
+    src = HostileSource(tmp_path, channels=1)
+    silent = src.open()
+    src.main.sendall(mc.encode(mc.Message.FLUSH))
+    started = time.monotonic()
+    silent.close()
+    error = src.finish()
+    assert isinstance(error, ChannelError)
+    assert time.monotonic() - started < 10
+
+
+def test_packet_for_an_unknown_block_is_refused(tmp_path: Path) -> None:
+    src = HostileSource(tmp_path, channels=1)
+    sock = src.channel(0)
+    packet = RamPacket.data(
+        flags=0, ramblock="nope", normal=[0], zero=[], next_packet_size=4096, packet_num=0, page_size=4096
+    )
+    sock.sendall(packet.encode(4096) + bytes(4096))
+    error = src.finish()
+    assert isinstance(error, WireError) and error.field == "ramblock"
+    assert "nope" in src.main_error_text()
+    sock.close()
+
+
+# --- a failing channel ends both sides ---------------------------------------------------------
+
+
+class BreakingStream(SlowStream):
+    """Fails the write after ``after`` writes (the engine then shuts every stream down)."""
+
+    def __init__(self, inner: Stream, after: int) -> None:
+        super().__init__(inner)
+        self.after = after
+
+    def send_all(self, buffers: Sequence[Buffer]) -> None:
+        self.after -= 1
+        if self.after < 0:
+            raise ChannelError(f"{self.name}: injected failure")
+        self.inner.send_all(buffers)
+
+
+@pytest.mark.parametrize("broken", [0, 1, 2])
+def test_one_broken_channel_ends_both_sides_with_the_first_error(tmp_path: Path, broken: int) -> None:
+    def breaker(index: int, stream: Stream) -> Stream:
+        return BreakingStream(stream, after=3) if index == broken else stream
+
+    with RamClient.anonymous([("ram0", 4 << 20)]) as ram:
+        fill_mixed(ram)
+        started = time.monotonic()
+        outcome = run_loopback(
+            ram,
+            get_codec("none"),
+            MigrateOptions(channels=2, rounds=3, dirty_fraction=0.5),
+            workdir=tmp_path,
+            wrap=breaker,
+            timeout=10,
+        )
+        elapsed = time.monotonic() - started
+    assert elapsed < 5
+    assert isinstance(outcome.source_error, MfdcompError)
+    assert isinstance(outcome.destination_error, MfdcompError)
+    assert "injected failure" in str(outcome.source_error)
+    assert not [t for t in threading.enumerate() if t.name.startswith("mfdcomp-")]
