@@ -79,3 +79,14 @@ def test_a_killed_peer_ends_the_other_side_within_5_s(tmp_path: Path, image: Pat
     dead.communicate()
     assert survivor.returncode != 0
     assert "error:" in stderr, stderr
+
+
+def test_file_transport_through_the_command_line(tmp_path: Path, image: Path) -> None:
+    saved = tmp_path / "mig.mr"
+    sent = run("send", str(image), "--to", f"file:{saved}", "--multifd-channels", "4", "--rounds", "2",
+               "--dirty-fraction", "0.2", "--json")  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    digest = json.loads(sent.stdout)["digests"]["ram0"]
+    loaded = run("recv", "--listen", f"file:{saved}", "--out", str(tmp_path / "dst.img"))
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip().splitlines()[-1] == f"sha256 {digest}"

@@ -9,7 +9,8 @@ from typing import Any
 from mfdcomp.cli.common import print_json
 from mfdcomp.clients.ram import RamClient
 from mfdcomp.engine import mainchannel as mc
-from mfdcomp.engine.incoming import Incoming
+from mfdcomp.engine.incoming import Incoming, IncomingResult
+from mfdcomp.engine.mappedram import load_from_file
 from mfdcomp.errors import MfdcompError
 from mfdcomp.progress import Progress
 from mfdcomp.registry import get_codec
@@ -22,6 +23,10 @@ session (page size, channels, codec, blocks) comes from the sender's main
 channel; every multifd packet is checked as a QEMU destination would check it,
 and the first error ends both sides. The last line is "sha256 <hex>" of the
 received image; the exit code is 0 only when it equals the source's.
+
+With --listen file:PATH, the blocks are read back from a complete mapped-ram
+file written by `mfdcomp send --to file:PATH` (by --channels threads) and
+checked against the digests stored in it; an unfinished file is refused.
 
 With one block, --out is the image file; with several, --out is a directory
 and each block is written to NAME.img in it.
@@ -36,9 +41,15 @@ def register(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--listen", required=True, metavar="ADDRESS", help="tcp:HOST:PORT, unix:PATH, vsock:CID:PORT, fd:N"
+        "--listen",
+        required=True,
+        metavar="ADDRESS",
+        help="tcp:HOST:PORT, unix:PATH, vsock:CID:PORT, fd:N, or file:PATH to read a mapped-ram file",
     )
     parser.add_argument("--out", required=True, type=Path, metavar="PATH", help="image file (or directory)")
+    parser.add_argument(
+        "--channels", type=int, metavar="N", help="reader threads for file: (default: the writer's channels)"
+    )
     parser.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="seconds for channels to join")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     parser.set_defaults(run=run)
@@ -56,7 +67,6 @@ def run(args: argparse.Namespace) -> int:
         address = parse_address(args.listen)
     except ValueError as exc:
         raise MfdcompError(str(exc)) from exc
-    listener = listen(address)
     clients: list[RamClient] = []
     progress = Progress(0, "recv")
 
@@ -67,16 +77,27 @@ def run(args: argparse.Namespace) -> int:
         progress.total = sum(size for _, size in session.blocks)
         return client.blocks
 
+    result: IncomingResult
     try:
-        incoming = Incoming(
-            listener,
-            make_targets=make_targets,
-            digests=lambda: clients[0].digests(),
-            find_codec=get_codec,
-            connect_timeout=args.connect_timeout,
-            on_progress=progress.update,
-        )
-        result = incoming.run()
+        if address.kind == "file":
+            assert address.path is not None
+            result = load_from_file(
+                Path(address.path),
+                make_targets,
+                lambda: clients[0].digests(),
+                channels=args.channels,
+                on_progress=progress.update,
+            )
+        else:
+            incoming = Incoming(
+                listen(address),
+                make_targets=make_targets,
+                digests=lambda: clients[0].digests(),
+                find_codec=get_codec,
+                connect_timeout=args.connect_timeout,
+                on_progress=progress.update,
+            )
+            result = incoming.run()
     finally:
         progress.close()
         for client in clients:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import uuid as uuidlib
+from pathlib import Path
 from typing import Any
 
 from mfdcomp.cli.common import add_codec_options, add_path_options, chosen_codec, print_json
 from mfdcomp.clients.ram import RamClient
+from mfdcomp.engine.mappedram import save_to_file
 from mfdcomp.engine.migrate import ZERO_PAGE_MODES, MigrateOptions, migrate
 from mfdcomp.errors import MfdcompError
 from mfdcomp.progress import Progress
@@ -26,7 +28,10 @@ IMAGE is PATH or NAME=PATH; blocks are named ram0, ram1, ... by default.
 The image files are never modified: later rounds (--rounds) change a
 --dirty-fraction of the pages in a private copy and send them again.
 
-Addresses: tcp:HOST:PORT, tcp:[V6]:PORT, unix:PATH, vsock:CID:PORT, fd:N.
+Addresses: tcp:HOST:PORT, tcp:[V6]:PORT, unix:PATH, vsock:CID:PORT, fd:N,
+and file:PATH, which writes QEMU's mapped-ram layout (pages at fixed offsets,
+written by every channel with pwritev; codec none only) for a later
+`mfdcomp recv --listen file:PATH`. The file is marked complete only at the end.
 """
 
 
@@ -78,7 +83,11 @@ def run(args: argparse.Namespace) -> int:
     with RamClient.from_images(args.images, page_size=args.page_size) as ram:
         total = sum(block.size for block in ram.blocks.values())
         with Progress(total, "send") as progress:
-            result = migrate(ram, lambda: connect(address), codec, options, on_progress=progress.update)
+            if address.kind == "file":
+                assert address.path is not None
+                result = save_to_file(ram, Path(address.path), codec, options, on_progress=progress.update)
+            else:
+                result = migrate(ram, lambda: connect(address), codec, options, on_progress=progress.update)
     summary = result.as_dict()
     total_bytes = sum(block["normal_pages"] + block["zero_pages"] for block in summary["channels"]) * args.page_size
     summary["guest_bytes"] = total_bytes + result.main_zero_pages * args.page_size
@@ -96,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
             f"{result.seconds:.2f} s with verification"
         )
         path = summary["path"]
-        print(f"codec {codec.info.name}: sent through the {path['chosen']} path; packets by path {t['paths']}")
+        by_path = ", ".join(f"{name} {count}" for name, count in t["paths"].items()) or "none"
+        print(f"codec {codec.info.name}: sent through the {path['chosen']} path; packets by path: {by_path}")
         for reason in path["passed_over"]:
             print(f"  passed over {reason}")
         for name, digest in result.digests.items():

@@ -13,7 +13,7 @@ import numpy as np
 
 from mfdcomp.engine import mainchannel as mc
 from mfdcomp.engine.mainstream import MainStream
-from mfdcomp.engine.source import PageBlock, SendBatch, SourceEngine
+from mfdcomp.engine.source import ChannelEngine, PageBlock, SendBatch, SourceEngine
 from mfdcomp.engine.state import RemoteError, RunState
 from mfdcomp.engine.stats import ChannelStats, totals
 from mfdcomp.errors import ChannelError, MfdcompError
@@ -140,7 +140,7 @@ def migrate(
             on_packet=on_progress,
         )
         engine.start()
-        main_zero = _send_rounds(ram, engine, main, options, on_progress)
+        main_zero = send_rounds(ram, engine, main, options, on_progress)
         engine.finish()
         transferred = time.monotonic() - started
         for stream in streams:
@@ -177,14 +177,17 @@ def _first(state: RunState) -> MfdcompError:
     return error
 
 
-def _send_rounds(
+def send_rounds(
     ram: SourceRam,
-    engine: SourceEngine,
-    main: MainStream,
+    engine: ChannelEngine[Any],
+    main: MainStream | None,
     options: MigrateOptions,
     on_progress: Callable[[int], None] | None,
 ) -> int:
-    """Every round: hand each batch to a channel, then SYNC + FLUSH. Returns legacy zero pages sent."""
+    """Every round: hand each batch to a channel, then SYNC + FLUSH. Returns legacy zero pages sent.
+
+    Without a main channel (a file) the round ends at the channels' sync alone.
+    """
     rng = np.random.default_rng(options.seed)
     ps = options.page_size
     capacity = page_count(ps)
@@ -195,7 +198,7 @@ def _send_rounds(
         if round_index:
             ram.perturb(options.dirty_fraction, rng)
         for block, offsets in ram.iter_batches(capacity):
-            if legacy:
+            if legacy and main is not None:
                 count = len(offsets)
                 offsets = _split_legacy_zero(block, offsets, main, ps)
                 main_zero += count - len(offsets)
@@ -207,7 +210,8 @@ def _send_rounds(
             batch.offsets = offsets
             batch = engine.send(batch)
         engine.sync()
-        main.write(mc.encode(mc.Message.FLUSH))
+        if main is not None:
+            main.write(mc.encode(mc.Message.FLUSH))
     return main_zero
 
 

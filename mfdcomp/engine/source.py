@@ -9,16 +9,17 @@ its queued work; the caller then writes FLUSH on the main channel.
 
 from __future__ import annotations
 
+import abc
 import itertools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from mfdcomp.engine.state import RunState
 from mfdcomp.engine.stats import ChannelStats
 from mfdcomp.methods import Codec, CodecPath, MultiFDMethods, SendPayload, check_packet_path
-from mfdcomp.transport.base import Stream
+from mfdcomp.transport.base import ChannelEnd, Stream
 from mfdcomp.wire import InitPacket, RamPacket, page_count
 from mfdcomp.zeropage import partition, zero_flags
 
@@ -42,8 +43,11 @@ class SendBatch:
         self.offsets = []
 
 
-class _SendChannel:
-    def __init__(self, channel_id: int, stream: Stream, method: MultiFDMethods) -> None:
+EndT = TypeVar("EndT", bound=ChannelEnd)
+
+
+class _SendChannel(Generic[EndT]):
+    def __init__(self, channel_id: int, stream: EndT, method: MultiFDMethods) -> None:
         self.id = channel_id  # set once
         self.stream = stream  # set once
         self.method = method  # channel thread only
@@ -58,12 +62,15 @@ class _SendChannel:
         return self.job is None and not self.pending_sync
 
 
-class SourceEngine:
-    """Channel threads of the source over already connected streams."""
+class ChannelEngine(abc.ABC, Generic[EndT]):
+    """Channel threads of the source, the hand-off and the round's sync, over any channel ends.
+
+    Subclasses say what a channel writes: packets on a stream, or pages at fixed file offsets.
+    """
 
     def __init__(
         self,
-        streams: list[Stream],
+        streams: Sequence[EndT],
         codec: Codec,
         *,
         level: int | None,
@@ -88,7 +95,7 @@ class SourceEngine:
         self._num_lock = threading.Lock()
         self._next_channel = 0  # caller thread only
         self._exiting = False  # under state.cond
-        self.channels = [_SendChannel(i, s, codec.methods(page_size, level, path)) for i, s in enumerate(streams)]
+        self.channels = [_SendChannel[EndT](i, s, codec.methods(page_size, level, path)) for i, s in enumerate(streams)]
         for stream in streams:
             self.state.register(stream)
 
@@ -156,14 +163,12 @@ class SourceEngine:
         with self._num_lock:
             return next(self._packet_num)
 
-    def _run(self, channel: _SendChannel) -> None:
+    def _run(self, channel: _SendChannel[EndT]) -> None:
         state = self.state
         method = channel.method
         try:
             method.send_setup(channel.id)
-            init = InitPacket(uuid=self.uuid, id=channel.id).encode()
-            channel.stream.send_all([init])
-            channel.stats.wire_bytes += len(init)
+            self._open_channel(channel)
             while True:
                 with state.cond:
                     state.cond.wait_for(lambda: state.error is not None or self._exiting or not channel.idle)
@@ -187,7 +192,8 @@ class SourceEngine:
         finally:
             method.send_cleanup()
 
-    def _send_batch(self, channel: _SendChannel, job: SendBatch) -> None:
+    def _send_batch(self, channel: _SendChannel[EndT], job: SendBatch) -> None:
+        """Common preparation (zero pages, then the codec), then the transport's write."""
         block = job.block
         assert block is not None
         offsets = job.offsets
@@ -198,31 +204,64 @@ class SourceEngine:
         method = channel.method
         if normal:
             payload = method.send_prepare([memory[o : o + ps] for o in normal])
+            check_packet_path(self.info, payload.path, require_hw=self.require_hw)
         else:
             payload = SendPayload(buffers=[], size=0, path=method.info.paths[0])
-        header = RamPacket.data(
-            flags=method.flag | payload.flags,
-            ramblock=block.name,
-            normal=normal,
-            zero=offsets[normal_num:],
-            next_packet_size=payload.size,
-            packet_num=self._next_packet_num(),
-            page_size=ps,
-        ).encode(ps)
-        channel.stream.send_all([header, *payload.buffers])
+        written = self._write_batch(channel, block, normal, offsets[normal_num:], payload)
         stats = channel.stats
         stats.packets += 1
         stats.normal_pages += normal_num
         stats.zero_pages += len(offsets) - normal_num
         stats.payload_bytes += payload.size
-        stats.wire_bytes += len(header) + payload.size
+        stats.wire_bytes += written
         if normal:
-            check_packet_path(self.info, payload.path, require_hw=self.require_hw)
             stats.paths[payload.path] += 1
         if self._on_packet is not None:
             self._on_packet(len(offsets) * ps)
 
-    def _send_sync(self, channel: _SendChannel) -> None:
+    @abc.abstractmethod
+    def _open_channel(self, channel: _SendChannel[EndT]) -> None:
+        """What a channel does once, before its first batch."""
+
+    @abc.abstractmethod
+    def _write_batch(
+        self, channel: _SendChannel[EndT], block: PageBlock, normal: list[int], zero: list[int], payload: SendPayload
+    ) -> int:
+        """Write one prepared batch; returns the bytes written."""
+
+    @abc.abstractmethod
+    def _send_sync(self, channel: _SendChannel[EndT]) -> None:
+        """The channel's part of the end of a round, after its queued batch."""
+
+
+class SourceEngine(ChannelEngine[Stream]):
+    """QEMU's multifd channels over connected streams: init packet, RAM packets, SYNC packets."""
+
+    def _open_channel(self, channel: _SendChannel[Stream]) -> None:
+        """First words of a channel: QEMU's init packet."""
+        init = InitPacket(uuid=self.uuid, id=channel.id).encode()
+        channel.stream.send_all([init])
+        channel.stats.wire_bytes += len(init)
+
+    def _write_batch(
+        self, channel: _SendChannel[Stream], block: PageBlock, normal: list[int], zero: list[int], payload: SendPayload
+    ) -> int:
+        """One RAM packet: header and payload in one scatter-gather write. Returns the bytes written."""
+        method = channel.method
+        ps = self.page_size
+        header = RamPacket.data(
+            flags=method.flag | payload.flags,
+            ramblock=block.name,
+            normal=normal,
+            zero=zero,
+            next_packet_size=payload.size,
+            packet_num=self._next_packet_num(),
+            page_size=ps,
+        ).encode(ps)
+        channel.stream.send_all([header, *payload.buffers])
+        return len(header) + payload.size
+
+    def _send_sync(self, channel: _SendChannel[Stream]) -> None:
         header = RamPacket.sync(self._next_packet_num(), self.page_size).encode(self.page_size)
         channel.stream.send_all([header])
         channel.stats.packets += 1

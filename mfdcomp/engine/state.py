@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable
 
 from mfdcomp.errors import ChannelError, MfdcompError
-from mfdcomp.transport.base import Stream
+from mfdcomp.transport.base import ChannelEnd
 
 
 class RemoteError(ChannelError):
@@ -24,13 +24,13 @@ class RunState:
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.error: BaseException | None = None  # under cond; set once
-        self._streams: list[Stream] = []  # under cond
+        self._streams: list[ChannelEnd] = []  # under cond
         self._on_fail: list[Callable[[BaseException], None]] = []  # set before threads start
 
     def on_fail(self, hook: Callable[[BaseException], None]) -> None:
         self._on_fail.append(hook)
 
-    def register(self, stream: Stream) -> None:
+    def register(self, stream: ChannelEnd) -> None:
         with self.cond:
             self._streams.append(stream)
             failed = self.error is not None

@@ -14,10 +14,19 @@ from typing import Protocol
 from typing_extensions import Buffer
 
 
-class Stream(Protocol):
+class ChannelEnd(Protocol):
+    """What every channel's end has, a socket or a file: a name, and a way to stop it."""
+
     name: str
     """Printable peer description for error messages, e.g. 'tcp:127.0.0.1:4444'."""
 
+    def shutdown(self) -> None:
+        """Stop now; threads blocked in this end raise ChannelError."""
+
+    def close(self) -> None: ...
+
+
+class Stream(ChannelEnd, Protocol):
     def send_all(self, buffers: Sequence[Buffer]) -> None:
         """Write every byte of ``buffers`` in order (sendmsg, partial writes resumed)."""
 
@@ -32,11 +41,6 @@ class Stream(Protocol):
 
     def peek(self, size: int) -> bytes:
         """The next ``size`` bytes without consuming them (fewer only at end of stream)."""
-
-    def shutdown(self) -> None:
-        """Stop both directions now; blocked readers and writers raise ChannelError."""
-
-    def close(self) -> None: ...
 
 
 class Listener(Protocol):
