@@ -15,6 +15,11 @@ compression: a 1344-byte header plus 128 views of 4 KiB pages (512 KiB).
 * ``--via-stream``: the same through mfdcomp's ``listen``/``connect`` and
   ``SocketStream.send_all`` / ``recv_exact_into`` / ``recv_into_all`` (128 views).
 
+``--image PATH`` moves the pages of that image instead (mapped as `mfdcomp
+send` maps it, message m on connection m mod N) into a fresh target file
+created and populated as `mfdcomp recv` creates it, inside the timed window:
+the limit for an engine moving the same bytes between the same kinds of memory.
+
 ``--bufsize B`` sets SO_SNDBUF and SO_RCVBUF on both ends (plain pump only),
 to see whether bigger socket buffers help. GB/s counts page bytes (10**9),
 timed on the receiver from the "go" byte it sends to the last byte received;
@@ -35,6 +40,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from mfdcomp.clients.ram import RamClient
 from mfdcomp.transport.address import parse_address
 from mfdcomp.transport.base import Stream
 from mfdcomp.transport.sockets import connect, listen
@@ -48,7 +54,7 @@ REGION = 64 << 20  # pages cycle through a 64 MiB region: larger than the caches
 VIEWS_PER_REGION = REGION // MESSAGE
 
 
-def region_views(region: bytearray) -> list[list[memoryview]]:
+def region_views(region: bytearray | memoryview) -> list[list[memoryview]]:
     """For each message slot of ``region``, its 128 page views."""
     mv = memoryview(region)
     return [
@@ -62,11 +68,29 @@ def share(messages: int, connections: int, index: int) -> int:
     return messages // connections + (1 if index < messages % connections else 0)
 
 
-def plain_send(sock: socket.socket, count: int, slots: list[list[memoryview]]) -> None:
+Slots = Callable[[int], list[memoryview]]
+"""The page views of the m-th message a connection sends."""
+
+
+def cycling(slots: list[list[memoryview]]) -> Slots:
+    return lambda m: slots[m % VIEWS_PER_REGION]
+
+
+def image_slots(image: memoryview, index: int, connections: int) -> Slots:
+    """Connection ``index`` sends messages index, index + N, ... of the image."""
+
+    def slot(m: int) -> list[memoryview]:
+        base = (index + m * connections) * MESSAGE
+        return [image[base + p * PAGE : base + (p + 1) * PAGE] for p in range(PAGES)]
+
+    return slot
+
+
+def plain_send(sock: socket.socket, count: int, slots: Slots) -> None:
     header = bytes(HEADER)
     total = HEADER + MESSAGE
     for m in range(count):
-        buffers: list[Any] = [header, *slots[m % VIEWS_PER_REGION]]
+        buffers: list[Any] = [header, *slots(m)]
         sent = sock.sendmsg(buffers)
         while sent < total:  # a partial write: finish it the simple way, it is rare on blocking sockets
             rest = b"".join(buffers)[sent:]
@@ -82,22 +106,22 @@ def plain_recv_exact(sock: socket.socket, view: memoryview) -> None:
         got += n
 
 
-def plain_recv(sock: socket.socket, count: int, region: bytearray) -> None:
+def plain_recv(sock: socket.socket, count: int, region: memoryview, index: int = 0, stride: int = 0) -> None:
+    """Message m lands at slot m of a cycling region, or at (index + m * stride) of a whole image."""
     header = memoryview(bytearray(HEADER))
-    mv = memoryview(region)
     for m in range(count):
         plain_recv_exact(sock, header)
-        off = (m % VIEWS_PER_REGION) * MESSAGE
-        plain_recv_exact(sock, mv[off : off + MESSAGE])
+        off = (index + m * stride) * MESSAGE if stride else (m % VIEWS_PER_REGION) * MESSAGE
+        plain_recv_exact(sock, region[off : off + MESSAGE])
 
 
-def stream_send(stream: Stream, count: int, slots: list[list[memoryview]]) -> None:
+def stream_send(stream: Stream, count: int, slots: Slots) -> None:
     header = bytes(HEADER)
     for m in range(count):
-        stream.send_all([header, *slots[m % VIEWS_PER_REGION]])
+        stream.send_all([header, *slots(m)])
 
 
-def stream_recv(stream: Stream, count: int, region: bytearray) -> None:
+def stream_recv(stream: Stream, count: int, region: memoryview) -> None:
     header = memoryview(bytearray(HEADER))
     slots = region_views(region)
     for m in range(count):
@@ -133,15 +157,20 @@ def run_threads(target: Callable[[int], None], connections: int) -> None:
 def sender(args: argparse.Namespace) -> None:
     """The child: connect, wait for the go byte on every connection, send."""
     messages = args.size // MESSAGE
-    slots = region_views(bytearray(os.urandom(REGION)))
     address = parse_address(args.address)
+    if args.image:
+        ram = RamClient.from_images([args.image])
+        image = ram.blocks["ram0"].memory
+        slot_of = [image_slots(image, i, args.connections) for i in range(args.connections)]
+    else:
+        slot_of = [cycling(region_views(bytearray(os.urandom(REGION))))] * args.connections
     if args.via_stream:
         streams = [connect(address) for _ in range(args.connections)]
 
         def send_one(i: int) -> None:
             if streams[i].recv_exact_into(memoryview(bytearray(1))) == 0:
                 raise EOFError("no go byte")
-            stream_send(streams[i], share(messages, args.connections, i), slots)
+            stream_send(streams[i], share(messages, args.connections, i), slot_of[i])
             streams[i].close()
 
         run_threads(send_one, args.connections)
@@ -162,7 +191,7 @@ def sender(args: argparse.Namespace) -> None:
         sock = socks[i]
         if sock.recv(1) != b"g":
             raise EOFError("no go byte")
-        plain_send(sock, share(messages, args.connections, i), slots)
+        plain_send(sock, share(messages, args.connections, i), slot_of[i])
         sock.close()
 
     run_threads(send_plain, args.connections)
@@ -185,6 +214,10 @@ def one_run(args: argparse.Namespace, workdir: str) -> float:
     """Seconds of one transfer, measured on this (receiving) side."""
     messages = args.size // MESSAGE
     n = args.connections
+    if args.image:
+        if args.via_stream:
+            raise SystemExit("--image works with the plain pump only")
+        return image_run(args, workdir)
     regions = [bytearray(b"\xff") * REGION for _ in range(n)]  # written now: no page faults later
     if args.via_stream:
         listener = listen(parse_address("tcp:127.0.0.1:0" if args.transport == "tcp" else f"unix:{workdir}/s.sock"))
@@ -210,7 +243,7 @@ def one_run(args: argparse.Namespace, workdir: str) -> float:
             start = time.perf_counter()
             for stream in streams:
                 stream.send_all([b"g"])
-            run_threads(lambda i: stream_recv(streams[i], share(messages, n, i), regions[i]), n)
+            run_threads(lambda i: stream_recv(streams[i], share(messages, n, i), memoryview(regions[i])), n)
         else:
             server.settimeout(60)
             socks = [server.accept()[0] for _ in range(n)]
@@ -221,8 +254,39 @@ def one_run(args: argparse.Namespace, workdir: str) -> float:
             start = time.perf_counter()
             for sock in socks:
                 sock.sendall(b"g")
-            run_threads(lambda i: plain_recv(socks[i], share(messages, n, i), regions[i]), n)
+            run_threads(lambda i: plain_recv(socks[i], share(messages, n, i), memoryview(regions[i])), n)
         seconds = time.perf_counter() - start
+        if child.wait(timeout=60) != 0:
+            raise RuntimeError(f"sender exited with {child.returncode}")
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return seconds
+
+
+def image_run(args: argparse.Namespace, workdir: str) -> float:
+    """The image into a fresh populated target file; seconds from accepting to the last byte."""
+    n = args.connections
+    size = os.stat(args.image).st_size
+    messages = size // MESSAGE
+    server, address = plain_listener(args.transport, workdir)
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--role=send", f"--address={address}", f"--connections={n}",
+         f"--size={size}", f"--image={args.image}"]
+    )  # fmt: skip
+    try:
+        server.settimeout(60)
+        socks = [server.accept()[0] for _ in range(n)]
+        server.close()
+        start = time.perf_counter()
+        with RamClient.create_targets([("ram0", size)], lambda _: f"{workdir}/target.img") as target:
+            for sock in socks:
+                sock.settimeout(None)
+                sock.sendall(b"g")
+            memory = target.blocks["ram0"].memory
+            run_threads(lambda i: plain_recv(socks[i], share(messages, n, i), memory, i, n), n)
+            seconds = time.perf_counter() - start
         if child.wait(timeout=60) != 0:
             raise RuntimeError(f"sender exited with {child.returncode}")
     finally:
@@ -241,6 +305,7 @@ def main() -> int:
     parser.add_argument(
         "--bufsize", type=parse_size, default=0, help="SO_SNDBUF/SO_RCVBUF, plain pump (kernel default)"
     )
+    parser.add_argument("--image", metavar="PATH", help="move this image's pages into a fresh target file")
     parser.add_argument("--repeats", type=int, default=3, metavar="R")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--role", choices=("receive", "send"), default="receive", help=argparse.SUPPRESS)
@@ -249,11 +314,12 @@ def main() -> int:
     if args.role == "send":
         sender(args)
         return 0
-    bytes_moved = args.size // MESSAGE * MESSAGE
+    size = os.stat(args.image).st_size if args.image else args.size
+    bytes_moved = size // MESSAGE * MESSAGE
     with tempfile.TemporaryDirectory() as workdir:
         runs = [one_run(args, workdir) for _ in range(args.repeats)]
     rates = [bytes_moved / s / 1e9 for s in runs]
-    mode = "stream" if args.via_stream else "plain"
+    mode = "image" if args.image else "stream" if args.via_stream else "plain"
     if args.json:
         print(
             json.dumps(

@@ -157,7 +157,7 @@ class RamClient:
 
     @classmethod
     def create_targets(cls, layout: Layout, path_for: PathFor, page_size: int = 4096) -> RamClient:
-        """Create (or truncate) one zeroed, sparse file per block and map it shared and writable."""
+        """Create (or truncate) one zeroed, sparse file per block and map it shared, writable, populated."""
         blocks: list[RamBlock] = []
         try:
             for name, size in _checked_layout(layout, page_size):
@@ -170,11 +170,11 @@ class RamClient:
 
     @classmethod
     def anonymous(cls, layout: Layout, page_size: int = 4096) -> RamClient:
-        """Zeroed blocks in anonymous memory (no files)."""
+        """Zeroed blocks in anonymous shared memory (no files), populated."""
         blocks: list[RamBlock] = []
         try:
             for name, size in _checked_layout(layout, page_size):
-                region = mmap.mmap(-1, size)
+                region = mmap.mmap(-1, size, flags=TARGET_FLAGS)
                 blocks.append(RamBlock(name, size, page_size, memoryview(region), _map=region))
             return cls(blocks)
         except BaseException:
@@ -291,6 +291,11 @@ class RamClient:
             raise MfdcompError(f"no ramblock {name!r} (blocks: {', '.join(self.blocks)})") from None
 
 
+TARGET_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+"""Target memory is faulted in when mapped: one page fault per 4 KiB page while
+receiving costs more than the copy itself on virtual machines of this kind."""
+
+
 def _map_file(name: str, path: Path, page_size: int, access: int, create_size: int | None = None) -> RamBlock:
     """Map ``path``; with ``create_size``, the file is (re)created sparse, zeroed, at that size first."""
     flags = os.O_RDONLY if create_size is None else os.O_RDWR | os.O_CREAT | os.O_TRUNC
@@ -305,7 +310,10 @@ def _map_file(name: str, path: Path, page_size: int, access: int, create_size: i
         else:
             size = create_size
             os.ftruncate(fd, size)
-        region = mmap.mmap(fd, size, access=access)
+        if access == mmap.ACCESS_WRITE:
+            region = mmap.mmap(fd, size, flags=TARGET_FLAGS, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        else:
+            region = mmap.mmap(fd, size, access=access)
     except OSError as exc:
         raise MfdcompError(f"cannot map {path}: {exc.strerror or exc}") from exc
     finally:

@@ -17,7 +17,7 @@ import numpy as np
 from mfdcomp.engine.state import RunState
 from mfdcomp.engine.stats import ChannelStats
 from mfdcomp.errors import ChannelError, TruncatedError, WireError
-from mfdcomp.methods import Codec, CodecPath, MultiFDMethods
+from mfdcomp.methods import Codec, CodecPath, MultiFDMethods, PageViews
 from mfdcomp.transport.base import Stream
 from mfdcomp.wire import (
     DEVICE_STATE_SIZE,
@@ -53,10 +53,8 @@ class TargetMemory:
         # One byte per page: channels of one epoch touch distinct pages.
         self.received = {name: np.zeros(block.size // page_size, dtype=np.bool_) for name, block in blocks.items()}
 
-    def pages(self, name: str, offsets: Sequence[int]) -> list[memoryview]:
-        memory = self.blocks[name].memory
-        ps = self.page_size
-        return [memory[o : o + ps] for o in offsets]
+    def pages(self, name: str, offsets: Sequence[int]) -> PageViews:
+        return PageViews(self.blocks[name].memory, offsets, self.page_size)
 
     def mark_received(self, name: str, offsets: Sequence[int]) -> None:
         received = self.received[name]

@@ -32,8 +32,6 @@ from mfdcomp.errors import ChannelError, CodecError, MfdcompError, TruncatedErro
 from mfdcomp.methods import Codec, PathChoice, SendPayload, choose_path
 from mfdcomp.transport import mappedram as mr
 
-IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
-
 
 class SlotWriter:
     """One channel's descriptor of the file; writes never block on a peer."""
@@ -55,7 +53,7 @@ def _runs(offsets: list[int], page_size: int) -> Iterator[tuple[int, int]]:
     """(first index, count) of each run of consecutive pages in ``offsets``."""
     start = 0
     for i in range(1, len(offsets) + 1):
-        if i == len(offsets) or offsets[i] != offsets[i - 1] + page_size or i - start == IOV_MAX:
+        if i == len(offsets) or offsets[i] != offsets[i - 1] + page_size:
             yield start, i - start
             start = i
 
@@ -82,13 +80,14 @@ class MappedRamSourceEngine(ChannelEngine[SlotWriter]):
     ) -> int:
         place = self.places[block.name]
         ps = self.page_size
-        views = payload.buffers
         fd = channel.stream.fd
         for first, count in _runs(normal, ps):
-            offset = place.pages_offset + normal[first]
+            # Raw pages only (checked at the start): a run of adjacent pages is one slice of the block.
+            start = normal[first]
+            offset = place.pages_offset + start
             want = count * ps
             try:
-                done = os.pwritev(fd, views[first : first + count], offset)
+                done = os.pwrite(fd, block.memory[start : start + want], offset)
             except OSError as exc:
                 raise ChannelError(f"{channel.stream.name}: writing {want} bytes at {offset}: {exc.strerror}") from exc
             if done != want:

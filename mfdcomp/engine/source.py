@@ -18,7 +18,7 @@ from typing import Generic, Protocol, TypeVar
 
 from mfdcomp.engine.state import RunState
 from mfdcomp.engine.stats import ChannelStats
-from mfdcomp.methods import Codec, CodecPath, MultiFDMethods, SendPayload, check_packet_path
+from mfdcomp.methods import Codec, CodecPath, MultiFDMethods, PageViews, SendPayload, check_packet_path
 from mfdcomp.transport.base import ChannelEnd, Stream
 from mfdcomp.wire import InitPacket, RamPacket, page_count
 from mfdcomp.zeropage import partition, zero_flags
@@ -47,7 +47,7 @@ EndT = TypeVar("EndT", bound=ChannelEnd)
 
 
 class _SendChannel(Generic[EndT]):
-    def __init__(self, channel_id: int, stream: EndT, method: MultiFDMethods) -> None:
+    def __init__(self, channel_id: int, stream: EndT, method: MultiFDMethods, wake: threading.Condition) -> None:
         self.id = channel_id  # set once
         self.stream = stream  # set once
         self.method = method  # channel thread only
@@ -56,6 +56,7 @@ class _SendChannel(Generic[EndT]):
         self.spare: SendBatch | None = SendBatch()  # under RunState.cond
         self.pending_sync = False  # under RunState.cond
         self.thread: threading.Thread | None = None  # set once by start()
+        self.wake = wake  # set once: the channel's own condition on the run's lock
 
     @property
     def idle(self) -> bool:
@@ -95,7 +96,11 @@ class ChannelEngine(abc.ABC, Generic[EndT]):
         self._num_lock = threading.Lock()
         self._next_channel = 0  # caller thread only
         self._exiting = False  # under state.cond
-        self.channels = [_SendChannel[EndT](i, s, codec.methods(page_size, level, path)) for i, s in enumerate(streams)]
+        self._caller = self.state.condition()  # the migration thread waits on it for an idle channel
+        self.channels = [
+            _SendChannel[EndT](i, s, codec.methods(page_size, level, path), self.state.condition())
+            for i, s in enumerate(streams)
+        ]
         for stream in streams:
             self.state.register(stream)
 
@@ -110,7 +115,7 @@ class ChannelEngine(abc.ABC, Generic[EndT]):
             raise ValueError(f"a batch holds at most {self.capacity} pages, got {len(batch.offsets)}")
         state = self.state
         with state.cond:
-            state.cond.wait_for(lambda: state.error is not None or any(c.idle for c in self.channels))
+            self._caller.wait_for(lambda: state.error is not None or any(c.idle for c in self.channels))
             state.raise_if_failed("send")
             count = len(self.channels)
             for step in range(count):
@@ -121,7 +126,7 @@ class ChannelEngine(abc.ABC, Generic[EndT]):
             empty = channel.spare
             channel.spare = None
             channel.job = batch
-            state.cond.notify_all()
+            channel.wake.notify()
         assert empty is not None
         return empty
 
@@ -131,8 +136,8 @@ class ChannelEngine(abc.ABC, Generic[EndT]):
         with state.cond:
             for channel in self.channels:
                 channel.pending_sync = True
-            state.cond.notify_all()
-        state.wait_for(lambda: all(c.idle for c in self.channels), "sync")
+                channel.wake.notify()
+        state.wait_for(lambda: all(c.idle for c in self.channels), "sync", cond=self._caller)
 
     def finish(self) -> None:
         """Let every channel drain its queued work, end the threads, and report the first error."""
@@ -142,7 +147,8 @@ class ChannelEngine(abc.ABC, Generic[EndT]):
     def _stop_threads(self) -> None:
         with self.state.cond:
             self._exiting = True
-            self.state.cond.notify_all()
+            for channel in self.channels:
+                channel.wake.notify()
         self.join()
 
     def join(self) -> None:
@@ -166,12 +172,13 @@ class ChannelEngine(abc.ABC, Generic[EndT]):
     def _run(self, channel: _SendChannel[EndT]) -> None:
         state = self.state
         method = channel.method
+        wake = channel.wake
         try:
             method.send_setup(channel.id)
             self._open_channel(channel)
             while True:
                 with state.cond:
-                    state.cond.wait_for(lambda: state.error is not None or self._exiting or not channel.idle)
+                    wake.wait_for(lambda: state.error is not None or self._exiting or not channel.idle)
                     if state.error is not None or channel.idle:
                         return
                     job = channel.job
@@ -181,12 +188,12 @@ class ChannelEngine(abc.ABC, Generic[EndT]):
                         job.clear()
                         channel.spare = job
                         channel.job = None
-                        state.cond.notify_all()
+                        self._caller.notify()
                 else:
                     self._send_sync(channel)
                     with state.cond:
                         channel.pending_sync = False
-                        state.cond.notify_all()
+                        self._caller.notify()
         except BaseException as exc:
             state.fail(exc)
         finally:
@@ -203,7 +210,7 @@ class ChannelEngine(abc.ABC, Generic[EndT]):
         normal = offsets[:normal_num]
         method = channel.method
         if normal:
-            payload = method.send_prepare([memory[o : o + ps] for o in normal])
+            payload = method.send_prepare(PageViews(memory, normal, ps))
             check_packet_path(self.info, payload.path, require_hw=self.require_hw)
         else:
             payload = SendPayload(buffers=[], size=0, path=method.info.paths[0])

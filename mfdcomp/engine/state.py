@@ -14,18 +14,29 @@ class RemoteError(ChannelError):
 
 
 class RunState:
-    """One condition variable for every wait of an engine.
+    """One lock for every wait of an engine, and first-error-wins.
 
-    Each wait is ``wait_for(predicate)``; :meth:`fail` records the first error,
-    wakes every waiter and shuts every registered stream down, so threads
-    blocked in socket calls wake too. No wait polls.
+    Each wait is ``wait_for(predicate)`` on ``cond`` or on a condition from
+    :meth:`condition` (same lock; a busy hand-off then wakes only the thread
+    it concerns). :meth:`fail` records the first error, wakes every waiter of
+    every condition and shuts every registered stream down, so threads blocked
+    in socket calls wake too. No wait polls.
     """
 
     def __init__(self) -> None:
-        self.cond = threading.Condition()
+        self._lock = threading.RLock()
+        self.cond = threading.Condition(self._lock)
+        self._conditions = [self.cond]  # under cond
         self.error: BaseException | None = None  # under cond; set once
         self._streams: list[ChannelEnd] = []  # under cond
         self._on_fail: list[Callable[[BaseException], None]] = []  # set before threads start
+
+    def condition(self) -> threading.Condition:
+        """Another condition on the same lock, also woken by :meth:`fail`."""
+        with self.cond:
+            cond = threading.Condition(self._lock)
+            self._conditions.append(cond)
+        return cond
 
     def on_fail(self, hook: Callable[[BaseException], None]) -> None:
         self._on_fail.append(hook)
@@ -43,7 +54,8 @@ class RunState:
             if self.error is not None:
                 return False
             self.error = exc
-            self.cond.notify_all()
+            for cond in self._conditions:
+                cond.notify_all()
             streams = list(self._streams)
         for hook in self._on_fail:
             hook(exc)
@@ -51,10 +63,17 @@ class RunState:
             stream.shutdown()
         return True
 
-    def wait_for(self, predicate: Callable[[], bool], what: str, timeout: float | None = None) -> None:
+    def wait_for(
+        self,
+        predicate: Callable[[], bool],
+        what: str,
+        timeout: float | None = None,
+        cond: threading.Condition | None = None,
+    ) -> None:
         """Block until ``predicate()`` (called under the lock), an error, or ``timeout`` seconds."""
-        with self.cond:
-            done = self.cond.wait_for(lambda: self.error is not None or predicate(), timeout)
+        cond = cond or self.cond
+        with cond:
+            done = cond.wait_for(lambda: self.error is not None or predicate(), timeout)
             self.raise_if_failed(what)
             if not done:
                 raise ChannelError(f"timed out after {timeout:g} s waiting for {what}")

@@ -12,7 +12,7 @@ import enum
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, overload
 
 from typing_extensions import Buffer
 
@@ -57,6 +57,54 @@ class CodecInfo:
         if not low <= level <= high:
             raise CodecError(f"{self.name} level must be {low}-{high}, got {level}")
         return level
+
+
+class PageViews(Sequence[memoryview]):
+    """The normal pages of one packet in memory: one view per page, or runs of adjacent pages.
+
+    A codec that reads or writes pages as plain bytes (nocomp) takes
+    :meth:`runs`, so a packet of consecutive pages is one buffer for
+    ``sendmsg``/``recvmsg_into`` instead of 128.
+    """
+
+    __slots__ = ("_memory", "_offsets", "_page_size")
+
+    def __init__(self, memory: memoryview, offsets: Sequence[int], page_size: int) -> None:
+        self._memory = memory
+        self._offsets = offsets
+        self._page_size = page_size
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    @overload
+    def __getitem__(self, index: int) -> memoryview: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[memoryview]: ...
+
+    def __getitem__(self, index: int | slice) -> memoryview | list[memoryview]:
+        ps = self._page_size
+        if isinstance(index, slice):
+            return [self._memory[o : o + ps] for o in self._offsets[index]]
+        offset = self._offsets[index]
+        return self._memory[offset : offset + ps]
+
+    def runs(self) -> list[memoryview]:
+        """The pages in order, adjacent ones merged into one view."""
+        ps = self._page_size
+        offsets = self._offsets
+        views: list[memoryview] = []
+        if not offsets:
+            return views
+        start = end = offsets[0]
+        for offset in offsets[1:]:
+            end += ps
+            if offset != end:
+                views.append(self._memory[start:end])
+                start = end = offset
+        views.append(self._memory[start : end + ps])
+        return views
 
 
 @dataclass(slots=True)

@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mfdcomp.errors import CodecError
-from mfdcomp.methods.contract import CodecInfo, CodecPath, MultiFDMethods, PathProbe, PayloadSource, SendPayload
+from mfdcomp.methods.contract import (
+    CodecInfo,
+    CodecPath,
+    MultiFDMethods,
+    PageViews,
+    PathProbe,
+    PayloadSource,
+    SendPayload,
+)
 from mfdcomp.wire import NOCOMP, RamPacket
 
 NOCOMP_INFO = CodecInfo(
@@ -23,14 +31,15 @@ class NocompMethods(MultiFDMethods):
 
     def send_prepare(self, pages: Sequence[memoryview]) -> SendPayload:
         self.owner.check()
-        # The page views go to sendmsg as they are: no copy.
-        return SendPayload(buffers=list(pages), size=len(pages) * self.page_size, path=CodecPath.RAW)
+        # The page views go to sendmsg as they are: no copy, adjacent pages as one buffer.
+        buffers = pages.runs() if isinstance(pages, PageViews) else list(pages)
+        return SendPayload(buffers=list(buffers), size=len(pages) * self.page_size, path=CodecPath.RAW)
 
     def recv(self, packet: RamPacket, source: PayloadSource, pages: Sequence[memoryview]) -> CodecPath:
         self.owner.check()
         if source.size != len(pages) * self.page_size:
             raise CodecError(f"nocomp payload of {source.size} bytes for {len(pages)} pages")
-        source.read_into(pages)
+        source.read_into(pages.runs() if isinstance(pages, PageViews) else pages)
         return CodecPath.RAW
 
 
