@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing_extensions import Buffer
 
 from mfdcomp.errors import CodecError
-from mfdcomp.methods.contract import CodecInfo, PayloadSource
+from mfdcomp.methods.contract import CodecInfo, PageViews, PayloadSource
 from mfdcomp.wire import COMPRESSION_MASK, RamPacket
 
 LENGTH_SIZE = 4
@@ -52,7 +52,9 @@ def encode_pages(
 
 def raw_pages(pages: Sequence[memoryview], page_size: int) -> tuple[list[Buffer], int]:
     """Every page raw: the payload a codec sends when it has nothing to compress with."""
-    return [length_table([page_size] * len(pages)), *pages], (LENGTH_SIZE + page_size) * len(pages)
+    # The pages follow the table back to back, so adjacent ones can travel as one buffer.
+    views = pages.runs() if isinstance(pages, PageViews) else pages
+    return [length_table([page_size] * len(pages)), *views], (LENGTH_SIZE + page_size) * len(pages)
 
 
 def decode_pages(

@@ -31,7 +31,7 @@ from mfdcomp_uadk import host as uadk_host
 
 from mfdcomp.errors import CodecError
 from mfdcomp.imagegen import generate_image
-from mfdcomp.methods import CodecPath, MultiFDMethods, PathProbe, SendPayload
+from mfdcomp.methods import CodecPath, MultiFDMethods, PageViews, PathProbe, SendPayload
 from mfdcomp.methods.pagetable import encode_pages
 from mfdcomp.registry import default_registry
 from mfdcomp.wire import Flag, RamPacket, page_count
@@ -232,6 +232,24 @@ def test_uadk_raw_payload_is_what_qemu_sends_without_a_device() -> None:
     pages = split_pages(image("text", PS, 4), PS)
     wire, _ = send(UADK, b"".join(pages), PS)
     assert wire == assemble([PS] * 4, pages)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_page_views_as_the_engine_passes_them(case: Case) -> None:
+    """The engine hands PageViews; uadk sends adjacent raw pages as one buffer."""
+    memory = image("text", PS, 6, seed=4)
+    offsets = [0, PS, 2 * PS, 4 * PS, 5 * PS]
+    pages = PageViews(memoryview(memory), offsets, PS)
+    sent = methods(case, PS, send=True).send_prepare(pages)
+    wire = b"".join(bytes(b) for b in sent.buffers)
+    if case is UADK:
+        assert len(sent.buffers) == 3  # the table, pages 0-2, pages 4-5
+    target = bytearray([SENTINEL]) * len(memory)
+    packet = RamPacket.data(flags=case.flag, ramblock="r", normal=offsets, next_packet_size=len(wire), packet_num=0)
+    methods(case, PS, send=False).recv(packet, Source(wire), PageViews(memoryview(target), offsets, PS))
+    for o in offsets:
+        assert target[o : o + PS] == memory[o : o + PS]
+    assert target[3 * PS : 4 * PS] == bytes([SENTINEL]) * PS
 
 
 @pytest.mark.parametrize("level", [1, 6, 9])
