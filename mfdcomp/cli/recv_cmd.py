@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +90,11 @@ def run(args: argparse.Namespace) -> int:
                 on_progress=progress.update,
             )
         else:
+            listener = listen(address)
+            # Said at once, so a script (or a person) using port 0 learns where to send.
+            print(f"mfdcomp recv: listening on {listener.address}", file=sys.stderr, flush=True)
             incoming = Incoming(
-                listen(address),
+                listener,
                 make_targets=make_targets,
                 digests=lambda: clients[0].digests(),
                 find_codec=get_codec,
