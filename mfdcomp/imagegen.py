@@ -296,3 +296,21 @@ def generate_image(
         sha256=digest.hexdigest(),
         seconds=time.monotonic() - started,
     )
+
+
+def fill_memory(memory: memoryview, mix: Mapping[str, float], seed: int, page_size: int = 4096) -> dict[str, int]:
+    """Fill ``memory`` in place with the pages :func:`generate_image` would write; the page counts by kind."""
+    check_page_size(page_size)
+    if len(memory) % page_size:
+        raise MfdcompError(f"memory of {len(memory)} bytes is not a whole number of {page_size}-byte pages")
+    pages = len(memory) // page_size
+    counts = page_counts(pages, mix)
+    layout_seed, bytes_seed, text_seed = np.random.SeedSequence(seed).spawn(3)
+    kinds = _layout(pages, counts, _Bits(layout_seed))
+    random_bits = _Bits(bytes_seed)
+    text = _TextModel(_Bits(text_seed))
+    array = np.frombuffer(memory, dtype=np.uint8).reshape(pages, page_size)
+    chunk_pages = max(1, _CHUNK_BYTES // page_size)
+    for first in range(0, pages, chunk_pages):
+        _fill(array[first : first + chunk_pages], kinds[first : first + chunk_pages], random_bits, text)
+    return counts

@@ -1,6 +1,5 @@
-"""The package stays mypy --strict and ruff clean (as the project promises)."""
+"""The package and its plugins stay mypy --strict and ruff clean (as the project promises)."""
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,17 +7,21 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+PLUGIN_PACKAGES = sorted(
+    str(p.relative_to(ROOT)) for p in ROOT.glob("plugins/*/mfdcomp_*") if (p / "__init__.py").exists()
+)
+SOURCES = ["mfdcomp", *PLUGIN_PACKAGES]
 
 
 @pytest.mark.parametrize(
     "command",
     [
-        [sys.executable, "-m", "mypy", "mfdcomp"],
-        [sys.executable, "-m", "ruff", "check", "mfdcomp", "tests"],
+        [sys.executable, "-m", "mypy", *SOURCES],
+        [sys.executable, "-m", "ruff", "check", *SOURCES, "tests", "benchmarks"],
+        [sys.executable, "-m", "ruff", "format", "--check", *SOURCES, "tests", "benchmarks"],
     ],
-    ids=["mypy-strict", "ruff"],
+    ids=["mypy-strict", "ruff-check", "ruff-format"],
 )
 def test_static_checks(command: list[str]) -> None:
-    assert shutil.which(command[0]) or Path(command[0]).exists()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,5 +22,5 @@ def test_runs_hold_the_pages_in_order(indices: list[int]) -> None:
     assert b"".join(bytes(v) for v in views.runs()) == per_page
     assert [bytes(v) for v in views[1:3]] == [bytes(MEMORY[o : o + PS]) for o in offsets[1:3]]
     # A run never spans a gap: the number of runs is the number of breaks plus one.
-    breaks = sum(1 for a, b in zip(offsets, offsets[1:], strict=False) if b != a + PS)
+    breaks = sum(1 for a, b in itertools.pairwise(offsets) if b != a + PS)
     assert len(views.runs()) == (breaks + 1 if offsets else 0)

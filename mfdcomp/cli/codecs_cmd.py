@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{c['name']:<10} {flag:<8} {c['wire_format']:<22} {levels:<8} {c['sends_through']}")
         for p in c["paths"]:
             mark = "yes" if p["available"] else "NO "
-            lib = f" [{p['library']} {p['version'] or ''}]".rstrip() if p["library"] else ""
+            lib = f" [{' '.join(filter(None, (p['library'], p['version'])))}]" if p["library"] else ""
             print(f"    {p['path']:<9} {mark} {p['reason']}{lib}")
     broken = [p for p in plugins if p["errors"]]
     for p in broken:

@@ -17,7 +17,7 @@ import numpy as np
 from mfdcomp.engine.state import RunState
 from mfdcomp.engine.stats import ChannelStats
 from mfdcomp.errors import ChannelError, TruncatedError, WireError
-from mfdcomp.methods import Codec, CodecPath, MultiFDMethods, PageViews
+from mfdcomp.methods import Codec, CodecPath, MultiFDMethods, PageViews, choose_path
 from mfdcomp.transport.base import Stream
 from mfdcomp.wire import (
     DEVICE_STATE_SIZE,
@@ -245,7 +245,7 @@ def make_channel(
     return RecvChannel(
         channel_id,
         stream,
-        codec.methods(limits.page_size, level, path or codec.info.paths[0]),
+        codec.methods(limits.page_size, level, path or choose_path(codec.info, codec.probe()).path),
         limits=limits,
         memory=memory,
         barrier=barrier,

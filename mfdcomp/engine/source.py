@@ -18,7 +18,15 @@ from typing import Generic, Protocol, TypeVar
 
 from mfdcomp.engine.state import RunState
 from mfdcomp.engine.stats import ChannelStats
-from mfdcomp.methods import Codec, CodecPath, MultiFDMethods, PageViews, SendPayload, check_packet_path
+from mfdcomp.methods import (
+    Codec,
+    CodecPath,
+    MultiFDMethods,
+    PageViews,
+    SendPayload,
+    check_packet_path,
+    choose_path,
+)
 from mfdcomp.transport.base import ChannelEnd, Stream
 from mfdcomp.wire import InitPacket, RamPacket, page_count
 from mfdcomp.zeropage import partition, zero_flags
@@ -89,7 +97,7 @@ class ChannelEngine(abc.ABC, Generic[EndT]):
         self.detect_zero_pages = detect_zero_pages
         self.require_hw = require_hw
         self.info = codec.info
-        path = path or codec.info.paths[0]
+        path = path or choose_path(codec.info, codec.probe()).path
         self.capacity = page_count(page_size)
         self._on_packet = on_packet
         self._packet_num = itertools.count()  # one counter for all channels, as QEMU 10
