@@ -6,6 +6,7 @@ root) when that directory exists, else the ones bundled in ``tests/vectors/qemu`
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,12 @@ def find_capture_dirs() -> list[Path]:
 
 
 CAPTURE_DIRS = find_capture_dirs()
+
+# The conformance suite's golden vectors: the team's full set beside the repo, else the bundled ones.
+os.environ.setdefault(
+    "MFDCOMP_VECTORS",
+    str(SHARED_QEMU_CAPTURES.parent if SHARED_QEMU_CAPTURES.is_dir() else BUNDLED_QEMU_CAPTURES.parent),
+)
 
 
 def _no_captures() -> None:

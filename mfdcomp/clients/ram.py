@@ -192,6 +192,12 @@ class RamClient:
             raise MfdcompError(f"page index out of range for {block_name!r} (0-{block.pages - 1})")
         block.dirty[indices] = True
 
+    def mark_all_dirty(self) -> None:
+        """Every page of every block dirty: where each migration starts, as QEMU's first bitmap sync."""
+        self._check_open()
+        for block in self.blocks.values():
+            block.dirty[:] = True
+
     def dirty_pages(self, block_name: str) -> npt.NDArray[np.intp]:
         """Indices of the dirty pages of a block, ascending."""
         return np.flatnonzero(self._block(block_name).dirty)

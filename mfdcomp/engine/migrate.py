@@ -34,6 +34,8 @@ class SourceRam(Protocol):
 
     def perturb(self, fraction: float, rng: np.random.Generator) -> int: ...
 
+    def mark_all_dirty(self) -> None: ...
+
     def digests(self) -> dict[str, str]: ...
 
 
@@ -189,6 +191,7 @@ def send_rounds(
     Without a main channel (a file) the round ends at the channels' sync alone.
     """
     rng = np.random.default_rng(options.seed)
+    ram.mark_all_dirty()  # a new destination starts empty: every page goes in the first round
     ps = options.page_size
     capacity = page_count(ps)
     legacy = options.zero_page_detection == "legacy"
