@@ -119,6 +119,10 @@ class Registry:
             raise PluginError(f"no codec named {name!r} (registered: {known}){hint}")
         return codec
 
+    def for_flag(self, flag: int) -> Codec | None:
+        """The codec of QEMU's codec bits ``flag`` (the first registered, if several claim it), or None."""
+        return next((c for c in self.codecs.values() if c.info.qemu_flag == flag), None)
+
 
 def _as_list(provided: object, errors: list[str]) -> list[Codec]:
     if isinstance(provided, list | tuple):

@@ -5,22 +5,40 @@ number of SYNC packets before it on its channel. Every channel's epoch-k
 packets are applied before any epoch-(k+1) packet; inside an epoch a page is
 sent at most once, so the order among channels does not matter. Channels are
 read in bounded chunks and one epoch at a time, so memory stays flat.
+
+Payloads are decoded by the registered codec of their QEMU flag, through the
+same per-channel receive context (``MultiFDMethods``) a destination uses.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mfdcomp.errors import MfdcompError, WireError
+from typing_extensions import Buffer
+
+from mfdcomp.errors import CodecError, MfdcompError, WireError
+from mfdcomp.methods import Codec, MultiFDMethods, PageViews, choose_path
 from mfdcomp.qemu.capture import channel_events
-from mfdcomp.qemu.decoders import PayloadDecoder, decoder_for
-from mfdcomp.qemu.mainstream import MainStream, PageRecord, ZeroPageRecord
-from mfdcomp.wire import ChannelIds, EndOfStream, Event, RamData, ReceiverLimits, Sync, check_codec
+from mfdcomp.qemu.mainstream import MainStream, PageRecord, ZeroPageRecord, parse_main_stream
+from mfdcomp.registry import default_registry
+from mfdcomp.wire import (
+    DEFAULT_PAGE_SIZE,
+    ChannelIds,
+    EndOfStream,
+    Event,
+    RamData,
+    ReceiverLimits,
+    Sync,
+    check_codec,
+    codec_name,
+)
 
 
 @dataclass
@@ -58,7 +76,7 @@ class ImageWriter:
                 limit=self.size - self.page_size,
             )
 
-    def write_pages(self, offsets: tuple[int, ...], pages: bytes) -> None:
+    def write_pages(self, offsets: tuple[int, ...], pages: Buffer) -> None:
         view = memoryview(pages)
         step = self.page_size
         for index, offset in enumerate(offsets):
@@ -89,23 +107,70 @@ class ImageWriter:
         os.close(self._fd)
 
 
-class _Channel:
-    """One recorded channel, its decoder, and where it stands."""
+class _RecordedPayload:
+    """A recorded payload as the ``PayloadSource`` a codec reads from."""
 
-    def __init__(self, events: Iterator[Event], limits: ReceiverLimits) -> None:
+    def __init__(self, payload: bytes) -> None:
+        self.payload = memoryview(payload)
+        self.size = len(payload)
+
+    def read(self) -> memoryview:
+        return self.payload
+
+    def read_into(self, views: Sequence[memoryview]) -> None:
+        start = 0
+        for view in views:
+            view[:] = self.payload[start : start + len(view)]
+            start += len(view)
+
+
+def _receive_context(codec_flag: int, page_size: int, channel: int, codec: Codec | None) -> MultiFDMethods:
+    """A set-up receive context for ``codec_flag`` payloads: of ``codec``, else of the registered codec."""
+    if codec is None:
+        codec = default_registry().for_flag(codec_flag)
+        if codec is None:
+            raise CodecError(
+                f"no installed codec decodes {codec_name(codec_flag)} payloads (flag 0x{codec_flag:02x}); "
+                "install its plugin to replay them"
+            )
+    elif codec.info.qemu_flag != codec_flag:
+        raise CodecError(f"channel {channel} carries {codec_name(codec_flag)} payloads, not {codec.info.name} ones")
+    method = codec.methods(page_size, None, choose_path(codec.info, codec.probe()).path)
+    method.recv_setup(channel)
+    return method
+
+
+class _Channel:
+    """One recorded channel, its codec context, and where it stands."""
+
+    def __init__(self, number: int, events: Iterator[Event], limits: ReceiverLimits, codec: Codec | None) -> None:
+        self.number = number
         self.events = events
         self.limits = limits
-        self.decoder: PayloadDecoder | None = None
+        self.codec = codec
+        self.method: MultiFDMethods | None = None
+        # One packet's pages, decoded here before they go to the image.
+        self.pages = memoryview(bytearray(limits.capacity * limits.page_size))
         self.ended = False
 
-    def decode(self, event: RamData) -> bytes:
-        codec = check_codec(event.packet.flags, self.limits)
-        if self.decoder is None:
-            self.decoder = decoder_for(codec)
+    def decode(self, event: RamData) -> memoryview:
+        """The packet's normal pages, concatenated (a view of a buffer the next packet reuses)."""
+        packet = event.packet
+        codec = check_codec(packet.flags, self.limits)
+        if self.method is None:
+            self.method = _receive_context(codec, self.limits.page_size, self.number, self.codec)
             # Later packets of this channel must use the same codec.
             self.limits = dataclasses.replace(self.limits, codec_flag=codec)
-        expected = event.packet.normal_pages * self.limits.page_size
-        return self.decoder.decode(event.payload, expected)
+        step = self.limits.page_size
+        size = packet.normal_pages * step
+        if size:
+            views = PageViews(self.pages, range(0, size, step), step)
+            self.method.recv(packet, _RecordedPayload(event.payload), views)
+        return self.pages[:size]
+
+    def close(self) -> None:
+        if self.method is not None:
+            self.method.recv_cleanup()
 
 
 def main_records_applier(stream: MainStream, block: str) -> Callable[[int, ImageWriter], None]:
@@ -135,17 +200,22 @@ def replay(
     limits: ReceiverLimits,
     size: int | None = None,
     main_epoch: Callable[[int, ImageWriter], None] | None = None,
+    codec: Codec | None = None,
 ) -> ReplayResult:
     """Apply the pages of ``block`` from every channel to ``image``.
 
     Every packet of every block is decoded (the codec streams span blocks);
     only ``block``'s pages are written. ``main_epoch(k, writer)`` applies the
     main stream's records of epoch k (legacy zero pages) after the channels'.
+    ``codec`` decodes the payloads instead of the registered codec of their
+    flag (to check a codec against QEMU's own streams).
     """
     if not channel_files:
         raise MfdcompError("replay needs at least one multifd channel file")
     ids = ChannelIds()
-    channels = [_Channel(channel_events(path, limits, ids), limits) for path in channel_files]
+    channels = [
+        _Channel(number, channel_events(path, limits, ids), limits, codec) for number, path in enumerate(channel_files)
+    ]
     writer = ImageWriter(image, limits.page_size, size)
     result = ReplayResult(sha256="", size=0, epochs=0)
     try:
@@ -158,8 +228,37 @@ def replay(
         result.sha256 = writer.digest()
         result.size = os.path.getsize(image)
     finally:
+        for channel in channels:
+            channel.close()
         writer.close()
     return result
+
+
+def replay_capture(directory: Path, codec: Codec | None = None, *, block: str = "ram0") -> str:
+    """The sha256 of ``block`` after replaying a capture directory (``qemu-multifd-capture/1``).
+
+    Its manifest.json names the channel files and the main stream; the image
+    has the block's length from the main stream and lives in a temporary
+    directory. ``codec`` is as for :func:`replay`.
+    """
+    manifest = json.loads((directory / "manifest.json").read_text())
+    page_size = manifest.get("page_size", DEFAULT_PAGE_SIZE)
+    channels = manifest["multifd_channels"]
+    multifd = [directory / channels[key]["file"] for key in sorted(channels, key=int)]
+    main = manifest.get("main_channel")
+    stream = parse_main_stream((directory / main["file"]).read_bytes(), page_size) if main else None
+    limits = ReceiverLimits(page_size=page_size, ramblocks=stream.ramblocks if stream is not None else None)
+    with tempfile.TemporaryDirectory(prefix="mfdcomp-replay-") as scratch:
+        result = replay(
+            multifd,
+            Path(scratch) / "image",
+            block,
+            limits=limits,
+            size=stream.ramblocks.get(block) if stream is not None else None,
+            main_epoch=main_records_applier(stream, block) if stream is not None else None,
+            codec=codec,
+        )
+    return result.sha256
 
 
 def _replay_epoch(channel: _Channel, block: str, writer: ImageWriter, result: ReplayResult) -> None:

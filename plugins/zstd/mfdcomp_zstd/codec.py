@@ -1,0 +1,197 @@
+"""QEMU's multifd zstd (spec §5.3): one zstd frame per channel, block-flushed per packet.
+
+The sender feeds the packet's pages (adjacent ones as one piece) into the
+channel's compression stream and ends the packet with a block flush
+(ZSTD_e_flush): the frame header opens the channel's first payload and the
+frame is never ended. The receiver decompresses with one stream per channel,
+in packet order, into the packet's pages in target memory.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import IO, cast
+
+import zstandard
+from typing_extensions import Buffer
+
+from mfdcomp.errors import CodecError
+from mfdcomp.methods import CodecInfo, CodecPath, MultiFDMethods, PageViews, PathProbe, PayloadSource, SendPayload
+from mfdcomp.wire import MULTIFD_PACKET_SIZE, Flag, RamPacket
+
+ZSTD_INFO = CodecInfo(
+    name="zstd",
+    qemu_flag=int(Flag.ZSTD),
+    wire_format="zstd-stream",
+    stateful=True,
+    paths=(CodecPath.SOFTWARE,),
+    levels=(0, 20),
+    default_level=1,
+    description="zstd: one zstd frame per channel, a block flush at every packet end (QEMU's zstd)",
+)
+
+FRAME_MAGIC = b"\x28\xb5\x2f\xfd"
+
+# The largest window a QEMU level (at most 20) asks for; a frame that wants
+# more memory is refused instead of being given it.
+MAX_WINDOW = 1 << 25
+
+# The decompressor's output buffer, larger than any packet's pages: a packet's
+# output then leaves the decoder within its write() (none is held back for the
+# next packet), and a payload that fills the buffer has decoded to too much.
+_OUTPUT_SIZE = MULTIFD_PACKET_SIZE + 1
+
+
+class _TooMuch(Exception):
+    """The payload decoded past the packet's pages."""
+
+
+def _spans(pages: Sequence[memoryview]) -> Sequence[memoryview]:
+    """The pages in order, adjacent ones as one view when the engine tells which are adjacent."""
+    return pages.runs() if isinstance(pages, PageViews) else pages
+
+
+class _PageSink:
+    """Takes the decompressor's output into the packet's pages, and not a byte more."""
+
+    def __init__(self) -> None:
+        self.spans: Sequence[memoryview] = ()
+        self.limit = 0
+        self.written = 0
+        self._index = 0  # the span being filled
+        self._offset = 0  # and how much of it is
+
+    def start(self, pages: Sequence[memoryview], limit: int) -> None:
+        self.spans = _spans(pages)
+        self.limit = limit
+        self.written = 0
+        self._index = self._offset = 0
+
+    def write(self, data: bytes) -> int:
+        size = len(data)
+        if self.written + size > self.limit:
+            raise _TooMuch
+        view = memoryview(data)
+        index, offset = self._index, self._offset
+        done = 0
+        while done < size:
+            span = self.spans[index]
+            count = min(len(span) - offset, size - done)
+            span[offset : offset + count] = view[done : done + count]
+            done += count
+            offset += count
+            if offset == len(span):
+                index, offset = index + 1, 0
+        self._index, self._offset = index, offset
+        self.written += size
+        return size
+
+
+class ZstdMethods(MultiFDMethods):
+    """One channel's zstd stream, one direction.
+
+    A packet that fails leaves the stream out of step with the peer's, so the
+    stream is dropped then and every later packet of the channel is refused.
+    """
+
+    info = ZSTD_INFO
+
+    def __init__(self, page_size: int, level: int | None) -> None:
+        super().__init__(page_size, level)
+        self._compress: zstandard.ZstdCompressionObj | None = None
+        self._decompress: zstandard.ZstdDecompressionWriter | None = None
+        self._sink = _PageSink()
+        self._started = False
+
+    def send_setup(self, channel: int) -> None:
+        super().send_setup(channel)
+        assert self.level is not None, "ZSTD_INFO has a default level"
+        # Library defaults otherwise, as ZSTD_initCStream(level): no checksum, unknown content size.
+        self._compress = zstandard.ZstdCompressor(level=self.level).compressobj()
+
+    def send_prepare(self, pages: Sequence[memoryview]) -> SendPayload:
+        self.owner.check()
+        compress = self._compress
+        if compress is None:
+            raise self._closed()
+        self._compress = None
+        try:
+            # Straight from the pages, with no copy into one buffer; the stream
+            # buffers up to a block anyway, so how the input is split does not matter.
+            chunks = [compress.compress(span) for span in _spans(pages)]
+            chunks.append(compress.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
+        except zstandard.ZstdError as exc:
+            raise CodecError(f"zstd compression failed: {exc}") from exc
+        self._compress = compress
+        buffers: list[Buffer] = [chunk for chunk in chunks if chunk]
+        return SendPayload(buffers=buffers, size=sum(map(len, chunks)), path=CodecPath.SOFTWARE)
+
+    def send_cleanup(self) -> None:
+        self._compress = None
+
+    def recv_setup(self, channel: int) -> None:
+        super().recv_setup(channel)
+        decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+        self._decompress = decompressor.stream_writer(
+            cast(IO[bytes], self._sink), write_size=_OUTPUT_SIZE, closefd=False
+        )
+
+    def recv(self, packet: RamPacket, source: PayloadSource, pages: Sequence[memoryview]) -> CodecPath:
+        self.owner.check()
+        decompress = self._decompress
+        if decompress is None:
+            raise self._closed()
+        self._decompress = None
+        sink = self._sink
+        payload = source.read()
+        # A block header never starts with these bytes, so only a sender that
+        # ended its frame and began another writes them after the first packet.
+        if self._started and payload[: len(FRAME_MAGIC)] == FRAME_MAGIC:
+            raise self._bad(packet, pages, "starts a new zstd frame, but QEMU keeps one open frame per channel")
+        sink.start(pages, len(pages) * self.page_size)
+        try:
+            decompress.write(payload)
+        except zstandard.ZstdError as exc:
+            raise self._bad(packet, pages, f"is corrupt or unsupported: {exc}") from exc
+        except _TooMuch:
+            raise self._bad(packet, pages, f"decodes to more than {sink.limit} bytes") from None
+        finally:
+            sink.spans = ()
+        if sink.written != sink.limit:
+            raise self._bad(packet, pages, f"decodes to {sink.written} bytes, short of {sink.limit}")
+        self._started = True
+        self._decompress = decompress
+        return CodecPath.SOFTWARE
+
+    def recv_cleanup(self) -> None:
+        self._decompress = None
+
+    def _bad(self, packet: RamPacket, pages: Sequence[memoryview], problem: str) -> CodecError:
+        return CodecError(
+            f"zstd payload of packet {packet.packet_num} (pages: {len(pages)} × {self.page_size} bytes) {problem}"
+        )
+
+    def _closed(self) -> CodecError:
+        return CodecError(
+            f"the zstd stream of channel {self.owner.channel} is closed (cleaned up, or an earlier packet failed)"
+        )
+
+
+@functools.cache
+def _probe() -> tuple[PathProbe, ...]:
+    version = ".".join(map(str, zstandard.ZSTD_VERSION))
+    reason = f"python-zstandard {zstandard.__version__} ({zstandard.backend} backend) with libzstd {version}"
+    return (PathProbe(CodecPath.SOFTWARE, True, reason, library="libzstd", version=version),)
+
+
+class ZstdCodec:
+    info = ZSTD_INFO
+
+    def probe(self) -> tuple[PathProbe, ...]:
+        return _probe()
+
+    def methods(self, page_size: int, level: int | None, path: CodecPath = CodecPath.SOFTWARE) -> ZstdMethods:
+        if path is not CodecPath.SOFTWARE:
+            raise CodecError(f"zstd has only the software path, not {path}")
+        return ZstdMethods(page_size, level)
