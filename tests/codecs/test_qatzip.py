@@ -458,24 +458,38 @@ def test_importing_loads_no_library(qz: QatzipCodec) -> None:
 
 def test_library_calls_print_nothing(qz: QatzipCodec) -> None:
     # Without a device libqatzip logs and libqat prints "Cannot open /dev/vfio" on every call.
+    # Two codecs (two loaded Library objects) on two threads: C stdio's stderr comes back afterwards.
     result = _python(
         """
-        import sys
+        import ctypes, sys, threading
         from mfdcomp_qatzip import QatzipCodec
         from mfdcomp.methods import CodecPath
-        codec = QatzipCodec()
-        codec.probe()
-        assert codec.library is not None
-        methods = codec.methods(4096, 1, CodecPath.SOFTWARE)
-        methods.send_setup(0)
-        for _ in range(20):
-            methods.send_prepare([memoryview(bytes(4096))] * 128)
-        methods.send_cleanup()
-        print("python's stderr still works", file=sys.stderr)
+
+        def channel(index):
+            codec = QatzipCodec()
+            codec.probe()
+            assert codec.library is not None
+            methods = codec.methods(4096, 1, CodecPath.SOFTWARE)
+            methods.send_setup(index)
+            for _ in range(50):
+                methods.send_prepare([memoryview(bytes(4096))] * 128)
+            methods.send_cleanup()
+
+        threads = [threading.Thread(target=channel, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        print("python's stderr works", file=sys.stderr, flush=True)
+        libc = ctypes.CDLL(None)
+        stderr = ctypes.c_void_p.in_dll(libc, "stderr")
+        libc.fputs.argtypes = libc.fflush.argtypes = None
+        libc.fputs(b"C stdio's stderr works\\n", stderr)
+        libc.fflush(stderr)
         """
     )
     assert result.returncode == 0, result.stderr
-    assert result.stderr == "python's stderr still works\n"
+    assert result.stderr == "python's stderr works\nC stdio's stderr works\n"
 
 
 def test_the_environment_variable_picks_the_library(qz: QatzipCodec) -> None:

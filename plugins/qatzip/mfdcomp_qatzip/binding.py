@@ -17,6 +17,7 @@ left alone: Python's own stderr (progress bar, errors) keeps working.
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -146,6 +147,12 @@ class _QuietStdio:
                 self._slot.value = self._saved
 
 
+@functools.cache
+def _quiet_stdio() -> _QuietStdio:
+    # One for the process: two guards saving and restoring the same pointer could leave it at /dev/null.
+    return _QuietStdio()
+
+
 def _c_buffer(buffer: Buffer, *, writable: bool) -> ctypes.Array[ctypes.c_char]:
     """A ctypes view of ``buffer`` without a copy; read-only input is copied once."""
     view = memoryview(buffer).cast("B")
@@ -169,7 +176,7 @@ class Library:
         self._dll = ctypes.CDLL(candidate.path)
         self.candidate = candidate
         self.path = candidate.path if candidate.folder is not None else loaded_path() or candidate.path
-        self.quiet = _QuietStdio()
+        self.quiet = _quiet_stdio()
         for name, (restype, argtypes) in _SIGNATURES.items():
             function = getattr(self._dll, name)
             function.restype = restype
