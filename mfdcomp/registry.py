@@ -103,6 +103,10 @@ class Registry:
             problem = _check_codec(codec)
             if problem is None and codec.info.name in self.codecs:
                 problem = f"codec name {codec.info.name!r} is already taken by another plugin"
+            if problem is None and codec.info.extension_id is not None:
+                taken = [c.info.name for c in self.codecs.values() if c.info.extension_id == codec.info.extension_id]
+                if taken:
+                    problem = f"codec {codec.info.name!r}: extension id {codec.info.extension_id} is {taken[0]}'s"
             if problem is not None:
                 errors.append(problem)
                 continue
@@ -139,6 +143,10 @@ def _check_codec(codec: object) -> str | None:
         return f"codec {info.name!r} has no methods(page_size, level) factory"
     if info.qemu_flag is None and info.extension_id is None:
         return f"codec {info.name!r} has neither a QEMU flag nor an mfdcomp extension id"
+    if info.qemu_flag is not None and info.extension_id is not None:
+        return f"codec {info.name!r} has both a QEMU flag and an extension id; a packet can carry only one"
+    if info.extension_id is not None and not 0 < info.extension_id < 2**32:
+        return f"codec {info.name!r}: extension id must be 1 to 2**32-1, got {info.extension_id}"
     return None
 
 

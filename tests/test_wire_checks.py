@@ -16,6 +16,7 @@ from mfdcomp.errors import ChannelIdError, TruncatedError, WireError
 from mfdcomp.wire import (
     COMPRESSION_MASK,
     DEFAULT_PAGE_SIZE,
+    EXTENSION,
     MAX_PAYLOAD,
     MULTIFD_MAGIC,
     MULTIFD_PACKET_SIZE,
@@ -118,6 +119,7 @@ def decode_device_with(offset: int, raw: bytes) -> Callable[[], object]:
 ZLIB = int(Flag.ZLIB)
 ZSTD = int(Flag.ZSTD)
 SYNC = int(Flag.SYNC)
+EXT = EXTENSION
 DEV = int(Flag.DEVICE_STATE)
 KNOWN = int(KNOWN_FLAGS)
 LAST = RAM0 - 4096
@@ -133,7 +135,7 @@ CASES: dict[str, Case] = {
     "unknown flag bit 31": Case(lambda: check_header(header(1 << 31)), WireError, "flags", 1 << 31, KNOWN),
     "two codec bits zlib+zstd": Case(lambda: check_header(header(0x06)), WireError, "flags", 0x06, "one codec bit"),
     "two codec bits qpl+qatzip": Case(lambda: check_header(header(0x28)), WireError, "flags", 0x28, "one codec bit"),
-    "all codec bits with SYNC": Case(lambda: check_header(header(0x3F)), WireError, "flags", 0x3F, "one codec bit"),
+    "three codec bits with SYNC": Case(lambda: check_header(header(0x0F)), WireError, "flags", 0x0F, "one codec bit"),
     "SYNC + DEVICE_STATE": Case(
         lambda: check_header(header(SYNC | DEV)), WireError, "flags", 0x41, "SYNC and DEVICE_STATE exclusive"
     ),
@@ -217,6 +219,25 @@ CASES: dict[str, Case] = {
         "flags",
         ZLIB,
         NOCOMP,
+    ),
+    "extension packet with another extension id": Case(
+        lambda: ram_payload_size(
+            ram(flags=EXT, next_packet_size=10, extension_id=8), limits(codec_flag=EXT, extension_id=7)
+        ),
+        WireError,
+        "extension_id",
+        8,
+        7,
+    ),
+    "extension packet in a zlib session": Case(
+        lambda: ram_payload_size(ram(flags=EXT, next_packet_size=10, extension_id=7), limits(codec_flag=ZLIB)),
+        WireError,
+        "flags",
+        EXT,
+        ZLIB,
+    ),
+    "zlib packet in an extension session": Case(
+        lambda: check_codec(ZLIB, limits(codec_flag=EXT, extension_id=7)), WireError, "flags", ZLIB, EXT
     ),
     "next_packet_size > 1 MiB": Case(
         lambda: ram_payload_size(ram(flags=ZLIB, next_packet_size=MAX_PAYLOAD + 1), LIMITS),
@@ -316,7 +337,7 @@ def test_check_fails_with_typed_error(case: Case) -> None:
 
 @pytest.mark.parametrize(
     "flags",
-    [0, SYNC, ZLIB, ZSTD, 0x08, 0x10, 0x20, SYNC | ZLIB, SYNC | 0x20, DEV, DEV | ZLIB],
+    [0, SYNC, ZLIB, ZSTD, 0x08, 0x10, 0x20, SYNC | ZLIB, SYNC | 0x20, DEV, DEV | ZLIB, EXT, SYNC | EXT],
     ids=lambda f: f"0x{f:02x}",
 )
 def test_header_accepts_known_flags(flags: int) -> None:
@@ -382,6 +403,7 @@ def test_stale_offset_slots_beyond_the_used_ones_are_ignored() -> None:
         (ram((0,), flags=ZLIB, next_packet_size=MAX_PAYLOAD), ZLIB, MAX_PAYLOAD),
         (ram((0,), flags=ZSTD, next_packet_size=17), None, 17),
         (ram((0,), flags=0x20, next_packet_size=100), None, 100),
+        (ram((0,), flags=EXT, next_packet_size=100, extension_id=3), EXT, 100),
         (ram(tuple(range(0, 128 * 4096, 4096))), NOCOMP, MULTIFD_PACKET_SIZE),
         (replace(RamPacket.sync(0), flags=SYNC | ZSTD, next_packet_size=77), ZLIB, 0),  # no pages: no check
         (replace(RamPacket.sync(0), flags=0, next_packet_size=13014), ZLIB, 0),  # 7.2's empty flags-0 packet
@@ -396,6 +418,16 @@ def test_check_codec_returns_the_codec_bits() -> None:
     assert check_codec(SYNC | ZLIB, LIMITS) == ZLIB
     assert check_codec(ZSTD, limits(codec_flag=ZSTD)) == ZSTD
     assert check_codec(0, limits(codec_flag=NOCOMP)) == NOCOMP
+    assert check_codec(EXT, limits(codec_flag=EXT, extension_id=4), extension_id=4) == EXT
+    assert check_codec(EXT, limits(codec_flag=EXT), extension_id=9) == EXT  # session's id unknown: any
+
+
+def test_extension_id_travels_in_the_first_reserved_word() -> None:
+    packet = ram((0,), flags=EXT, next_packet_size=5, extension_id=0x01020304)
+    raw = packet.encode()
+    assert raw[36:40] == bytes([1, 2, 3, 4]) and raw[40:64] == bytes(24)
+    assert RamPacket.decode(raw) == packet
+    assert ram((0,)).encode()[36:64] == bytes(28)  # QEMU codecs: all 28 bytes stay zero
 
 
 def test_device_state_bounds() -> None:
@@ -418,10 +450,12 @@ def test_device_state_bounds() -> None:
         (0x20, "qatzip"),
         (0x06, "unknown(0x06)"),
         (DEV | 0x22, "unknown(0x22)"),
+        (EXT, "mfdcomp extension 0"),
     ],
 )
 def test_codec_name(flags: int, name: str) -> None:
     assert codec_name(flags) == name
+    assert codec_name(EXT | SYNC, 12) == "mfdcomp extension 12"
 
 
 @pytest.mark.parametrize(("page_size", "count", "size"), [(4096, 128, 1344), (8192, 64, 832), (65536, 8, 384)])

@@ -169,7 +169,7 @@ def ignored(kind: str, header: bytes, offset: int) -> bool:
         return offset >= 25
     if kind == "ram":
         name, start = header[64:320], 64
-        if 36 <= offset < 64:
+        if 40 <= offset < 64:  # bytes 36-39 hold the extension id
             return True
     else:
         name, start = header[12:268], 12

@@ -25,6 +25,7 @@ from mfdcomp.errors import ChannelError, ChannelIdError, WireError
 from mfdcomp.methods import Codec, CodecPath, choose_path
 from mfdcomp.transport.base import Listener, Stream
 from mfdcomp.wire import (
+    EXTENSION,
     INIT_SIZE,
     MULTIFD_MAGIC,
     ChannelIds,
@@ -148,7 +149,8 @@ class Incoming:
             channels=session.channels,
             uuid=uuid,
             ramblocks={name: block.size for name, block in blocks.items()},
-            codec_flag=codec.info.qemu_flag,
+            codec_flag=EXTENSION if codec.info.qemu_flag is None else codec.info.qemu_flag,
+            extension_id=codec.info.extension_id,
         )
         with self.state.cond:
             self._session = session

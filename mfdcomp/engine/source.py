@@ -272,6 +272,7 @@ class SourceEngine(ChannelEngine[Stream]):
             next_packet_size=payload.size,
             packet_num=self._next_packet_num(),
             page_size=ps,
+            extension_id=method.extension_id,
         ).encode(ps)
         channel.stream.send_all([header, *payload.buffers])
         return len(header) + payload.size

@@ -17,7 +17,7 @@ from typing import Protocol, overload
 from typing_extensions import Buffer
 
 from mfdcomp.errors import CodecError
-from mfdcomp.wire import RamPacket
+from mfdcomp.wire import EXTENSION, RamPacket
 
 
 class CodecPath(enum.StrEnum):
@@ -192,8 +192,13 @@ class MultiFDMethods(abc.ABC):
 
     @property
     def flag(self) -> int:
-        """Codec bits this codec puts in hdr.flags."""
-        return self.info.qemu_flag or 0
+        """Codec bits this codec puts in hdr.flags: QEMU's flag, or EXTENSION for an mfdcomp extension."""
+        return EXTENSION if self.info.qemu_flag is None else self.info.qemu_flag
+
+    @property
+    def extension_id(self) -> int:
+        """What a RAM packet carries in its extension-id word (0 for QEMU's codecs)."""
+        return self.info.extension_id or 0
 
 
 @dataclass(frozen=True, slots=True)

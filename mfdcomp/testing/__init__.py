@@ -1,5 +1,25 @@
-"""Public helpers for testing codecs and the engine against real transports."""
+"""Public helpers for testing codecs and the engine against real transports.
 
-from mfdcomp.testing.loopback import TRANSPORTS, LoopbackOutcome, StreamWrapper, run_loopback
+* :func:`run_loopback`: both ends of a session in one process over a real socket;
+* :mod:`mfdcomp.testing.checks`: the conformance checks, plain functions of a codec;
+* :mod:`mfdcomp.testing.pytest_plugin`: the same as a pytest plugin.
+
+Names are imported on first use: pytest loads the plugin module of this package
+before coverage measurement starts, and must not pull the engine in with it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mfdcomp.testing.loopback import TRANSPORTS, LoopbackOutcome, StreamWrapper, run_loopback
 
 __all__ = ["TRANSPORTS", "LoopbackOutcome", "StreamWrapper", "run_loopback"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return getattr(importlib.import_module("mfdcomp.testing.loopback"), name)
+    raise AttributeError(f"module 'mfdcomp.testing' has no attribute {name!r}")

@@ -25,7 +25,7 @@ from mfdcomp.errors import CodecError, MfdcompError, WireError
 from mfdcomp.imagegen import KINDS, fill_memory, parse_mix
 from mfdcomp.methods import Codec, CodecPath, MultiFDMethods, PageViews, choose_path
 from mfdcomp.testing.loopback import run_loopback
-from mfdcomp.wire import MULTIFD_PACKET_SIZE, RamPacket, ReceiverLimits, check_ram, ram_payload_size
+from mfdcomp.wire import EXTENSION, MULTIFD_PACKET_SIZE, RamPacket, ReceiverLimits, check_ram, ram_payload_size
 
 Notes = dict[str, Any]
 CodecLookup = Callable[[], Sequence[Codec]]
@@ -135,6 +135,7 @@ def _encode(method: MultiFDMethods, memory: memoryview, offsets: list[int], page
         next_packet_size=payload.size,
         packet_num=num,
         page_size=page_size,
+        extension_id=method.extension_id,
     )
     pages = b"".join(bytes(memory[o : o + page_size]) for o in offsets)
     return _Packet(packet, data, pages)
@@ -295,6 +296,7 @@ def _golden_payloads(codec: Codec, vectors: Path) -> list[str]:
             payload = output.read_bytes()
             packet = RamPacket.data(
                 flags=codec.info.qemu_flag or 0,
+                extension_id=codec.info.extension_id or 0,
                 ramblock="ram0",
                 normal=offsets,
                 zero=[],
@@ -353,8 +355,11 @@ def check_negative(codec: Codec, config: SuiteConfig) -> Notes:
         if name in must_fail:
             raise AssertionError(f"a {name} payload was accepted without error")
         cases[f"{name} (accepted: decodes to the right size)"] += 1
-    limits = ReceiverLimits(page_size=ps, channels=1, ramblocks={"ram0": 1 << 20}, codec_flag=codec.info.qemu_flag)
-    foreign = 0x02 if codec.info.qemu_flag != 0x02 else 0x04
+    own = EXTENSION if codec.info.qemu_flag is None else codec.info.qemu_flag
+    limits = ReceiverLimits(
+        page_size=ps, channels=1, ramblocks={"ram0": 1 << 20}, codec_flag=own, extension_id=codec.info.extension_id
+    )
+    foreign = 0x02 if own != 0x02 else 0x04
     for what, packet in {
         "foreign codec flag": dataclasses.replace(good.packet, flags=foreign),
         "oversize next_packet_size": dataclasses.replace(good.packet, next_packet_size=64 << 20),

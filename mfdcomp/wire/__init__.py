@@ -13,6 +13,7 @@ from mfdcomp.wire.checks import (
 from mfdcomp.wire.constants import (
     COMPRESSION_MASK,
     DEFAULT_PAGE_SIZE,
+    EXTENSION,
     MAX_PAYLOAD,
     MULTIFD_MAGIC,
     MULTIFD_PACKET_SIZE,
@@ -49,6 +50,7 @@ __all__ = [
     "COMPRESSION_MASK",
     "DEFAULT_PAGE_SIZE",
     "DEVICE_STATE_SIZE",
+    "EXTENSION",
     "HEADER_SIZE",
     "INIT_SIZE",
     "MAX_PAYLOAD",

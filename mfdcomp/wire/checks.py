@@ -15,6 +15,7 @@ from mfdcomp.errors import ChannelIdError, WireError
 from mfdcomp.wire.constants import (
     COMPRESSION_MASK,
     DEFAULT_PAGE_SIZE,
+    EXTENSION,
     MAX_PAYLOAD,
     MULTIFD_MAGIC,
     MULTIFD_VERSION,
@@ -35,7 +36,8 @@ class ReceiverLimits:
     ``None`` leaves a check out, for inspecting captures whose session is
     unknown: ``uuid`` (any uuid), ``channels`` (any id), ``ramblocks`` (any
     block name, offsets unchecked), ``codec_flag`` (each packet's own codec
-    bits decide how long its payload is).
+    bits decide how long its payload is). ``extension_id`` names the session's
+    codec when ``codec_flag`` is EXTENSION.
     """
 
     page_size: int = DEFAULT_PAGE_SIZE
@@ -43,6 +45,7 @@ class ReceiverLimits:
     uuid: bytes | None = None
     ramblocks: Mapping[str, int] | None = None
     codec_flag: int | None = None
+    extension_id: int | None = None
     max_payload: int = MAX_PAYLOAD
     capacity: int = field(init=False)
 
@@ -75,7 +78,7 @@ def check_header(header: Header) -> None:
             limit=int(KNOWN_FLAGS),
         )
     codec = header.flags & COMPRESSION_MASK
-    if codec & (codec - 1):
+    if codec & (codec - 1) and codec != EXTENSION:
         raise WireError(
             f"flags 0x{header.flags:x} name more than one codec",
             field="flags",
@@ -174,15 +177,23 @@ def check_ram(packet: RamPacket, limits: ReceiverLimits) -> None:
             )
 
 
-def check_codec(flags: int, limits: ReceiverLimits) -> int:
+def check_codec(flags: int, limits: ReceiverLimits, extension_id: int = 0) -> int:
     """The codec bits that decide a data packet's payload; a mismatch is an error."""
     codec = flags & COMPRESSION_MASK
     if limits.codec_flag is not None and codec != limits.codec_flag:
+        session = codec_name(limits.codec_flag, limits.extension_id or 0)
         raise WireError(
-            f"packet is {codec_name(flags)} (flags 0x{flags:x}), the session uses {codec_name(limits.codec_flag)}",
+            f"packet is {codec_name(flags, extension_id)} (flags 0x{flags:x}), the session uses {session}",
             field="flags",
             value=flags,
             limit=limits.codec_flag,
+        )
+    if codec == EXTENSION and limits.extension_id is not None and extension_id != limits.extension_id:
+        raise WireError(
+            f"packet is {codec_name(flags, extension_id)}, the session uses {codec_name(flags, limits.extension_id)}",
+            field="extension_id",
+            value=extension_id,
+            limit=limits.extension_id,
         )
     return codec
 
@@ -195,7 +206,7 @@ def ram_payload_size(packet: RamPacket, limits: ReceiverLimits) -> int:
     """
     if not packet.has_pages:
         return 0
-    codec = check_codec(packet.flags, limits)
+    codec = check_codec(packet.flags, limits, packet.extension_id)
     if packet.normal_pages == 0:
         if codec != NOCOMP and packet.next_packet_size:
             # QEMU 10 aborts here; a packet of zero pages never carries a payload.

@@ -34,6 +34,10 @@ class Flag(enum.IntFlag):
 NOCOMP = 0x00
 # All codec bits as of QEMU 9.2 (0x1f << 1).
 COMPRESSION_MASK = 0x3E
+# Every codec bit at once: an mfdcomp extension codec (one QEMU does not have),
+# named by the RAM packet's extension id. Each QEMU receiver compares the bits
+# with its own single flag, so every one of them refuses such a packet.
+EXTENSION = COMPRESSION_MASK
 
 CODEC_NAMES: dict[int, str] = {
     NOCOMP: "none",
@@ -45,9 +49,11 @@ CODEC_NAMES: dict[int, str] = {
 }
 
 
-def codec_name(flags: int) -> str:
-    """Name of the codec that the codec bits of ``flags`` select."""
+def codec_name(flags: int, extension_id: int = 0) -> str:
+    """Name of the codec that the codec bits of ``flags`` (and an extension id) select."""
     bits = flags & COMPRESSION_MASK
+    if bits == EXTENSION:
+        return f"mfdcomp extension {extension_id}"
     return CODEC_NAMES.get(bits, f"unknown(0x{bits:02x})")
 
 

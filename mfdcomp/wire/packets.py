@@ -27,8 +27,9 @@ HEADER = struct.Struct(">III")
 # magic, version, uuid, id, then 7 + 32 unused bytes.
 INIT = struct.Struct(">II16sB39x")
 # header, pages_alloc, normal_pages, next_packet_size, packet_num, zero_pages,
-# 28 unused bytes, ramblock name; the offset array follows (see offsets_struct).
-RAM_FIXED = struct.Struct(">IIIIIIQI28x256s")
+# 28 bytes QEMU leaves zero (mfdcomp puts an extension codec's id in the first
+# 4), ramblock name; the offset array follows (see offsets_struct).
+RAM_FIXED = struct.Struct(">IIIIIIQII24x256s")
 # header, idstr, instance_id, next_packet_size.
 DEVICE_STATE = struct.Struct(">III256sII")
 
@@ -128,6 +129,7 @@ class RamPacket:
     ramblock: str
     offsets: tuple[int, ...]
     zero_pages: int = 0
+    extension_id: int = 0
     magic: int = MULTIFD_MAGIC
     version: int = MULTIFD_VERSION
 
@@ -158,8 +160,9 @@ class RamPacket:
         next_packet_size: int,
         packet_num: int,
         page_size: int = DEFAULT_PAGE_SIZE,
+        extension_id: int = 0,
     ) -> RamPacket:
-        """A data packet as a QEMU 10 sender fills it."""
+        """A data packet as a QEMU 10 sender fills it (``extension_id`` only for extension codecs)."""
         capacity = page_count(page_size)
         used = len(normal) + len(zero)
         if used > capacity:
@@ -174,6 +177,7 @@ class RamPacket:
             ramblock=ramblock,
             offsets=offsets,
             zero_pages=len(zero),
+            extension_id=extension_id,
         )
 
     @classmethod
@@ -208,6 +212,7 @@ class RamPacket:
                 self.next_packet_size,
                 self.packet_num,
                 self.zero_pages,
+                self.extension_id,
                 _name_field(self.ramblock, "ramblock"),
             )
             return fixed + layout.pack(*self.offsets)
@@ -217,7 +222,9 @@ class RamPacket:
     @classmethod
     def decode(cls, buf: bytes | bytearray | memoryview, page_size: int = DEFAULT_PAGE_SIZE) -> RamPacket:
         """Fields of a whole RAM packet; raises WireError on an unterminated name."""
-        (magic, version, flags, pages_alloc, normal, next_size, packet_num, zero, name) = RAM_FIXED.unpack_from(buf)
+        (magic, version, flags, pages_alloc, normal, next_size, packet_num, zero, extension, name) = (
+            RAM_FIXED.unpack_from(buf)
+        )
         offsets = offsets_struct(page_size).unpack_from(buf, RAM_FIXED_SIZE)
         return cls(
             flags=flags,
@@ -228,6 +235,7 @@ class RamPacket:
             ramblock=_decode_name(name, "ramblock"),
             offsets=offsets,
             zero_pages=zero,
+            extension_id=extension,
             magic=magic,
             version=version,
         )
