@@ -30,8 +30,10 @@ Checks, per codec:
                     every other page size the codec declares
   cross_decode      every path of every codec of the same wire format
                     encodes; every one of them decodes
-  golden_vectors    QEMU's own captured channels replay to QEMU's RAM
-                    (needs --vectors DIR; not applicable without)
+  golden_vectors    QEMU's own captured channels replay to QEMU's RAM, and
+                    payloads of real vendor libraries decode (from --vectors
+                    DIR, else $MFDCOMP_VECTORS, else tests/vectors when run
+                    from a checkout of mfdcomp; not applicable without)
   negative          truncated, padded, emptied and scrambled payloads, a
                     foreign codec flag and an oversize length are refused
                     with a typed error; nothing is written outside the pages
@@ -67,9 +69,8 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--vectors",
         type=Path,
-        default=Path(os.environ["MFDCOMP_VECTORS"]) if os.environ.get("MFDCOMP_VECTORS") else None,
         metavar="DIR",
-        help="golden vectors (a directory with qemu/ and qatzip/; default $MFDCOMP_VECTORS)",
+        help="golden vectors, a directory with qemu/ and <codec>/ (default: $MFDCOMP_VECTORS, else ./tests/vectors)",
     )
     parser.add_argument("--json", action="store_true", help="print the verdicts as JSON")
     parser.set_defaults(run=run)
@@ -90,8 +91,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise MfdcompError(f"--channels must be numbers separated by commas, got {args.channels!r}") from exc
     kinds = _csv(args.kinds, "kinds", DATA_KINDS)
-    if args.vectors is not None and not args.vectors.is_dir():
-        raise MfdcompError(f"--vectors {args.vectors}: no such directory")
+    args.vectors = _vectors(args.vectors)
     registry = default_registry()
     codecs, broken = select_codecs(registry, args.codec)
     checks = args.check or list(CHECKS)
@@ -114,6 +114,18 @@ def run(args: argparse.Namespace) -> int:
     return 0 if verdicts and all(v.ok for v in verdicts) else 1
 
 
+def _vectors(given: Path | None) -> Path | None:
+    """The golden vectors to use: as given, from the environment, or a checkout's bundled ones."""
+    if given is None and os.environ.get("MFDCOMP_VECTORS"):
+        given = Path(os.environ["MFDCOMP_VECTORS"])
+    if given is not None:
+        if not given.is_dir():
+            raise MfdcompError(f"golden vectors {given}: no such directory")
+        return given
+    bundled = Path("tests/vectors")
+    return bundled if (bundled / "qemu").is_dir() else None
+
+
 def _progress(codec: str, result: CheckResult) -> None:
     mark = {Status.PASSED: "ok", Status.FAILED: "FAILED", Status.NOT_APPLICABLE: "n/a"}[result.status]
     print(f"  {codec:<10} {result.check:<17} {mark:<7} {result.seconds:6.2f} s", file=sys.stderr, flush=True)
@@ -126,6 +138,7 @@ def _paths(verdict: CodecVerdict) -> str:
 
 def _print_table(verdicts: list[CodecVerdict], args: argparse.Namespace) -> None:
     print(f"\nconformance over {args.transport} loopback, {format_bytes(args.size)} mixed image")
+    print(f"golden vectors: {args.vectors or 'none (golden_vectors not run)'}")
     print(f"{'codec':<16} {'verdict':<8} {'pass':>4} {'fail':>4} {'n/a':>4}  {'ratio':>6} {'GB/s':>6}  packets by path")
     for v in verdicts:
         t = v.notes("throughput")
