@@ -10,9 +10,9 @@ from __future__ import annotations
 import abc
 import enum
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, overload
+from typing import Protocol, overload, runtime_checkable
 
 from typing_extensions import Buffer
 
@@ -230,3 +230,15 @@ class Codec(Protocol):
     def probe(self) -> Sequence[PathProbe]: ...
 
     def methods(self, page_size: int, level: int | None, path: CodecPath) -> MultiFDMethods: ...
+
+
+@runtime_checkable
+class HasImplementations(Protocol):
+    """Optional: a codec with more than one implementation of its wire format on one path.
+
+    ``implementations()`` maps a label to a codec object built on another
+    implementation (a vendor library and a pure-Python writer, say); the
+    conformance suite cross-decodes every one of them against every other.
+    """
+
+    def implementations(self) -> Mapping[str, Codec]: ...

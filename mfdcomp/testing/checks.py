@@ -23,7 +23,7 @@ from mfdcomp.clients.ram import RamClient
 from mfdcomp.engine.migrate import MigrateOptions
 from mfdcomp.errors import CodecError, MfdcompError, WireError
 from mfdcomp.imagegen import KINDS, fill_memory, parse_mix
-from mfdcomp.methods import Codec, CodecPath, MultiFDMethods, PageViews, choose_path
+from mfdcomp.methods import Codec, CodecPath, HasImplementations, MultiFDMethods, PageViews, choose_path
 from mfdcomp.testing.loopback import run_loopback
 from mfdcomp.wire import EXTENSION, MULTIFD_PACKET_SIZE, RamPacket, ReceiverLimits, check_ram, ram_payload_size
 
@@ -214,19 +214,24 @@ def check_data_kinds(codec: Codec, config: SuiteConfig) -> Notes:
 
 
 def check_cross_decode(codec: Codec, config: SuiteConfig) -> Notes:
-    """Whatever path of whatever codec of the same wire format encodes, every other decodes."""
-    family = [c for c in config.others() if c.info.wire_format == codec.info.wire_format]
-    if all(c.info.name != codec.info.name for c in family):
-        family.append(codec)
-    encoders = [(c, p) for c in family for p in _send_paths(c)]
-    if len(encoders) * len(family) < 2:
+    """Whatever path of whatever implementation of the same wire format encodes, every other decodes."""
+    codecs = [c for c in config.others() if c.info.wire_format == codec.info.wire_format]
+    if all(c.info.name != codec.info.name for c in codecs):
+        codecs.append(codec)
+    family: list[tuple[str, Codec]] = []
+    for member in codecs:
+        family.append((member.info.name, member))
+        if isinstance(member, HasImplementations):
+            family += [(f"{member.info.name} ({label})", other) for label, other in member.implementations().items()]
+    encoders = [(label, c, p) for label, c in family for p in _send_paths(c)]
+    if len(encoders) < 2 and len(family) < 2:
         raise NotApplicable(f"only one implementation of wire format {codec.info.wire_format!r} is installed")
     ps = 4096
     with _ram(1 << 20, "mixed", seed=3) as ram:
         memory = ram.blocks["ram0"].memory
         offsets = list(range(0, len(memory), ps))
         pairs = []
-        for encoder, path in encoders:
+        for label, encoder, path in encoders:
             sender = encoder.methods(ps, None, path)
             sender.send_setup(0)
             try:
@@ -236,7 +241,7 @@ def check_cross_decode(codec: Codec, config: SuiteConfig) -> Notes:
                 ]
             finally:
                 sender.send_cleanup()
-            for decoder in family:
+            for decoder_label, decoder in family:
                 receiver = decoder.methods(ps, None, choose_path(decoder.info, decoder.probe()).path)
                 receiver.recv_setup(0)
                 try:
@@ -244,7 +249,7 @@ def check_cross_decode(codec: Codec, config: SuiteConfig) -> Notes:
                         _decode(receiver, packet, ps)
                 finally:
                     receiver.recv_cleanup()
-                pairs.append(f"{encoder.info.name}/{path} -> {decoder.info.name}")
+                pairs.append(f"{label}/{path} -> {decoder_label}")
     return {"pairs": pairs}
 
 

@@ -207,6 +207,11 @@ class QatzipCodec:
         )
         return [hardware, software]
 
+    def implementations(self) -> dict[str, QatzipCodec]:
+        """The pure-Python writer and reader as a second implementation, when libqatzip is the first."""
+        self.probe()
+        return {"pure-Python GZIP_EXT": QatzipCodec(search=lambda: [])} if self.library is not None else {}
+
     def methods(self, page_size: int, level: int | None, path: CodecPath) -> QatzipMethods:
         found = {p.path: p for p in self.probe()}
         probe = found.get(path)
