@@ -62,11 +62,17 @@ def engine_run(image: Path, transport: str, channels: int, workdir: Path) -> dic
         [*MFDCOMP, "send", str(image), "--to", address, "--multifd-channels", str(channels), "--json"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
-    _, recv_err = recv.communicate(timeout=120)
+    recv_out, recv_err = recv.communicate(timeout=120)
     if sent.returncode or recv.returncode:
         raise RuntimeError(f"engine run failed: send: {sent.stderr.strip()} recv: {recv_err.strip()}")
     summary = json.loads(sent.stdout)
-    return {"seconds": summary["transfer_seconds"], "gb_per_s": summary["gb_per_s"]}
+    received = json.loads(recv_out)
+    return {
+        "seconds": summary["transfer_seconds"],
+        "gb_per_s": summary["gb_per_s"],
+        "send_cpu_seconds": summary["transfer_cpu_seconds"],
+        "recv_cpu_seconds": received["transfer_cpu_seconds"],
+    }
 
 
 def pump_run(image: Path, transport: str, channels: int) -> dict[str, Any]:
@@ -109,17 +115,22 @@ def main() -> int:
                 "engine_median": e,
                 "limit_median": p,
                 "engine_best_seconds": min(r["seconds"] for r in engine),
+                "send_cpu_seconds": statistics.median(r["send_cpu_seconds"] for r in engine),
+                "recv_cpu_seconds": statistics.median(r["recv_cpu_seconds"] for r in engine),
                 "ratio_of_medians": e / p,
             }
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
     print(f"{results['image_bytes'] / 2**30:.2f} GiB image, {args.channels} channels, nocomp, median of {args.repeats}")
-    print(f"{'transport':<10} {'engine GB/s':>12} {'limit GB/s':>11} {'ratio':>6} {'best engine s':>14}")
+    print(
+        f"{'transport':<10} {'engine GB/s':>12} {'limit GB/s':>11} {'ratio':>6} {'best s':>7} {'CPU s send/recv':>16}"
+    )
     for transport, r in results["transports"].items():
         print(
             f"{transport:<10} {r['engine_median']:>12.2f} {r['limit_median']:>11.2f} "
-            f"{r['ratio_of_medians'] * 100:>5.0f}% {r['engine_best_seconds']:>14.2f}"
+            f"{r['ratio_of_medians'] * 100:>5.0f}% {r['engine_best_seconds']:>7.2f} "
+            f"{r['send_cpu_seconds']:>7.2f}/{r['recv_cpu_seconds']:.2f}"
         )
     return 0
 

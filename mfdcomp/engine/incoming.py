@@ -44,6 +44,8 @@ class IncomingResult:
     source_digests: dict[str, str]
     channels: list[ChannelStats]
     main_zero_pages: int
+    transfer_cpu_seconds: float = 0.0
+    """CPU time of this process (every thread) from the session's start to the end of stream."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +53,7 @@ class IncomingResult:
             "seconds": self.seconds,
             "channels": [c.as_dict() for c in self.channels],
             "main_zero_pages": self.main_zero_pages,
+            "transfer_cpu_seconds": self.transfer_cpu_seconds,
             "digests": self.digests,
             "source_digests": self.source_digests,
             "codec": self.session.codec,
@@ -102,6 +105,7 @@ class Incoming:
 
     def run(self) -> IncomingResult:
         started = time.monotonic()
+        self._cpu_started = time.process_time()
         acceptor = threading.Thread(target=self._accept_loop, name="mfdcomp-accept")
         acceptor.start()
         try:
@@ -186,6 +190,7 @@ class Incoming:
             elif kind is mc.Message.EOS:
                 self._wait_channels_connected(session)
                 barrier.wait_all_ended()
+                cpu = time.process_time() - self._cpu_started
                 digests = self._digests()
                 source_digests = self._read_source_digests(main)
                 with self.state.cond:
@@ -198,6 +203,7 @@ class Incoming:
                     source_digests=source_digests,
                     channels=channels,
                     main_zero_pages=main_zero,
+                    transfer_cpu_seconds=cpu,
                 )
             elif kind is mc.Message.ERROR:
                 raise RemoteError(f"source: {body.decode(errors='replace')}")

@@ -74,6 +74,8 @@ class MigrateResult:
     digests: dict[str, str]
     destination: dict[str, Any]
     path: PathChoice
+    transfer_cpu_seconds: float = 0.0
+    """CPU time of this process (every thread, user and system) during the transfer."""
 
     @property
     def ok(self) -> bool:
@@ -85,6 +87,7 @@ class MigrateResult:
             "ok": self.ok,
             "seconds": self.seconds,
             "transfer_seconds": self.transfer_seconds,
+            "transfer_cpu_seconds": self.transfer_cpu_seconds,
             "rounds": self.rounds,
             "path": {"chosen": str(self.path.path), "passed_over": list(self.path.passed_over)},
             "totals": total | {"main_zero_pages": self.main_zero_pages},
@@ -105,6 +108,7 @@ def migrate(
     """Send every block of ``ram`` to a destination reached by ``connect()``."""
     state = RunState()
     started = time.monotonic()
+    cpu_started = time.process_time()
     level = codec.info.check_level(options.level)
     choice = choose_path(codec.info, codec.probe(), require_hw=options.require_hw, force_sw=options.force_sw)
     main = MainStream(connect())
@@ -145,6 +149,7 @@ def migrate(
         main_zero = send_rounds(ram, engine, main, options, on_progress)
         engine.finish()
         transferred = time.monotonic() - started
+        transfer_cpu = time.process_time() - cpu_started
         for stream in streams:
             stream.close()
         # EOS first, so the destination hashes its copy while this side hashes its own.
@@ -164,6 +169,7 @@ def migrate(
     return MigrateResult(
         seconds=time.monotonic() - started,
         transfer_seconds=transferred,
+        transfer_cpu_seconds=transfer_cpu,
         rounds=options.rounds,
         channels=engine.stats(),
         main_zero_pages=main_zero,
