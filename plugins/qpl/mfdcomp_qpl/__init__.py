@@ -11,13 +11,12 @@ software twin); decoding needs nothing but zlib, whoever encoded.
 
 from __future__ import annotations
 
-import threading
 import zlib
 from collections.abc import Sequence
 
-from mfdcomp.errors import CodecError
 from mfdcomp.methods import CodecInfo, CodecPath, MultiFDMethods, PathProbe, PayloadSource, SendPayload
 from mfdcomp.methods.pagetable import RAW_DEFLATE_WBITS, decode_pages, encode_pages
+from mfdcomp.methods.probed import ProbedCodec
 from mfdcomp.wire import Flag, RamPacket
 from mfdcomp_qpl.host import probe_host
 
@@ -59,25 +58,14 @@ class QplMethods(MultiFDMethods):
         return CodecPath.SOFTWARE if compressed else CodecPath.RAW
 
 
-class QplCodec:
+class QplCodec(ProbedCodec):
     info = QPL_INFO
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._probes: tuple[PathProbe, ...] | None = None  # under _lock
-
-    def probe(self) -> list[PathProbe]:
-        with self._lock:
-            if self._probes is None:
-                self._probes = tuple(probe_host())
-            return list(self._probes)
+    def _probe(self) -> list[PathProbe]:
+        return probe_host()
 
     def methods(self, page_size: int, level: int | None, path: CodecPath) -> MultiFDMethods:
-        found = next((p for p in self.probe() if p.path is path), None)
-        if found is None:
-            raise CodecError(f"codec qpl has no {path} path (it has {', '.join(self.info.paths)})")
-        if not found.available:
-            raise CodecError(f"the qpl {path} path cannot run here: {found.reason}")
+        self.require_path(path)
         return QplMethods(page_size, level)
 
 

@@ -13,14 +13,10 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from mfdcomp.methods import CodecPath, PathProbe
-
-Loader = Callable[[str], object]
-Finder = Callable[[str], str | None]
+from mfdcomp.methods.hostprobe import Finder, Finding, Loader, dlopen, find_library, ld_cache, read_text
 
 LIBRARY_STEM = "qpl"
 # Names tried when the loader cache does not know libqpl (a CMake install in /usr/local).
@@ -39,55 +35,6 @@ NO_BINDING = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One thing the probe looked for: whether it is there, and a sentence saying so."""
-
-    found: bool
-    detail: str
-    name: str | None = None
-
-
-def _dlopen(name: str) -> object:
-    import ctypes  # here, not at import time: importing the plugin loads nothing
-
-    return ctypes.CDLL(name)
-
-
-def _ld_cache(stem: str) -> str | None:
-    import ctypes.util
-
-    return ctypes.util.find_library(stem)
-
-
-def find_library(stem: str, names: Sequence[str], symbols: Sequence[str], load: Loader, find: Finder) -> Finding:
-    """The first of the loader cache's answer and ``names`` that loads and exports ``symbols``."""
-    candidates = list(dict.fromkeys([n for n in (find(stem),) if n] + list(names)))
-    problems: list[str] = []
-    for name in candidates:
-        try:
-            library = load(name)
-        except OSError as exc:
-            # A missing file is the common case and says nothing more than "not found".
-            if "No such file" not in str(exc):
-                problems.append(f"{name} does not load: {exc}")
-            continue
-        missing = [s for s in symbols if not hasattr(library, s)]
-        if missing:
-            problems.append(f"{name} lacks {', '.join(missing)}")
-            continue
-        return Finding(True, f"{name} loads", name)
-    tried = ", ".join(candidates)
-    return Finding(False, "; ".join(problems) if problems else f"lib{stem} not found (tried {tried})")
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return ""
-
-
 def find_iaa(root: Path) -> Finding:
     """An enabled user-mode IAA work queue that this process can open."""
     devices = root / IDXD_DEVICES
@@ -101,8 +48,8 @@ def find_iaa(root: Path) -> Finding:
         wq.name
         for wq in devices.glob("wq*.*")
         if wq.name.removeprefix("wq").split(".")[0] in ids
-        and _read(wq / "state") == "enabled"
-        and _read(wq / "type") == "user"
+        and read_text(wq / "state") == "enabled"
+        and read_text(wq / "type") == "user"
     )
     if not queues:
         return Finding(False, f"IAA device(s) {', '.join(iaa)} have no enabled user work queue (see accel-config)")
@@ -112,7 +59,7 @@ def find_iaa(root: Path) -> Finding:
     return Finding(True, f"IAA work queue(s) {', '.join(usable)} enabled and accessible", usable[0])
 
 
-def probe_host(root: Path = Path("/"), load: Loader = _dlopen, find: Finder = _ld_cache) -> list[PathProbe]:
+def probe_host(root: Path = Path("/"), load: Loader = dlopen, find: Finder = ld_cache) -> list[PathProbe]:
     """One PathProbe per QPL path: hardware (libqpl on IAA), then software."""
     library = find_library(LIBRARY_STEM, LIBRARY_NAMES, LIBRARY_SYMBOLS, load, find)
     device = find_iaa(root)

@@ -12,12 +12,11 @@ a peer with hardware decode with zlib.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 
-from mfdcomp.errors import CodecError
 from mfdcomp.methods import CodecInfo, CodecPath, MultiFDMethods, PathProbe, PayloadSource, SendPayload
 from mfdcomp.methods.pagetable import ZLIB_WBITS, decode_pages, raw_pages
+from mfdcomp.methods.probed import ProbedCodec
 from mfdcomp.wire import Flag, RamPacket
 from mfdcomp_uadk.host import probe_host
 
@@ -50,25 +49,14 @@ class UadkMethods(MultiFDMethods):
         return CodecPath.SOFTWARE if compressed else CodecPath.RAW
 
 
-class UadkCodec:
+class UadkCodec(ProbedCodec):
     info = UADK_INFO
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._probes: tuple[PathProbe, ...] | None = None  # under _lock
-
-    def probe(self) -> list[PathProbe]:
-        with self._lock:
-            if self._probes is None:
-                self._probes = tuple(probe_host())
-            return list(self._probes)
+    def _probe(self) -> list[PathProbe]:
+        return probe_host()
 
     def methods(self, page_size: int, level: int | None, path: CodecPath) -> MultiFDMethods:
-        found = next((p for p in self.probe() if p.path is path), None)
-        if found is None:
-            raise CodecError(f"codec uadk has no {path} path (it has {', '.join(self.info.paths)})")
-        if not found.available:
-            raise CodecError(f"the uadk {path} path cannot run here: {found.reason}")
+        self.require_path(path)
         return UadkMethods(page_size, level)
 
 

@@ -13,14 +13,10 @@ still says what it found, so the gap is plain on such a host.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from mfdcomp.methods import CodecPath, PathProbe
-
-Loader = Callable[[str], object]
-Finder = Callable[[str], str | None]
+from mfdcomp.methods.hostprobe import Finder, Finding, Loader, dlopen, find_library, ld_cache, read_text
 
 LIBRARY_STEM = "wd_comp"
 # Names tried when the loader cache does not know libwd_comp (an install in /usr/local).
@@ -37,57 +33,8 @@ NO_BINDING = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One thing the probe looked for: whether it is there, and a sentence saying so."""
-
-    found: bool
-    detail: str
-    name: str | None = None
-
-
-def _dlopen(name: str) -> object:
-    import ctypes  # here, not at import time: importing the plugin loads nothing
-
-    return ctypes.CDLL(name)
-
-
-def _ld_cache(stem: str) -> str | None:
-    import ctypes.util
-
-    return ctypes.util.find_library(stem)
-
-
-def find_library(stem: str, names: Sequence[str], symbols: Sequence[str], load: Loader, find: Finder) -> Finding:
-    """The first of the loader cache's answer and ``names`` that loads and exports ``symbols``."""
-    candidates = list(dict.fromkeys([n for n in (find(stem),) if n] + list(names)))
-    problems: list[str] = []
-    for name in candidates:
-        try:
-            library = load(name)
-        except OSError as exc:
-            # A missing file is the common case and says nothing more than "not found".
-            if "No such file" not in str(exc):
-                problems.append(f"{name} does not load: {exc}")
-            continue
-        missing = [s for s in symbols if not hasattr(library, s)]
-        if missing:
-            problems.append(f"{name} lacks {', '.join(missing)}")
-            continue
-        return Finding(True, f"{name} loads", name)
-    tried = ", ".join(candidates)
-    return Finding(False, "; ".join(problems) if problems else f"lib{stem} not found (tried {tried})")
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return ""
-
-
 def _free_queues(device: Path) -> int:
-    text = _read(device / "available_instances")
+    text = read_text(device / "available_instances")
     return int(text) if text.isdigit() else 0
 
 
@@ -100,7 +47,7 @@ def find_uacce(root: Path) -> Finding:
     if not devices:
         return Finding(False, f"no UADK device: /{UACCE_CLASS} is empty")
     names = ", ".join(d.name for d in devices)
-    zlib_devices = [d for d in devices if "zlib" in _read(d / "algorithms").split()]
+    zlib_devices = [d for d in devices if "zlib" in read_text(d / "algorithms").split()]
     if not zlib_devices:
         return Finding(False, f"uacce device(s) {names} offer no zlib algorithm")
     free = [d for d in zlib_devices if _free_queues(d) > 0]
@@ -112,7 +59,7 @@ def find_uacce(root: Path) -> Finding:
     return Finding(True, f"uacce device(s) {', '.join(usable)} offer zlib with free queues", usable[0])
 
 
-def probe_host(root: Path = Path("/"), load: Loader = _dlopen, find: Finder = _ld_cache) -> list[PathProbe]:
+def probe_host(root: Path = Path("/"), load: Loader = dlopen, find: Finder = ld_cache) -> list[PathProbe]:
     """One PathProbe per UADK path: hardware (libwd_comp on a uacce device), then raw pages."""
     library = find_library(LIBRARY_STEM, LIBRARY_NAMES, LIBRARY_SYMBOLS, load, find)
     device = find_uacce(root)
