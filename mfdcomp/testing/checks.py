@@ -49,6 +49,7 @@ class SuiteConfig:
     image_size: int = 64 << 20
     transport: str = "unix"
     require_hw: bool = False
+    """Codecs that have a hardware path must send every packet through it (software-only ones are exempt)."""
     vectors: Path | None = None
     stream_packets: int = 3000
     others: CodecLookup = field(default=lambda: [])
@@ -162,6 +163,10 @@ def _decode(method: MultiFDMethods, packet: _Packet, page_size: int) -> CodecPat
     return path
 
 
+def _require_hw(codec: Codec, config: SuiteConfig) -> bool:
+    return config.require_hw and CodecPath.HARDWARE in codec.info.paths
+
+
 def _send_paths(codec: Codec) -> list[CodecPath]:
     return [p.path for p in codec.probe() if p.available and p.path in codec.info.paths]
 
@@ -180,7 +185,7 @@ def check_engine_roundtrip(codec: Codec, config: SuiteConfig) -> Notes:
                     zero_page_detection=mode,
                     rounds=3,
                     dirty_fraction=0.2,
-                    require_hw=config.require_hw,
+                    require_hw=_require_hw(codec, config),
                 )
                 _migrate(codec, config, ram, options, f"roundtrip-{channels}-{mode}")
                 runs += 1
@@ -191,7 +196,7 @@ def check_throughput(codec: Codec, config: SuiteConfig) -> Notes:
     """The embedded default image through the engine: ratio, throughput and the paths used."""
     channels = 2 if 2 in config.channels else config.channels[0]
     with _ram(config.image_size, "mixed", seed=1) as ram:
-        options = MigrateOptions(channels=channels, require_hw=config.require_hw)
+        options = MigrateOptions(channels=channels, require_hw=_require_hw(codec, config))
         notes = _migrate(codec, config, ram, options, "throughput")
     notes["ratio"] = notes["wire_bytes"] / notes["guest_bytes"]
     notes["gb_per_s"] = notes["guest_bytes"] / notes["seconds"] / 1e9
@@ -440,7 +445,7 @@ def check_hardware_path(codec: Codec, config: SuiteConfig) -> Notes:
     probes = {str(p.path): {"available": p.available, "reason": p.reason} for p in codec.probe()}
     if CodecPath.HARDWARE not in codec.info.paths:
         raise NotApplicable(f"{codec.info.name} has no hardware path")
-    choice = choose_path(codec.info, codec.probe(), require_hw=config.require_hw)
+    choice = choose_path(codec.info, codec.probe(), require_hw=_require_hw(codec, config))
     return {"probes": probes, "sends_through": str(choice.path), "passed_over": list(choice.passed_over)}
 
 
