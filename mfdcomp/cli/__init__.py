@@ -7,10 +7,32 @@ import sys
 from collections.abc import Sequence
 
 from mfdcomp import __version__
-from mfdcomp.cli import codecs_cmd, conformance_cmd, doctor_cmd, gen_image_cmd, inspect_cmd, recv_cmd, send_cmd
+from mfdcomp.cli import (
+    bench_cmd,
+    codecs_cmd,
+    conformance_cmd,
+    doctor_cmd,
+    gen_image_cmd,
+    inspect_cmd,
+    qemu_check_cmd,
+    recv_cmd,
+    send_cmd,
+    tap_cmd,
+)
 from mfdcomp.errors import MfdcompError
 
-COMMANDS = (conformance_cmd, send_cmd, recv_cmd, inspect_cmd, gen_image_cmd, codecs_cmd, doctor_cmd)
+COMMANDS = (
+    conformance_cmd,
+    send_cmd,
+    recv_cmd,
+    inspect_cmd,
+    gen_image_cmd,
+    codecs_cmd,
+    doctor_cmd,
+    tap_cmd,
+    qemu_check_cmd,
+    bench_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,14 +8,15 @@ stream with "QEVM".
 from __future__ import annotations
 
 import contextlib
+import json
 import mmap
 import os
 import struct
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from mfdcomp.errors import MfdcompError, WireError
 from mfdcomp.wire import (
@@ -36,6 +37,9 @@ from mfdcomp.wire import (
 _CHUNK = 1 << 20
 
 ConnectionKind = Literal["multifd", "main"]
+
+# The manifest format that replay.replay_capture reads (the shared vectors' layout).
+CAPTURE_FORMAT = "qemu-multifd-capture/1"
 
 
 def classify(path: Path) -> ConnectionKind:
@@ -166,3 +170,29 @@ def split_connections(paths: list[Path]) -> tuple[list[Path], list[Path]]:
             raise MfdcompError(f"cannot read {path}: {exc.strerror or exc}") from exc
         (multifd if kind == "multifd" else main).append(path)
     return multifd, main
+
+
+def channel_file_name(channel_id: int) -> str:
+    """A multifd channel's file in a capture directory: named by its init packet's id."""
+    return f"ch{channel_id}.bin"
+
+
+def write_capture_manifest(
+    directory: Path,
+    *,
+    page_size: int,
+    main_file: str | None,
+    channels: Mapping[int, Mapping[str, Any]],
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``manifest.json`` of a recorded capture; ``channels`` maps each channel id to its facts (with "file")."""
+    manifest: dict[str, Any] = {
+        "format": CAPTURE_FORMAT,
+        "page_size": page_size,
+        "main_channel": {"file": main_file} if main_file is not None else None,
+        "multifd_channels": {str(cid): dict(facts) for cid, facts in sorted(channels.items())},
+    }
+    manifest |= dict(extra or {})
+    path = directory / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
