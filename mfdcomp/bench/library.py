@@ -1,0 +1,351 @@
+"""The raw libraries' own speed on an image's pages, one thread, without the engine.
+
+The engine's GB/s is set against these: for each codec, the same packets of
+pages the engine would hand the codec (the normal pages of every 512 KiB of
+guest RAM, zero pages left out as zero-page detection leaves them out, adjacent
+pages as one buffer) compressed and then decoded by the library the codec binds
+to, with no threads, sockets, headers or statistics. Rates count guest bytes
+(zero pages included), like the engine's, so the two divide.
+
+What each reference measures is said in its class docstring and in
+``Reference.measures`` (shown in the reports).
+"""
+
+from __future__ import annotations
+
+import importlib
+import mmap
+import statistics
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zstandard
+
+from mfdcomp.registry import default_registry
+from mfdcomp.wire import MULTIFD_PACKET_SIZE
+from mfdcomp.zeropage import zero_page_mask
+
+__all__ = ["LibraryResult", "Packet", "Reference", "image_packets", "measure", "reference_for"]
+
+
+@dataclass(frozen=True)
+class Packet:
+    """The normal pages of one packet: runs of adjacent pages, in order."""
+
+    spans: list[memoryview]
+
+    @property
+    def size(self) -> int:
+        return sum(len(span) for span in self.spans)
+
+    def pages(self, page_size: int) -> list[memoryview]:
+        return [span[at : at + page_size] for span in self.spans for at in range(0, len(span), page_size)]
+
+
+def image_packets(memory: memoryview, page_size: int = 4096) -> list[Packet]:
+    """``memory`` cut into 512 KiB packets of guest RAM, each keeping only its normal (non-zero) pages."""
+    zero = zero_page_mask(memory, page_size)
+    per_packet = MULTIFD_PACKET_SIZE // page_size
+    packets: list[Packet] = []
+    for first in range(0, len(zero), per_packet):
+        normal = np.flatnonzero(~zero[first : first + per_packet]).tolist()
+        spans: list[memoryview] = []
+        start = previous = -2
+        for index in normal:
+            if index != previous + 1:
+                if start >= 0:
+                    spans.append(memory[(first + start) * page_size : (first + previous + 1) * page_size])
+                start = index
+            previous = index
+        if start >= 0:
+            spans.append(memory[(first + start) * page_size : (first + previous + 1) * page_size])
+        if spans:
+            packets.append(Packet(spans))
+    return packets
+
+
+class Reference:
+    """One codec's library: ``compress`` every packet, then ``decompress`` every payload.
+
+    Both run on fresh library state (a channel's stream starts anew); a
+    decoded size that differs from the pages' is an error.
+    """
+
+    measures = ""
+
+    def __init__(self, level: int | None, page_size: int) -> None:
+        self.level = level
+        self.page_size = page_size
+
+    def compress(self, packets: Sequence[Packet]) -> list[bytes]:
+        raise NotImplementedError
+
+    def decompress(self, payloads: Sequence[bytes], packets: Sequence[Packet]) -> int:
+        """Decode every payload; the bytes decoded."""
+        raise NotImplementedError
+
+
+class MemcpyReference(Reference):
+    """nocomp: a memcpy of each packet's pages into a 512 KiB buffer, both ways (there is no library)."""
+
+    measures = "memcpy of the normal pages into a 512 KiB buffer, per packet"
+
+    def _copy(self, packets: Sequence[Packet]) -> int:
+        buffer = memoryview(bytearray(MULTIFD_PACKET_SIZE))
+        copied = 0
+        for packet in packets:
+            at = 0
+            for span in packet.spans:
+                buffer[at : at + len(span)] = span
+                at += len(span)
+            copied += at
+        return copied
+
+    def compress(self, packets: Sequence[Packet]) -> list[bytes]:
+        self._copy(packets)
+        return []  # nothing new: the payloads are the pages themselves
+
+    def decompress(self, payloads: Sequence[bytes], packets: Sequence[Packet]) -> int:
+        return self._copy(packets)
+
+
+class UadkReference(MemcpyReference):
+    """uadk without a HiSilicon device sends every page raw, as QEMU does: the reference is nocomp's memcpy."""
+
+    measures = "memcpy of the normal pages (uadk sends raw pages without a device, as QEMU does)"
+
+
+class ZlibReference(Reference):
+    """zlib: stdlib zlib, one compressobj(level) stream, every packet's pages then Z_SYNC_FLUSH; one decompressobj."""
+
+    measures = "stdlib zlib, one deflate stream, Z_SYNC_FLUSH per 512 KiB packet"
+
+    def compress(self, packets: Sequence[Packet]) -> list[bytes]:
+        deflate = zlib.compressobj(self.level if self.level is not None else 1)
+        payloads = []
+        for packet in packets:
+            chunks = [deflate.compress(span) for span in packet.spans]
+            chunks.append(deflate.flush(zlib.Z_SYNC_FLUSH))
+            payloads.append(b"".join(chunks))
+        return payloads
+
+    def decompress(self, payloads: Sequence[bytes], packets: Sequence[Packet]) -> int:
+        inflate = zlib.decompressobj()
+        return sum(len(inflate.decompress(payload)) for payload in payloads)
+
+
+class ZstdReference(Reference):
+    """zstd: zstandard, one compressobj(level) frame, every packet's pages then FLUSH_BLOCK; one decompressobj."""
+
+    measures = "zstandard, one zstd frame, FLUSH_BLOCK per 512 KiB packet"
+
+    def compress(self, packets: Sequence[Packet]) -> list[bytes]:
+        stream = zstandard.ZstdCompressor(level=self.level if self.level is not None else 1).compressobj()
+        payloads = []
+        for packet in packets:
+            chunks = [stream.compress(span) for span in packet.spans]
+            chunks.append(stream.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
+            payloads.append(b"".join(chunks))
+        return payloads
+
+    def decompress(self, payloads: Sequence[bytes], packets: Sequence[Packet]) -> int:
+        stream = zstandard.ZstdDecompressor().decompressobj()
+        return sum(len(stream.decompress(payload)) for payload in payloads)
+
+
+class Lz4Reference(Reference):
+    """lz4: python-lz4's lz4.block, one block per packet (the spans joined when not already one buffer)."""
+
+    measures = "lz4.block.compress of each 512 KiB packet (fast mode at level 1, HC above)"
+
+    def __init__(self, level: int | None, page_size: int) -> None:
+        super().__init__(level, page_size)
+        # Loaded here, not at import: python-lz4 comes with the lz4 plugin only.
+        self._block: Any = importlib.import_module("lz4.block")
+
+    def compress(self, packets: Sequence[Packet]) -> list[bytes]:
+        block = self._block
+        level = self.level or 1
+        options: dict[str, Any] = {} if level == 1 else {"mode": "high_compression", "compression": level}
+        return [
+            block.compress(p.spans[0] if len(p.spans) == 1 else b"".join(p.spans), store_size=False, **options)
+            for p in packets
+        ]
+
+    def decompress(self, payloads: Sequence[bytes], packets: Sequence[Packet]) -> int:
+        block = self._block
+        return sum(
+            len(block.decompress(payload, uncompressed_size=packet.size))
+            for payload, packet in zip(payloads, packets, strict=True)
+        )
+
+
+class QplReference(Reference):
+    """qpl: every normal page alone as raw deflate, level 1, wbits=-12 (IAA's 4 KiB window), as zlib makes it."""
+
+    measures = "zlib raw deflate (wbits=-12, level 1) of every page on its own"
+
+    def compress(self, packets: Sequence[Packet]) -> list[bytes]:
+        size = self.page_size
+        return [zlib.compress(page, 1, -12) for packet in packets for page in packet.pages(size)]
+
+    def decompress(self, payloads: Sequence[bytes], packets: Sequence[Packet]) -> int:
+        return sum(len(zlib.decompress(blob, -12, self.page_size)) for blob in payloads)
+
+
+class QatzipReference(Reference):
+    """qatzip: the plugin's libqatzip session, one qzCompress per packet of gathered pages, one qzDecompress back.
+
+    The codec's send_prepare is this same gather and one library call, so
+    here the library and the codec's own work per packet are nearly the same.
+    """
+
+    measures = "the plugin's libqatzip session: gather the pages, one qzCompress per packet (= its send_prepare)"
+
+    def __init__(self, level: int | None, page_size: int) -> None:
+        super().__init__(level, page_size)
+        codec = default_registry().get("qatzip")
+        probes = {probe.path.value: probe for probe in codec.probe()}
+        # Taken from the registered codec (nothing in mfdcomp imports a codec by name).
+        library: Any = getattr(codec, "library", None)
+        if library is None:
+            software = probes.get("software")
+            raise RuntimeError(f"libqatzip is not loaded: {software.reason if software else 'no probe'}")
+        hardware = probes.get("hardware")
+        self._software_only = not (hardware is not None and hardware.available)
+        self._library = library
+
+    def _session(self) -> Any:
+        return self._library.session(self.level or 1, software_only=self._software_only)
+
+    def compress(self, packets: Sequence[Packet]) -> list[bytes]:
+        session = self._session()
+        try:
+            gathered = memoryview(bytearray(MULTIFD_PACKET_SIZE))
+            output = bytearray(session.max_compressed_length(MULTIFD_PACKET_SIZE))
+            payloads = []
+            for packet in packets:
+                at = 0
+                for span in packet.spans:
+                    gathered[at : at + len(span)] = span
+                    at += len(span)
+                produced = session.compress(gathered[:at], output)
+                payloads.append(bytes(output[:produced]))
+            return payloads
+        finally:
+            session.close()
+
+    def decompress(self, payloads: Sequence[bytes], packets: Sequence[Packet]) -> int:
+        session = self._session()
+        try:
+            target = bytearray(MULTIFD_PACKET_SIZE)
+            return sum(
+                session.decompress(payload, memoryview(target)[: packet.size])[1]
+                for payload, packet in zip(payloads, packets, strict=True)
+            )
+        finally:
+            session.close()
+
+
+_REFERENCES: dict[str, Callable[[int | None, int], Reference]] = {
+    "none": MemcpyReference,
+    "zlib": ZlibReference,
+    "zstd": ZstdReference,
+    "lz4": Lz4Reference,
+    "qpl": QplReference,
+    "qatzip": QatzipReference,
+    "uadk": UadkReference,
+}
+
+
+def reference_for(codec: str, level: int | None, page_size: int = 4096) -> Reference:
+    """The reference of ``codec``; raises RuntimeError (with the reason) where it cannot run here."""
+    make = _REFERENCES.get(codec)
+    if make is None:
+        raise RuntimeError(f"no raw-library reference for codec {codec!r}")
+    try:
+        return make(level, page_size)
+    except ImportError as exc:
+        raise RuntimeError(f"its library is not installed: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class LibraryResult:
+    """One codec's library on one image: seconds of each repeat, rates in GB/s of guest RAM."""
+
+    codec: str
+    level: int | None
+    measures: str
+    guest_bytes: int
+    normal_bytes: int
+    output_bytes: int
+    compress_seconds: list[float]
+    decompress_seconds: list[float]
+
+    def _rate(self, seconds: float) -> float:
+        return self.guest_bytes / seconds / 1e9 if seconds > 0 else float("inf")
+
+    @property
+    def compress_gb_per_s(self) -> float:
+        """Best of the repeats."""
+        return self._rate(min(self.compress_seconds))
+
+    @property
+    def compress_gb_per_s_median(self) -> float:
+        return self._rate(statistics.median(self.compress_seconds))
+
+    @property
+    def decompress_gb_per_s(self) -> float:
+        return self._rate(min(self.decompress_seconds))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "codec": self.codec,
+            "level": self.level,
+            "measures": self.measures,
+            "guest_bytes": self.guest_bytes,
+            "normal_bytes": self.normal_bytes,
+            "output_bytes": self.output_bytes,
+            "compress_seconds": self.compress_seconds,
+            "decompress_seconds": self.decompress_seconds,
+            "compress_gb_per_s": self.compress_gb_per_s,
+            "compress_gb_per_s_median": self.compress_gb_per_s_median,
+            "decompress_gb_per_s": self.decompress_gb_per_s,
+        }
+
+
+def measure(reference: Reference, codec: str, image: Path, repeats: int, page_size: int = 4096) -> LibraryResult:
+    """Time ``reference`` on the pages of ``image`` (mapped read-only), ``repeats`` times each way."""
+    with open(image, "rb") as file:
+        # Not closed explicitly: the packets' views pin it, and it goes with them.
+        memory = memoryview(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ))
+    packets = image_packets(memory, page_size)
+    normal = sum(packet.size for packet in packets)
+    compress: list[float] = []
+    decompress: list[float] = []
+    payloads: list[bytes] = []
+    for _ in range(repeats):
+        payloads = []  # the last repeat's output is freed before the next is made
+        start = time.perf_counter()
+        payloads = reference.compress(packets)
+        compress.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        decoded = reference.decompress(payloads, packets)
+        decompress.append(time.perf_counter() - start)
+        if decoded != normal:
+            raise RuntimeError(f"{codec} reference decoded {decoded} bytes of {normal}")
+    return LibraryResult(
+        codec=codec,
+        level=reference.level,
+        measures=reference.measures,
+        guest_bytes=len(memory),
+        normal_bytes=normal,
+        output_bytes=sum(map(len, payloads)) if payloads else normal,
+        compress_seconds=compress,
+        decompress_seconds=decompress,
+    )

@@ -1,0 +1,116 @@
+"""The matrix: codec × channels × data kind, each cell beside its baselines measured in the same run.
+
+For every kind, the image is made (or found in the cache), every codec's raw
+library is timed on its pages, then for every channel count the repeats go
+round: the loopback pump, then each codec's transfer, so that a cell and its
+baselines see the same machine. QEMU's migrations come last for each channel
+count, where QEMU and the harness are here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mfdcomp.bench.images import ensure_image
+from mfdcomp.bench.library import measure, reference_for
+from mfdcomp.bench.procs import ChildFailed
+from mfdcomp.bench.qemu import qemu_baseline, qemu_unavailable
+from mfdcomp.bench.results import Cell, LibraryBaseline, MatrixResult, PumpBaseline, QemuBaseline
+from mfdcomp.bench.transfer import CodecChoice, loopback, pump_run, transfer
+
+__all__ = ["MatrixConfig", "Say", "available_cores", "run_matrix"]
+
+Say = Callable[[str], None]
+"""Where progress lines go (stderr in the CLI)."""
+
+
+@dataclass(frozen=True)
+class MatrixConfig:
+    codecs: list[CodecChoice]
+    channels: list[int]
+    kinds: list[str]
+    size: int
+    repeats: int
+    transport: str
+    qemu: bool = True
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def _library(result: MatrixResult, kind: str, codec: CodecChoice, image: Path, repeats: int, say: Say) -> None:
+    baseline = LibraryBaseline(kind, codec)
+    try:
+        baseline.result = measure(reference_for(codec.name, codec.level), codec.name, image, repeats)
+        say(
+            f"{kind} {codec.label} raw library, one thread: compress {baseline.result.compress_gb_per_s:.3f} GB/s, "
+            f"decompress {baseline.result.decompress_gb_per_s:.3f} GB/s of guest RAM"
+        )
+    except RuntimeError as exc:
+        baseline.not_run = str(exc)
+        say(f"NOT RUN: {kind} {codec.label} raw-library reference: {exc}")
+    result.library.append(baseline)
+
+
+def run_matrix(config: MatrixConfig, cache: Path, workdir: Path, say: Say) -> MatrixResult:
+    result = MatrixResult(config.size, config.transport, config.repeats, available_cores())
+    no_qemu = qemu_unavailable() if config.qemu else "--no-qemu was given"
+    if no_qemu is not None:
+        say(f"NOT RUN: QEMU baselines: {no_qemu}")
+    ends = loopback(config.transport, workdir)
+    total = len(config.kinds) * len(config.channels) * config.repeats * (len(config.codecs) + 1)
+    step = 0
+    for kind in config.kinds:
+        say(f"image {kind}: {config.size >> 20} MiB (cached in {cache})")
+        image = ensure_image(cache, kind, config.size)
+        result.images[kind] = image
+        path = Path(image.path)
+        for codec in config.codecs:
+            _library(result, kind, codec, path, config.repeats, say)
+        for channels in config.channels:
+            pump = PumpBaseline(kind, channels)
+            cells = [Cell(kind, codec, channels) for codec in config.codecs]
+            for repeat in range(config.repeats):
+                where = f"{kind} ×{channels} run {repeat + 1}/{config.repeats}"
+                step += 1
+                if pump.not_run is None:
+                    try:
+                        pump.gb_per_s_runs.append(pump_run(path, config.transport, channels))
+                        say(f"[{step}/{total}] {where} loopback pump: {pump.gb_per_s_runs[-1]:.2f} GB/s")
+                    except ChildFailed as exc:
+                        pump.not_run = str(exc)
+                        say(f"NOT RUN: {where} loopback pump: {exc}")
+                for cell in cells:
+                    step += 1
+                    if cell.error is not None:
+                        continue
+                    try:
+                        run = transfer(path, cell.codec, channels, ends, workdir)
+                    except (ChildFailed, ValueError, KeyError) as exc:  # a failed end, or JSON not as expected
+                        cell.error = str(exc) if isinstance(exc, ChildFailed) else f"unexpected output: {exc!r}"
+                        say(f"FAILED: {where} {cell.codec.label}: {cell.error}")
+                        continue
+                    cell.runs.append(run)
+                    say(
+                        f"[{step}/{total}] {where} {cell.codec.label}: {run.gb_per_s:.2f} GB/s, "
+                        f"{run.seconds:.3f} s, wire {run.wire_bytes / run.guest_bytes:.1%} of guest"
+                    )
+            result.pump.append(pump)
+            result.cells.extend(cells)
+            for codec in config.codecs:
+                if no_qemu is not None:
+                    result.qemu.append(QemuBaseline(kind, codec, channels, guest_bytes=image.size, not_run=no_qemu))
+                    continue
+                say(f"{kind} ×{channels} QEMU {codec.label}: migrating {config.repeats} time(s)")
+                baseline = qemu_baseline(image, codec, channels, config.repeats)
+                if baseline.not_run:
+                    say(f"NOT RUN: {kind} ×{channels} QEMU {codec.label}: {baseline.not_run}")
+                else:
+                    rate = f"{baseline.gb_per_s:.2f} GB/s ({baseline.seconds:.3f} s)"
+                    say(f"{kind} ×{channels} QEMU {codec.label}: {rate}")
+                result.qemu.append(baseline)
+    return result

@@ -1,0 +1,73 @@
+"""QEMU 10's own multifd migration of the same image, through mfdcomp.qemu.harness, where both are here.
+
+The harness generates the guest's RAM from the same mix and seed (so the
+same bytes; its sha256 is checked against the bench's image) and migrates
+between two paused TCG QEMUs over loopback TCP. The time is QEMU's own
+``total-time`` from the source's query-migrate.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import Any
+
+from mfdcomp.bench.images import Image
+from mfdcomp.bench.results import QemuBaseline
+from mfdcomp.bench.transfer import CodecChoice
+from mfdcomp.errors import MfdcompError
+from mfdcomp.registry import default_registry
+
+__all__ = ["HARNESS", "qemu_baseline", "qemu_unavailable"]
+
+HARNESS = "mfdcomp.qemu.harness"
+QEMU_BUILD = "10.0"
+
+
+def qemu_unavailable() -> str | None:
+    """Why QEMU baselines cannot run here, or None."""
+    if importlib.util.find_spec(HARNESS) is None:
+        return f"{HARNESS} does not exist in this checkout"
+    locate: Any = importlib.import_module("mfdcomp.qemu.locate")
+    try:
+        locate.build(QEMU_BUILD).version()
+    except MfdcompError as exc:
+        return str(exc)
+    return None
+
+
+def qemu_baseline(image: Image, codec: CodecChoice, channels: int, repeats: int) -> QemuBaseline:
+    """``repeats`` migrations of ``image``'s bytes by QEMU itself; ``not_run`` says why where it could not.
+
+    Call only when :func:`qemu_unavailable` said None.
+    """
+    baseline = QemuBaseline(image.kind, codec, channels, guest_bytes=image.size)
+    if default_registry().get(codec.name).info.qemu_flag is None:
+        baseline.not_run = f"{codec.name} is an mfdcomp extension: QEMU has no such codec"
+        return baseline
+    # Imported by name at run time: the harness is optional, and it starts processes only when called.
+    harness: Any = importlib.import_module(HARNESS)
+    locate: Any = importlib.import_module("mfdcomp.qemu.locate")
+    qemu = locate.build(QEMU_BUILD)
+    settings = harness.MigrationSettings(
+        codec=codec.name, channels=channels, level=codec.level, zero_page_detection="multifd"
+    )
+    try:
+        for _ in range(repeats):
+            # A pair migrates once: a fresh one per repeat.
+            with harness.MigrationPair(
+                qemu, qemu, settings, ram_size=image.size, mix=image.mix, seed=image.seed, timeout=600.0
+            ) as pair:
+                migration = pair.migrate()
+            if migration.image_sha256 != image.sha256:
+                raise MfdcompError(f"QEMU's guest RAM is not the bench's {image.kind} image")
+            if not migration.ram_equal:
+                raise MfdcompError("the destination QEMU's RAM differs from the source's")
+            if migration.total_time_ms is None:
+                raise MfdcompError("QEMU did not report the migration's total-time")
+            baseline.version = migration.source_version
+            baseline.seconds_runs.append(migration.total_time_ms / 1000)
+    except MfdcompError as exc:
+        baseline.seconds_runs.clear()
+        baseline.not_run = f"QEMU {QEMU_BUILD} with {codec.label} failed: {exc}"
+    return baseline

@@ -1,0 +1,182 @@
+"""One measured transfer: `mfdcomp recv` and `mfdcomp send --json` as two processes; and the loopback pump."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mfdcomp
+from mfdcomp.bench.procs import MFDCOMP, Child, ChildFailed
+from mfdcomp.errors import MfdcompError
+from mfdcomp.registry import default_registry
+
+__all__ = [
+    "PUMP_SCRIPT",
+    "CodecChoice",
+    "Endpoints",
+    "TransferRun",
+    "loopback",
+    "median_best",
+    "parse_codecs",
+    "pump_run",
+    "transfer",
+]
+
+# The Python loopback limit lives beside the package in a source checkout.
+PUMP_SCRIPT = Path(mfdcomp.__file__).resolve().parent.parent / "benchmarks" / "loopback_pump.py"
+
+
+@dataclass(frozen=True)
+class CodecChoice:
+    """A codec and its level (None for codecs without levels)."""
+
+    name: str
+    level: int | None = None
+
+    @property
+    def label(self) -> str:
+        """``zstd-1``, ``none``: how tables and targets name it."""
+        return self.name if self.level is None else f"{self.name}-{self.level}"
+
+    def send_args(self) -> list[str]:
+        args = ["--multifd-compression", self.name]
+        if self.level is not None:
+            args += [f"--multifd-{self.name}-level", str(self.level)]
+        return args
+
+
+def parse_codecs(text: str) -> list[CodecChoice]:
+    """``none,zstd,zlib:6``: registered codecs, each at its default level unless ``:LEVEL`` is given."""
+    registry = default_registry()
+    choices: list[CodecChoice] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, level_text = item.partition(":")
+        codec = registry.get(name)
+        try:
+            level = codec.info.check_level(int(level_text) if level_text else None)
+        except ValueError:
+            raise MfdcompError(f"codec level must be a number: {item!r}") from None
+        choices.append(CodecChoice(name, level))
+    if not choices:
+        raise MfdcompError("no codec given")
+    return choices
+
+
+def median_best(values: Sequence[float], *, higher_is_better: bool = True) -> tuple[float, float]:
+    """(median, best) of ``values``."""
+    return statistics.median(values), (max(values) if higher_is_better else min(values))
+
+
+@dataclass(frozen=True)
+class TransferRun:
+    """One transfer as both ends reported it, with each process's peak RSS."""
+
+    seconds: float  # the sender's transfer_seconds: connect to the last packet written
+    guest_bytes: int
+    wire_bytes: int
+    payload_bytes: int
+    normal_pages: int
+    zero_pages: int
+    packets: int
+    send_cpu_seconds: float  # transfer_cpu_seconds of each end
+    recv_cpu_seconds: float
+    send_process_cpu_seconds: float  # the whole process, verification and start-up included
+    recv_process_cpu_seconds: float
+    send_peak_rss: int
+    recv_peak_rss: int
+    paths: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def gb_per_s(self) -> float:
+        """GB/s of guest RAM (10**9 bytes)."""
+        return self.guest_bytes / self.seconds / 1e9
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"gb_per_s": self.gb_per_s}
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the two ends run: the receiver's listening address and each end's command prefix."""
+
+    listen: str
+    recv_prefix: tuple[str, ...] = ()
+    send_prefix: tuple[str, ...] = ()
+
+
+def loopback(transport: str, workdir: Path) -> Endpoints:
+    if transport == "unix":
+        return Endpoints(f"unix:{workdir / 'bench.sock'}")
+    return Endpoints("tcp:127.0.0.1:0")
+
+
+def _timeout(size: int) -> float:
+    # Generous: the slowest codec on one channel (per-page deflate of random pages) runs at ~50 MB/s.
+    return 120 + size / 10e6
+
+
+def transfer(image: Path, codec: CodecChoice, channels: int, ends: Endpoints, workdir: Path) -> TransferRun:
+    """Send ``image`` once from one process to another; the receiver's copy is deleted afterwards."""
+    size = image.stat().st_size
+    target = workdir / "target.img"
+    if ends.listen.startswith("unix:"):
+        Path(ends.listen.removeprefix("unix:")).unlink(missing_ok=True)
+    recv_argv = [*ends.recv_prefix, *MFDCOMP, "recv", "--listen", ends.listen, "--out", str(target), "--json"]
+    try:
+        with Child(recv_argv, "mfdcomp recv") as recv:
+            ready = recv.stderr_line("listening on ", timeout=60)
+            address = ready.rsplit("listening on ", 1)[1].strip()
+            send_argv = [
+                *ends.send_prefix,
+                *MFDCOMP,
+                "send",
+                str(image),
+                "--to",
+                address,
+                "--multifd-channels",
+                str(channels),
+                *codec.send_args(),
+                "--json",
+            ]
+            with Child(send_argv, "mfdcomp send") as send:
+                sent = send.finish(_timeout(size))
+            received = recv.finish(60)
+    finally:
+        target.unlink(missing_ok=True)
+    summary = json.loads(sent.stdout)
+    destination = json.loads(received.stdout)
+    if not (summary["ok"] and destination["ok"]):
+        raise ChildFailed("the destination's image differs from the source's")
+    totals = summary["totals"]
+    return TransferRun(
+        seconds=summary["transfer_seconds"],
+        guest_bytes=summary["guest_bytes"],
+        wire_bytes=totals["wire_bytes"],
+        payload_bytes=totals["payload_bytes"],
+        normal_pages=totals["normal_pages"],
+        zero_pages=totals["zero_pages"],
+        packets=totals["packets"],
+        send_cpu_seconds=summary["transfer_cpu_seconds"],
+        recv_cpu_seconds=destination["transfer_cpu_seconds"],
+        send_process_cpu_seconds=sent.cpu_seconds,
+        recv_process_cpu_seconds=received.cpu_seconds,
+        send_peak_rss=sent.peak_rss,
+        recv_peak_rss=received.peak_rss,
+        paths=dict(totals["paths"]),
+    )
+
+
+def pump_run(image: Path, transport: str, channels: int) -> float:
+    """GB/s of the plain Python pump moving the image's pages over ``channels`` connections into a fresh target."""
+    if not PUMP_SCRIPT.is_file():
+        raise ChildFailed(f"{PUMP_SCRIPT} is not there (the pump comes with a source checkout)")
+    argv = [MFDCOMP[0], str(PUMP_SCRIPT), "--image", str(image), "--transport", transport]
+    argv += ["--connections", str(channels), "--repeats", "1", "--json"]
+    with Child(argv, "loopback_pump.py") as pump:
+        done = pump.finish(_timeout(image.stat().st_size))
+    rate: float = json.loads(done.stdout)["gb_per_s"]
+    return rate

@@ -1,0 +1,365 @@
+"""`mfdcomp bench`: a tiny matrix end to end; targets, the line fit and the link payoff as pure functions."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mfdcomp.bench.fit import fit_line
+from mfdcomp.bench.images import Image, ensure_image
+from mfdcomp.bench.library import measure, reference_for
+from mfdcomp.bench.netns import LinkCell, LinkedNamespaces, LinkSweepResult, compression_pays, run_link_sweep
+from mfdcomp.bench.procs import Child, ChildFailed
+from mfdcomp.bench.results import Cell, LibraryBaseline, MatrixResult, PumpBaseline, QemuBaseline
+from mfdcomp.bench.scaling import GiB, ScalingResult
+from mfdcomp.bench.targets import FAIL, NOT_EVALUATED, PASS, Verdict, evaluate_targets
+from mfdcomp.bench.transfer import CodecChoice, TransferRun
+from mfdcomp.cli import main
+
+MiB = 1 << 20
+NONE = CodecChoice("none")
+ZSTD = CodecChoice("zstd", 1)
+ZLIB = CodecChoice("zlib", 1)
+
+CELL_FIELDS = {
+    "kind", "codec", "level", "label", "channels", "error", "runs", "gb_per_s_best", "gb_per_s_median",
+    "transfer_seconds_best", "guest_bytes", "wire_bytes", "ratio", "send_cpu_seconds", "recv_cpu_seconds",
+    "send_peak_rss", "recv_peak_rss",
+}  # fmt: skip
+RUN_FIELDS = set(TransferRun.__dataclass_fields__) | {"gb_per_s"}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One image cache for the module: the 8 MiB mixed image is made once."""
+    return tmp_path_factory.mktemp("images")
+
+
+@pytest.fixture(scope="module")
+def mixed(cache: Path) -> Path:
+    return Path(ensure_image(cache, "mixed", 8 * MiB).path)
+
+
+def test_tiny_matrix_end_to_end(tmp_path: Path, cache: Path, mixed: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plot = tmp_path / "matrix.png"
+    with_plot = ["--plot", str(plot)] if _has_matplotlib() else []
+    args = ["bench", "--size", "8M", "--codecs", "none,zstd", "--channels", "1", "--kinds", "mixed", "--repeats", "1"]
+    code = main([*args, "--no-qemu", "--check-targets", "--json", "--cache-dir", str(cache), *with_plot])
+    out, err = capsys.readouterr()
+    data = json.loads(out)
+    assert "NOT RUN: QEMU baselines: --no-qemu was given" in err
+    assert data["mode"] == "matrix" and data["size"] == 8 * MiB and data["cores"] >= 1
+    assert set(data["images"]) == {"mixed"}
+    assert [(c["label"], c["channels"]) for c in data["cells"]] == [("none", 1), ("zstd-1", 1)]
+    for cell in data["cells"]:
+        assert cell["error"] is None and set(cell) == CELL_FIELDS
+        assert cell["guest_bytes"] == 8 * MiB and cell["gb_per_s_best"] > 0 and len(cell["runs"]) == 1
+        assert set(cell["runs"][0]) == RUN_FIELDS
+        assert cell["send_peak_rss"] > 0 and cell["recv_peak_rss"] > 0
+    none, zstd = data["cells"]
+    assert zstd["wire_bytes"] < none["wire_bytes"] < 8 * MiB  # zero pages and text shrink
+    baselines = data["baselines"]
+    (pump,) = baselines["loopback_pump"]
+    assert pump["not_run"] is None and pump["gb_per_s_best"] > 0
+    library = {b["label"]: b for b in baselines["library"]}
+    assert library["zstd-1"]["compress_gb_per_s"] > 0 and library["none"]["decompress_gb_per_s"] > 0
+    assert library["zstd-1"]["output_bytes"] < library["zstd-1"]["normal_bytes"]
+    assert {q["not_run"] for q in baselines["qemu"]} == {"--no-qemu was given"}
+    statuses = {verdict["status"] for verdict in data["targets"]}
+    assert statuses <= {PASS, FAIL, NOT_EVALUATED}
+    assert code == (1 if FAIL in statuses else 0)
+    if with_plot:
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data["images"]["mixed"]["path"] == str(mixed)  # the cached image, reused
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# --- targets -------------------------------------------------------------------------------------------------
+
+
+def _run(gb_per_s: float, guest: int = 1 << 30, rss: int = 100 * MiB) -> TransferRun:
+    return TransferRun(
+        seconds=guest / gb_per_s / 1e9, guest_bytes=guest, wire_bytes=guest, payload_bytes=guest, normal_pages=1,
+        zero_pages=0, packets=1, send_cpu_seconds=1.0, recv_cpu_seconds=1.0, send_process_cpu_seconds=1.0,
+        recv_process_cpu_seconds=1.0, send_peak_rss=rss, recv_peak_rss=rss,
+    )  # fmt: skip
+
+
+def _library(kind: str, codec: CodecChoice, gb_per_s: float) -> LibraryBaseline:
+    from mfdcomp.bench.library import LibraryResult
+
+    seconds = (1 << 30) / gb_per_s / 1e9
+    result = LibraryResult(codec.name, codec.level, "", 1 << 30, 1 << 30, 1 << 29, [seconds], [seconds])
+    return LibraryBaseline(kind, codec, result)
+
+
+def _matrix(
+    cells: list[Cell],
+    pump: float | None = None,
+    library: dict[CodecChoice, float] | None = None,
+    qemu: dict[CodecChoice, float] | None = None,
+    cores: int = 2,
+) -> MatrixResult:
+    result = MatrixResult(size=1 << 30, transport="unix", repeats=1, cores=cores, cells=cells)
+    for kind, channels in {(c.kind, c.channels) for c in cells}:
+        baseline = PumpBaseline(kind, channels, [pump] if pump else [], None if pump else "pump missing")
+        result.pump.append(baseline)
+        for codec in {c.codec for c in cells}:
+            seconds = (qemu or {}).get(codec)
+            result.qemu.append(
+                QemuBaseline(kind, codec, channels, [seconds] if seconds else [], 1 << 30, "10.0", None)
+                if seconds
+                else QemuBaseline(kind, codec, channels, not_run="no QEMU here")
+            )
+    result.library = [_library("mixed", codec, rate) for codec, rate in (library or {}).items()]
+    return result
+
+
+def _verdicts(result: MatrixResult, target: str) -> list[Verdict]:
+    return [v for v in evaluate_targets(result) if v.target.startswith(target)]
+
+
+@pytest.mark.parametrize(
+    ("engine", "pump", "status"),
+    [(2.0, 2.4, PASS), (1.92, 2.4, PASS), (1.9, 2.4, FAIL), (3.0, 2.0, PASS), (1.0, None, NOT_EVALUATED)],
+)
+def test_nocomp_against_the_loopback_limit(engine: float, pump: float | None, status: str) -> None:
+    result = _matrix([Cell("mixed", NONE, 2, [_run(engine)])], pump=pump)
+    (verdict,) = _verdicts(result, "nocomp ≥ 80%")
+    assert verdict.status == status and verdict.subject == "none, mixed, 2 ch"
+
+
+@pytest.mark.parametrize(
+    ("engine", "qemu", "status", "against"),
+    [
+        (2.0, 0.6, PASS, "QEMU"),  # 1 GiB at 2 GB/s: 0.537 s < 0.6 s
+        (2.0, 0.5, FAIL, "QEMU"),
+        (1.5, None, PASS, "1.0 s instead"),  # 0.716 s
+        (1.0, None, FAIL, "1.0 s instead"),  # 1.074 s
+    ],
+)
+def test_nocomp_against_qemu_or_one_second(engine: float, qemu: float | None, status: str, against: str) -> None:
+    result = _matrix([Cell("mixed", NONE, 2, [_run(engine)])], pump=10.0, qemu={NONE: qemu} if qemu else None)
+    (verdict,) = _verdicts(result, "nocomp faster than QEMU")
+    assert verdict.status == status and against in verdict.detail
+
+
+@pytest.mark.parametrize(
+    ("channels", "cores", "engine", "library", "status"),
+    [
+        (1, 2, 0.30, 0.33, PASS),  # 91 % of 1 × 0.33
+        (1, 2, 0.29, 0.33, FAIL),  # 88 %
+        (2, 2, 0.60, 0.33, PASS),  # 91 % of 2 × 0.33
+        (4, 2, 0.60, 0.33, PASS),  # min(cores, channels) = 2
+        (2, 2, 0.40, 0.33, FAIL),
+        (2, 2, 0.40, None, NOT_EVALUATED),
+    ],
+)
+def test_stream_codecs_against_the_library(
+    channels: int, cores: int, engine: float, library: float | None, status: str
+) -> None:
+    cells = [Cell("mixed", ZSTD, channels, [_run(engine)]), Cell("mixed", ZLIB, channels, [_run(engine)])]
+    result = _matrix(cells, library={ZSTD: library, ZLIB: library} if library else None, cores=cores)
+    verdicts = _verdicts(result, "within 10%")
+    assert [v.status for v in verdicts] == [status, status]
+    assert [v.subject.split(",")[0] for v in verdicts] == ["zstd-1", "zlib-1"]
+
+
+def test_stream_codecs_against_qemu() -> None:
+    cells = [Cell("mixed", ZSTD, 2, [_run(0.5)]), Cell("mixed", ZLIB, 2, [_run(0.5)])]
+    result = _matrix(cells, qemu={ZSTD: 2.5})  # zstd 2.147 s ≤ 2.5 s; zlib has no QEMU run
+    assert [v.status for v in _verdicts(result, "no slower than QEMU")] == [PASS, NOT_EVALUATED]
+    result = _matrix(cells, qemu={ZSTD: 2.0, ZLIB: 2.147483648})  # equal is no slower
+    assert [v.status for v in _verdicts(result, "no slower than QEMU")] == [FAIL, PASS]
+
+
+def test_zero_image_and_peak_rss() -> None:
+    cells = [
+        Cell("zero90", NONE, 2, [_run(3.5, rss=(1 << 30) + 64 * MiB)]),
+        Cell("zero90", ZSTD, 2, [_run(2.9)]),
+        Cell("mixed", NONE, 2, [_run(1.0, rss=(1 << 30) + 65 * MiB)]),
+        Cell("mixed", ZLIB, 2, error="mfdcomp send exited with 1"),
+    ]
+    result = _matrix(cells, pump=2.0)
+    assert [v.status for v in _verdicts(result, "90%-zero")] == [PASS, FAIL]
+    assert [(v.subject, v.status) for v in _verdicts(result, "nocomp peak RSS")] == [
+        ("none, zero90, 2 ch", PASS),
+        ("none, mixed, 2 ch", FAIL),
+    ]
+
+
+def test_targets_without_data_are_not_evaluated() -> None:
+    verdicts = evaluate_targets(_matrix([Cell("text", ZSTD, 1, [_run(1.0)])]))
+    assert len(verdicts) == 6 and {v.status for v in verdicts} == {NOT_EVALUATED}
+    assert all("no " in v.detail and "in this run" in v.detail for v in verdicts)
+
+
+# --- least squares -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("xs", "ys", "slope", "intercept", "r_squared"),
+    [
+        ([0.25, 0.5, 1, 2, 4], [0.15, 0.25, 0.45, 0.85, 1.65], 0.4, 0.05, 1.0),
+        ([1, 2, 3], [2, 2, 2], 0.0, 2.0, 1.0),  # flat: explained exactly
+        ([1, 2, 3, 4], [1, 3, 2, 4], 0.8, 0.5, 0.64),
+        ([1, 1, 2, 2], [1, 3, 5, 7], 4.0, -2.0, 0.8),  # repeats at each size
+    ],
+)
+def test_fit_line(xs: list[float], ys: list[float], slope: float, intercept: float, r_squared: float) -> None:
+    fit = fit_line(xs, ys)
+    assert fit.slope == pytest.approx(slope) and fit.intercept == pytest.approx(intercept, abs=1e-12)
+    assert fit.r_squared == pytest.approx(r_squared) and fit.points == len(xs)
+    assert fit.at(10) == pytest.approx(slope * 10 + intercept)
+
+
+@pytest.mark.parametrize(("xs", "ys"), [([1], [1]), ([2, 2], [1, 3]), ([1, 2], [1])])
+def test_fit_line_refuses(xs: list[float], ys: list[float]) -> None:
+    with pytest.raises(ValueError):
+        fit_line(xs, ys)
+
+
+# --- link sweep ----------------------------------------------------------------------------------------------
+
+RATES: list[float | None] = [1.0, 10.0, 25.0, None]
+
+
+@pytest.mark.parametrize(
+    ("zstd", "summary"),
+    [
+        ([0.25, 1.5, 2.0, 2.5], "pays below a link speed between 10 Gbit/s and 25 Gbit/s"),
+        ([0.25, 2.0, 4.0, 5.0], "beats none on every link measured, up to unlimited"),
+        ([0.1, 0.5, 0.6, 0.7], "never beats none here, not even at 1 Gbit/s"),
+        ([0.25, 0.5, 4.0, 0.1], "no single crossover: beats none at 1 Gbit/s, 25 Gbit/s"),
+    ],
+)
+def test_compression_pays(zstd: list[float], summary: str) -> None:
+    none = dict(zip(RATES, [0.12, 1.2, 2.5, 3.0], strict=True))
+    (payoff,) = compression_pays(RATES, {"none": none, "zstd-1": dict(zip(RATES, zstd, strict=True))})
+    assert payoff.codec == "zstd-1" and payoff.summary.startswith(summary)
+    assert sorted(map(str, payoff.wins + payoff.losses)) == sorted(map(str, RATES))
+
+
+def test_compression_pays_needs_common_links() -> None:
+    (payoff,) = compression_pays(RATES, {"none": {1.0: 0.1}, "zlib-1": {10.0: 0.3}})
+    assert payoff.summary.startswith("not compared") and payoff.wins == payoff.losses == []
+
+
+def _netns_works() -> str | None:
+    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None:
+        return "needs root, ip and tc"
+    probe = subprocess.run(["ip", "netns", "add", "mfdbprobe"], capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        return f"ip netns add: {probe.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", "mfdbprobe"], check=False)
+    return None
+
+
+NETNS = _netns_works()
+
+
+def _namespaces() -> set[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    return {line.split()[0] for line in listed.splitlines() if line.strip()}
+
+
+@pytest.mark.skipif(NETNS is not None, reason=f"network namespaces: {NETNS}")
+def test_namespaces_are_removed_on_errors() -> None:
+    with pytest.raises(RuntimeError, match="boom"), LinkedNamespaces("t1") as namespaces:
+        assert {namespaces.source, namespaces.destination} <= _namespaces()
+        namespaces.limit(1.0)
+        raise RuntimeError("boom")
+    assert not {"mfdbt1s", "mfdbt1d"} & _namespaces()
+
+
+@pytest.mark.skipif(NETNS is not None, reason=f"network namespaces: {NETNS}")
+def test_tiny_link_sweep(tmp_path: Path, mixed: Path) -> None:
+    result = run_link_sweep(mixed, "mixed", [NONE], 1, [1.0], 1, tmp_path, lambda _: None)
+    assert result.not_run is None and [(c.rate, c.codec.label) for c in result.cells] == [(1.0, "none"), (None, "none")]
+    assert all(cell.runs and cell.error is None for cell in result.cells)
+    # 8 MiB through a 1 Gbit/s bucket (burst 128 KiB) cannot go much faster than 0.125 GB/s; the bare veth can.
+    assert result.cells[0].gb_per_s < 0.2 < result.cells[1].gb_per_s
+    assert result.payoffs == []  # nothing to set against none
+    assert not {n for n in _namespaces() if n.startswith(f"mfdb{os.getpid()}")}
+
+
+# --- pieces --------------------------------------------------------------------------------------------------
+
+
+def test_child_reports_peak_rss_and_failures() -> None:
+    grow = "b = bytearray(96 << 20); b[::4096] = b'x' * len(b[::4096])"
+    with Child([sys.executable, "-c", grow], "grower") as child:
+        done = child.finish(60)
+    assert done.returncode == 0 and done.peak_rss >= 96 * MiB and done.cpu_seconds > 0
+    with (
+        Child([sys.executable, "-c", "import sys; sys.exit('no luck')"], "failing") as child,
+        pytest.raises(ChildFailed, match="failing exited with 1: no luck"),
+    ):
+        child.finish(60)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(30)"]
+    with Child(sleeper, "sleeper") as child, pytest.raises(ChildFailed, match="did not say"):
+        child.stderr_line("listening on ", timeout=0.2)
+
+
+@pytest.mark.parametrize("codec", ["none", "zlib", "zstd", "lz4", "qpl", "qatzip", "uadk"])
+def test_library_references_decode_what_they_encode(mixed: Path, codec: str) -> None:
+    try:
+        reference = reference_for(codec, 1 if codec in ("zlib", "zstd", "lz4", "qatzip") else None)
+    except RuntimeError as exc:
+        pytest.skip(f"{codec} reference cannot run here: {exc}")
+    result = measure(reference, codec, mixed, repeats=1)  # raises if a decoded size is off
+    assert result.guest_bytes == 8 * MiB and 0 < result.normal_bytes < 8 * MiB
+    assert result.compress_gb_per_s > 0 and result.decompress_gb_per_s > 0 and result.measures
+    if codec not in ("none", "uadk"):
+        assert 0 < result.output_bytes < result.normal_bytes
+
+
+def test_unknown_reference_says_so() -> None:
+    with pytest.raises(RuntimeError, match="no raw-library reference for codec 'brotli'"):
+        reference_for("brotli", None)
+
+
+def test_plots_of_scaling_and_link_sweep(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from mfdcomp.bench.plot import plot_link_sweep, plot_scaling
+
+    scaling = ScalingResult("mixed", 2, "unix", [GiB // 4, GiB], {"none": [(GiB // 4, _run(2.0)), (GiB, _run(2.0))]})
+    scaling.fits["none"] = fit_line([0.25, 1.0], [0.134, 0.537])
+    sweep = LinkSweepResult("mixed", 256 * MiB, 2, [1.0, None])
+    sweep.cells = [LinkCell(1.0, NONE, [_run(0.12)]), LinkCell(None, NONE, [_run(2.0)]), LinkCell(1.0, ZSTD)]
+    plot_scaling(scaling, tmp_path / "s.png")
+    plot_link_sweep(sweep, tmp_path / "l.png")
+    for name in ("s.png", "l.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_options_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--kinds", "mixed,nothing"]) == 1
+    assert "unknown data kind(s) nothing" in capsys.readouterr().err
+    assert main(["bench", "--scaling", "--channels", "1,2"]) == 1
+    assert "--scaling takes one value of --channels" in capsys.readouterr().err
+    assert main(["bench", "--link-sweep", "--check-targets"]) == 1
+    assert main(["bench", "--codecs", "nosuch"]) == 1
+    assert "no codec named 'nosuch'" in capsys.readouterr().err
+
+
+def test_image_record_must_match(cache: Path, mixed: Path) -> None:
+    image = ensure_image(cache, "mixed", 8 * MiB)
+    assert image.path == str(mixed) and image == Image(**json.loads(mixed.with_suffix(".json").read_text()))
+    before = mixed.stat().st_mtime_ns
+    assert ensure_image(cache, "mixed", 8 * MiB) == image and mixed.stat().st_mtime_ns == before  # reused
+    mixed.with_suffix(".json").write_text("{}")  # a broken record: the image is made again
+    assert ensure_image(cache, "mixed", 8 * MiB) == image and mixed.stat().st_mtime_ns != before
