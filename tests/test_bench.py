@@ -327,6 +327,20 @@ def test_library_references_decode_what_they_encode(mixed: Path, codec: str) -> 
         assert 0 < result.output_bytes < result.normal_bytes
 
 
+def test_qemu_baseline(cache: Path, mixed: Path) -> None:
+    from mfdcomp.bench.qemu import qemu_baseline, qemu_unavailable
+
+    image = ensure_image(cache, "mixed", 8 * MiB)
+    assert qemu_baseline(image, CodecChoice("lz4", 1), 1, 1).not_run == (
+        "lz4 is an mfdcomp extension: QEMU has no such codec"
+    )
+    why = qemu_unavailable()
+    if why is not None:
+        pytest.skip(f"QEMU: {why}")
+    baseline = qemu_baseline(image, ZSTD, 1, 1)  # the harness's guest RAM is checked to be this image
+    assert baseline.not_run is None and baseline.version.startswith("10.") and baseline.seconds > 0
+
+
 def test_unknown_reference_says_so() -> None:
     with pytest.raises(RuntimeError, match="no raw-library reference for codec 'brotli'"):
         reference_for("brotli", None)

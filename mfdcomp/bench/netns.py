@@ -27,7 +27,6 @@ from mfdcomp.bench.procs import ChildFailed
 from mfdcomp.bench.transfer import CodecChoice, Endpoints, TransferRun, transfer
 
 __all__ = [
-    "DEFAULT_RATES",
     "LinkCell",
     "LinkSweepResult",
     "LinkedNamespaces",
@@ -38,7 +37,6 @@ __all__ = [
     "run_link_sweep",
 ]
 
-DEFAULT_RATES = "1,10,25"
 # Link-local addresses on a link of our own: nothing outside the two namespaces is reachable.
 SOURCE_ADDRESS = "169.254.77.1"
 DESTINATION_ADDRESS = "169.254.77.2"

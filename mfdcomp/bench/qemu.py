@@ -1,37 +1,32 @@
-"""QEMU 10's own multifd migration of the same image, through mfdcomp.qemu.harness, where both are here.
+"""QEMU 10's own multifd migration of the same image, through mfdcomp.qemu.harness, where QEMU is installed.
 
 The harness generates the guest's RAM from the same mix and seed (so the
 same bytes; its sha256 is checked against the bench's image) and migrates
-between two paused TCG QEMUs over loopback TCP. The time is QEMU's own
-``total-time`` from the source's query-migrate.
+between two paused TCG QEMUs over loopback TCP, zero-page detection in the
+multifd threads as mfdcomp's default. The time is QEMU's own ``total-time``
+from the source's query-migrate (setup and the final stop included).
 """
 
 from __future__ import annotations
-
-import importlib
-import importlib.util
-from typing import Any
 
 from mfdcomp.bench.images import Image
 from mfdcomp.bench.results import QemuBaseline
 from mfdcomp.bench.transfer import CodecChoice
 from mfdcomp.errors import MfdcompError
+from mfdcomp.qemu.harness import MigrationPair, MigrationSettings
+from mfdcomp.qemu.locate import QemuNotFound, build
 from mfdcomp.registry import default_registry
 
-__all__ = ["HARNESS", "qemu_baseline", "qemu_unavailable"]
+__all__ = ["qemu_baseline", "qemu_unavailable"]
 
-HARNESS = "mfdcomp.qemu.harness"
 QEMU_BUILD = "10.0"
 
 
 def qemu_unavailable() -> str | None:
     """Why QEMU baselines cannot run here, or None."""
-    if importlib.util.find_spec(HARNESS) is None:
-        return f"{HARNESS} does not exist in this checkout"
-    locate: Any = importlib.import_module("mfdcomp.qemu.locate")
     try:
-        locate.build(QEMU_BUILD).version()
-    except MfdcompError as exc:
+        build(QEMU_BUILD).version()
+    except QemuNotFound as exc:
         return str(exc)
     return None
 
@@ -45,17 +40,12 @@ def qemu_baseline(image: Image, codec: CodecChoice, channels: int, repeats: int)
     if default_registry().get(codec.name).info.qemu_flag is None:
         baseline.not_run = f"{codec.name} is an mfdcomp extension: QEMU has no such codec"
         return baseline
-    # Imported by name at run time: the harness is optional, and it starts processes only when called.
-    harness: Any = importlib.import_module(HARNESS)
-    locate: Any = importlib.import_module("mfdcomp.qemu.locate")
-    qemu = locate.build(QEMU_BUILD)
-    settings = harness.MigrationSettings(
-        codec=codec.name, channels=channels, level=codec.level, zero_page_detection="multifd"
-    )
+    qemu = build(QEMU_BUILD)
+    settings = MigrationSettings(codec=codec.name, channels=channels, level=codec.level, zero_page_detection="multifd")
     try:
         for _ in range(repeats):
             # A pair migrates once: a fresh one per repeat.
-            with harness.MigrationPair(
+            with MigrationPair(
                 qemu, qemu, settings, ram_size=image.size, mix=image.mix, seed=image.seed, timeout=600.0
             ) as pair:
                 migration = pair.migrate()
@@ -65,7 +55,8 @@ def qemu_baseline(image: Image, codec: CodecChoice, channels: int, repeats: int)
                 raise MfdcompError("the destination QEMU's RAM differs from the source's")
             if migration.total_time_ms is None:
                 raise MfdcompError("QEMU did not report the migration's total-time")
-            baseline.version = migration.source_version
+            # "QEMU emulator version 10.0.2 (Debian ...)" → "10.0.2"
+            baseline.version = migration.source_version.partition("version ")[2].split(" ")[0]
             baseline.seconds_runs.append(migration.total_time_ms / 1000)
     except MfdcompError as exc:
         baseline.seconds_runs.clear()

@@ -12,10 +12,9 @@ from mfdcomp.bench.matrix import Say
 from mfdcomp.bench.procs import ChildFailed
 from mfdcomp.bench.transfer import CodecChoice, TransferRun, loopback, transfer
 
-__all__ = ["DEFAULT_SIZES", "ScalingResult", "run_scaling"]
+__all__ = ["ScalingResult", "run_scaling"]
 
 GiB = 1 << 30
-DEFAULT_SIZES = "256M,512M,1G,2G,4G"
 
 
 @dataclass

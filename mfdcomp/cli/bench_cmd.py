@@ -7,20 +7,21 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mfdcomp.bench.images import KIND_MIXES, ensure_image
-from mfdcomp.bench.matrix import MatrixConfig, run_matrix
-from mfdcomp.bench.netns import DEFAULT_RATES, run_link_sweep
-from mfdcomp.bench.report import link_sweep_text, matrix_text, scaling_text, targets_text
-from mfdcomp.bench.scaling import DEFAULT_SIZES, run_scaling
-from mfdcomp.bench.targets import FAIL, evaluate_targets
-from mfdcomp.bench.transfer import CodecChoice, parse_codecs
+from mfdcomp.bench.images import KIND_MIXES
 from mfdcomp.errors import MfdcompError
 from mfdcomp.registry import default_registry
 from mfdcomp.units import parse_size
 
+if TYPE_CHECKING:
+    from mfdcomp.bench.transfer import CodecChoice
+
+# The bench's modules are imported when the command runs, not by every `mfdcomp` start.
+
 DEFAULT_KINDS = "zero,text,random,half,mixed"
+DEFAULT_SIZES = "256M,512M,1G,2G,4G"
+DEFAULT_RATES = "1,10,25"
 SWEEP_CODECS = ("none", "zstd", "zlib", "qatzip")
 
 DESCRIPTION = f"""\
@@ -117,6 +118,8 @@ def _one(values: list[Any], option: str, mode: str) -> Any:
 
 
 def _default_codecs(names: tuple[str, ...] | None = None) -> list[CodecChoice]:
+    from mfdcomp.bench.transfer import parse_codecs
+
     registered = default_registry().codecs
     chosen = [name for name in (names or sorted(registered, key=lambda n: (n != "none", n))) if name in registered]
     return parse_codecs(",".join(chosen))
@@ -147,6 +150,11 @@ def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
 
 
 def _matrix(args: argparse.Namespace, cache: Path, workdir: Path) -> int:
+    from mfdcomp.bench.matrix import MatrixConfig, run_matrix
+    from mfdcomp.bench.report import matrix_text, targets_text
+    from mfdcomp.bench.targets import FAIL, evaluate_targets
+    from mfdcomp.bench.transfer import parse_codecs
+
     config = MatrixConfig(
         codecs=parse_codecs(args.codecs) if args.codecs else _default_codecs(),
         channels=_numbers(args.channels or "1,2,4", "--channels", int),
@@ -164,7 +172,7 @@ def _matrix(args: argparse.Namespace, cache: Path, workdir: Path) -> int:
         data["targets"] = [verdict.as_dict() for verdict in verdicts]
         text += "\n\n" + targets_text(verdicts)
     if args.plot:
-        from mfdcomp.bench.plot import plot_matrix
+        from mfdcomp.bench.plot import plot_matrix  # needs matplotlib
 
         plot_matrix(result, args.plot)
         _say(f"plot written to {args.plot}")
@@ -174,6 +182,10 @@ def _matrix(args: argparse.Namespace, cache: Path, workdir: Path) -> int:
 
 
 def _scaling(args: argparse.Namespace, cache: Path, workdir: Path) -> int:
+    from mfdcomp.bench.report import scaling_text
+    from mfdcomp.bench.scaling import run_scaling
+    from mfdcomp.bench.transfer import parse_codecs
+
     result = run_scaling(
         codecs=parse_codecs(args.codecs or "none,zstd"),
         sizes=_sizes(args.sizes),
@@ -195,6 +207,11 @@ def _scaling(args: argparse.Namespace, cache: Path, workdir: Path) -> int:
 
 
 def _link_sweep(args: argparse.Namespace, cache: Path, workdir: Path) -> int:
+    from mfdcomp.bench.images import ensure_image
+    from mfdcomp.bench.netns import run_link_sweep
+    from mfdcomp.bench.report import link_sweep_text
+    from mfdcomp.bench.transfer import parse_codecs
+
     kind = _one(_kinds(args.kinds or "mixed"), "--kinds", "--link-sweep")
     _say(f"image {kind}: {args.size >> 20} MiB (cached in {cache})")
     image = ensure_image(cache, kind, args.size)
