@@ -30,7 +30,7 @@ from typing import IO, Any
 
 from mfdcomp.errors import MfdcompError
 from mfdcomp.imagegen import DEFAULT_MIX, generate_image, parse_mix
-from mfdcomp.qemu.locate import QemuBuild, build
+from mfdcomp.qemu.locate import QemuBuild, QemuUnavailable, build
 from mfdcomp.qemu.qmp import QMPClient, QMPError
 from mfdcomp.qemu.replay import replay_capture
 from mfdcomp.qemu.tap import Tap, TapSummary
@@ -405,7 +405,11 @@ class Case:
 
 @dataclass
 class CaseResult:
-    """What :func:`run_case` found; ``ok`` only when QEMU, the RAM and every replay agree."""
+    """What :func:`run_case` found; ``ok`` only when QEMU, the RAM and every replay agree.
+
+    ``unavailable`` is the install script's reason when a build of the row
+    cannot run on this host at all: the row is then not run (verdict N/A).
+    """
 
     case: Case
     seconds: float
@@ -414,6 +418,7 @@ class CaseResult:
     replay_sha256: str | None = None
     transcoded_replay_sha256: str | None = None
     problems: list[str] = field(default_factory=list)
+    unavailable: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -421,6 +426,8 @@ class CaseResult:
 
     @property
     def verdict(self) -> str:
+        if self.unavailable is not None:
+            return "N/A"
         return "PASS" if self.ok else "FAIL"
 
     def as_dict(self) -> dict[str, Any]:
@@ -428,6 +435,7 @@ class CaseResult:
             "case": asdict(self.case) | {"name": self.case.name},
             "verdict": self.verdict,
             "problems": self.problems,
+            "unavailable": self.unavailable,
             "seconds": round(self.seconds, 3),
             "qemu": asdict(self.migration) | {"ram_equal": self.migration.ram_equal} if self.migration else None,
             "tap": self.tap.as_dict() if self.tap else None,
@@ -448,6 +456,8 @@ def run_case(case: Case, *, timeout: float = 120.0, scratch_root: str = SHM) -> 
     result = CaseResult(case, seconds=0.0)
     try:
         _run(case, result, timeout, scratch_root)
+    except QemuUnavailable as exc:
+        result.unavailable = str(exc)
     except MfdcompError as exc:
         result.problems.append(str(exc))
     result.seconds = time.monotonic() - started

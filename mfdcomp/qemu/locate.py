@@ -34,6 +34,10 @@ class QemuNotFound(MfdcompError):
     """A QEMU build the caller asked for is not installed or does not run here."""
 
 
+class QemuUnavailable(QemuNotFound):
+    """The install script found that this build cannot run on this host (QEMU 7.2 on Debian 13, say)."""
+
+
 @dataclass(frozen=True)
 class QemuBuild:
     """One runnable QEMU: its binary, the extra arguments and environment it needs, and its newest machine type.
@@ -86,7 +90,7 @@ def qemu72() -> QemuBuild:
     """The private QEMU 7.2, run on the system's firmware."""
     unavailable = Path(QEMU72_UNAVAILABLE)
     if unavailable.is_file():
-        raise QemuNotFound(f"QEMU 7.2 is not available on this host: {unavailable.read_text().strip()}")
+        raise QemuUnavailable(f"QEMU 7.2 is not available on this host: {unavailable.read_text().strip()}")
     if not os.access(QEMU72_BINARY, os.X_OK):
         raise QemuNotFound(f"no QEMU 7.2 at {QEMU72_BINARY}; {_hint()}")
     firmware = tuple(arg for folder in FIRMWARE_DIRS for arg in ("-L", folder))

@@ -452,6 +452,8 @@ class _Connection:
         handler: _Multifd | None = None
         try:
             handler = self._forward()
+        except OSError as exc:
+            self.tap.fail(TapError(f"source → destination: {exc}"), self)
         except BaseException as exc:
             self.tap.fail(exc, self)
         finally:
@@ -516,6 +518,8 @@ class _Connection:
                 self.src.sendall(view[:n])
             with contextlib.suppress(OSError):
                 self.src.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self.tap.fail(TapError(f"destination → source: {exc}"), self)
         except BaseException as exc:
             self.tap.fail(exc, self)
         finally:
