@@ -86,10 +86,10 @@ def targets_text(verdicts: list[Verdict]) -> str:
 def scaling_text(result: ScalingResult) -> str:
     lines = [
         f"scaling: {result.kind} image, {result.channels} channels, {result.transport} sockets",
-        f"{'codec':<9} {'GiB':>6} {'seconds':>8} {'GB/s':>7}",
+        f"{'codec':<9} {'MiB':>6} {'seconds':>8} {'GB/s':>7}",
     ]
     for label, runs in result.runs.items():
-        lines += [f"{label:<9} {size / GiB:>6g} {run.seconds:>8.3f} {run.gb_per_s:>7.3f}" for size, run in runs]
+        lines += [f"{label:<9} {size / MiB:>6g} {run.seconds:>8.3f} {run.gb_per_s:>7.3f}" for size, run in runs]
     for label, fit in result.fits.items():
         lines.append(
             f"fit {label}: time = {fit.slope:.4f} s/GiB × size + {fit.intercept:.4f} s, "

@@ -11,6 +11,7 @@ from mfdcomp.bench.images import ensure_image
 from mfdcomp.bench.matrix import Say
 from mfdcomp.bench.procs import ChildFailed
 from mfdcomp.bench.transfer import CodecChoice, TransferRun, loopback, transfer
+from mfdcomp.units import format_bytes
 
 __all__ = ["ScalingResult", "run_scaling"]
 
@@ -58,7 +59,7 @@ def run_scaling(
     result = ScalingResult(kind, channels, transport, sizes, {codec.label: [] for codec in codecs})
     ends = loopback(transport, workdir)
     for size in sizes:
-        say(f"scaling: image {kind} of {size / GiB:g} GiB")
+        say(f"scaling: image {kind} of {format_bytes(size)}")
         image = Path(ensure_image(cache, kind, size).path)
         for repeat in range(repeats):
             for codec in codecs:
@@ -67,12 +68,12 @@ def run_scaling(
                 try:
                     run = transfer(image, codec, channels, ends, workdir)
                 except ChildFailed as exc:
-                    result.errors[codec.label] = f"{size / GiB:g} GiB: {exc}"
-                    say(f"FAILED: scaling {codec.label} {size / GiB:g} GiB: {exc}")
+                    result.errors[codec.label] = f"{format_bytes(size)}: {exc}"
+                    say(f"FAILED: scaling {codec.label} {format_bytes(size)}: {exc}")
                     continue
                 result.runs[codec.label].append((size, run))
                 say(
-                    f"scaling {codec.label} ×{channels} {size / GiB:g} GiB run {repeat + 1}/{repeats}: "
+                    f"scaling {codec.label} ×{channels} {format_bytes(size)} run {repeat + 1}/{repeats}: "
                     f"{run.seconds:.3f} s ({run.gb_per_s:.2f} GB/s)"
                 )
     for label, runs in result.runs.items():

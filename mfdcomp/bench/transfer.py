@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import mfdcomp
-from mfdcomp.bench.procs import MFDCOMP, Child, ChildFailed
+from mfdcomp.bench.procs import MFDCOMP, Child, ChildFailed, Finished
 from mfdcomp.errors import MfdcompError
 from mfdcomp.registry import default_registry
 
@@ -147,8 +147,13 @@ def transfer(image: Path, codec: CodecChoice, channels: int, ends: Endpoints, wo
             received = recv.finish(60)
     finally:
         target.unlink(missing_ok=True)
-    summary = json.loads(sent.stdout)
-    destination = json.loads(received.stdout)
+    try:
+        return _run_of(json.loads(sent.stdout), json.loads(received.stdout), sent, received)
+    except (ValueError, KeyError) as exc:
+        raise ChildFailed(f"unexpected JSON from mfdcomp send or recv: {exc!r}") from exc
+
+
+def _run_of(summary: dict[str, Any], destination: dict[str, Any], sent: Finished, received: Finished) -> TransferRun:
     if not (summary["ok"] and destination["ok"]):
         raise ChildFailed("the destination's image differs from the source's")
     totals = summary["totals"]
@@ -178,5 +183,8 @@ def pump_run(image: Path, transport: str, channels: int) -> float:
     argv += ["--connections", str(channels), "--repeats", "1", "--json"]
     with Child(argv, "loopback_pump.py") as pump:
         done = pump.finish(_timeout(image.stat().st_size))
-    rate: float = json.loads(done.stdout)["gb_per_s"]
+    try:
+        rate: float = json.loads(done.stdout)["gb_per_s"]
+    except (ValueError, KeyError) as exc:
+        raise ChildFailed(f"unexpected JSON from loopback_pump.py: {exc!r}") from exc
     return rate
