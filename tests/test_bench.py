@@ -290,8 +290,8 @@ def test_tiny_link_sweep(tmp_path: Path, mixed: Path) -> None:
     result = run_link_sweep(mixed, "mixed", [NONE], 1, [1.0], 1, tmp_path, lambda _: None)
     assert result.not_run is None and [(c.rate, c.codec.label) for c in result.cells] == [(1.0, "none"), (None, "none")]
     assert all(cell.runs and cell.error is None for cell in result.cells)
-    # 8 MiB through a 1 Gbit/s bucket (burst 128 KiB) cannot go much faster than 0.125 GB/s; the bare veth can.
-    assert result.cells[0].gb_per_s < 0.2 < result.cells[1].gb_per_s
+    # 8 MiB (7.2 MiB on the wire) through a 1 Gbit/s bucket of 128 KiB cannot go much faster than 0.125 GB/s.
+    assert result.cells[0].gb_per_s < 0.2
     assert result.payoffs == []  # nothing to set against none
     assert not {n for n in _namespaces() if n.startswith(f"mfdb{os.getpid()}")}
 
