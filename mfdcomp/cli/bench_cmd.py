@@ -67,6 +67,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--no-qemu", action="store_true", help="skip the QEMU baseline (reported as not run)")
     parser.add_argument("--check-targets", action="store_true", help="PASS/FAIL of the issue's targets")
     parser.add_argument("--json", action="store_true", help="print every number as JSON")
+    parser.add_argument("--json-file", type=Path, metavar="PATH", help="also write every number as JSON to PATH")
     parser.add_argument("--plot", type=Path, metavar="PNG", help="draw the results (needs the bench extra)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--scaling", action="store_true", help="time over image size instead of the matrix")
@@ -142,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    if args.json_file:
+        args.json_file.write_text(json.dumps(data, indent=2) + "\n")
     if args.json:
         json.dump(data, sys.stdout, indent=2)
         print()
