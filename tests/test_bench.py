@@ -341,6 +341,13 @@ def test_qemu_baseline(cache: Path, mixed: Path) -> None:
     assert baseline.not_run is None and baseline.version.startswith("10.") and baseline.seconds > 0
 
 
+def test_library_reference_of_an_all_zero_image_is_not_run(tmp_path: Path) -> None:
+    image = tmp_path / "zero.img"
+    image.write_bytes(bytes(MiB))
+    with pytest.raises(RuntimeError, match="only zero pages"):
+        measure(reference_for("zstd", 1), "zstd", image, repeats=1)
+
+
 def test_unknown_reference_says_so() -> None:
     with pytest.raises(RuntimeError, match="no raw-library reference for codec 'brotli'"):
         reference_for("brotli", None)

@@ -320,12 +320,17 @@ class LibraryResult:
 
 
 def measure(reference: Reference, codec: str, image: Path, repeats: int, page_size: int = 4096) -> LibraryResult:
-    """Time ``reference`` on the pages of ``image`` (mapped read-only), ``repeats`` times each way."""
+    """Time ``reference`` on the pages of ``image`` (mapped read-only), ``repeats`` times each way.
+
+    RuntimeError when the image has no normal page.
+    """
     with open(image, "rb") as file:
         # Not closed explicitly: the packets' views pin it, and it goes with them.
         memory = memoryview(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ))
     packets = image_packets(memory, page_size)
     normal = sum(packet.size for packet in packets)
+    if not normal:
+        raise RuntimeError("the image has only zero pages, which never reach a codec: nothing for a library to do")
     compress: list[float] = []
     decompress: list[float] = []
     payloads: list[bytes] = []
