@@ -8,8 +8,9 @@ tap's page and byte counts equal the source QEMU's own counters. Transcoding
 rows have a destination QEMU decode mfdcomp's encoder's bytes. QEMU comes
 from ci/system/qemu.sh; without it every row fails with the reason.
 
-The whole matrix took 125 s on this project's 2-core machine, so CI runs all
-of it; `mfdcomp qemu-check` runs the same rows with a table of QEMU's timing.
+The whole matrix (27 rows) took about 150 s on this project's 2-core machine
+under CI's coverage run, so CI runs all of it; `mfdcomp qemu-check` runs the
+same rows with a table of QEMU's timing.
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ two real QEMU processes with mfdcomp's tap in between, for every row of the
 matrix: none, zlib and zstd with multifd and legacy zero-page detection on 2
 and 4 channels; the tap transcoding none>zlib, none>zstd, zstd>zlib,
 zlib>zstd and each codec to itself; QEMU 7.2 <-> 10.0 (machine pc-q35-7.2)
-for none, zlib and zstd. --quick runs a subset with each codec, each
-zero-page mode, transcoding and 7.2 both ways.
+for none, zlib and zstd, and transcoding 7.2>10.0 none>zstd and 10.0>7.2
+zstd>zlib. --quick runs a subset with each codec, each zero-page mode,
+transcoding and 7.2 both ways.
 
 A row passes when both QEMUs completed, the destination's RAM equals the
 source's (sha256 of the RAM files), the tap parsed and decoded every packet,

@@ -350,35 +350,38 @@ class _Multifd:
             assert isinstance(event, EndOfStream)
 
     def _pass(self, raw: bytes) -> None:
+        """Forward a record unchanged (without transcoding, its bytes went out as they came: ``raw`` is empty)."""
         if raw:
             self.conn.forward([raw])
             self.conn.record_out(raw)
 
     def _data(self, event: RamData, raw: bytes) -> None:
         packet = event.packet
+        pages = self._decode(event)
+        payload_out = len(event.payload)
+        if self.send is not None:
+            header = bytearray(raw[: self.header_size])
+            buffers: list[Buffer] = [header]
+            flags = packet.flags & ~COMPRESSION_MASK | self.send.flag
+            if packet.normal_pages:
+                views = PageViews(pages, range(0, len(pages), self.page_size), self.page_size)
+                encoded = self.send.send_prepare(views)
+                flags |= encoded.flags
+                _U32.pack_into(header, _NEXT_SIZE_AT, encoded.size)
+                buffers += encoded.buffers
+                payload_out = encoded.size
+            _U32.pack_into(header, _FLAGS_AT, flags)
+            _U32.pack_into(header, _EXTENSION_AT, self.send.extension_id)
+            self.conn.forward(buffers)
+            for buffer in buffers:
+                self.conn.record_out(buffer)
+        # Counted together once the packet is through, so a live view's ratios stay consistent.
         stats = self.stats
         stats.data_packets += 1
         stats.normal_pages += packet.normal_pages
         stats.zero_pages += packet.zero_pages
         stats.payload_in += len(event.payload)
-        pages = self._decode(event)
-        if self.send is None:
-            stats.payload_out += len(event.payload)
-            return
-        header = bytearray(raw[: self.header_size])
-        buffers: list[Buffer] = [header]
-        flags = packet.flags & ~COMPRESSION_MASK | self.send.flag
-        if packet.normal_pages:
-            encoded = self.send.send_prepare(PageViews(pages, range(0, len(pages), self.page_size), self.page_size))
-            flags |= encoded.flags
-            _U32.pack_into(header, _NEXT_SIZE_AT, encoded.size)
-            buffers += encoded.buffers
-            stats.payload_out += encoded.size
-        _U32.pack_into(header, _FLAGS_AT, flags)
-        _U32.pack_into(header, _EXTENSION_AT, self.send.extension_id)
-        self.conn.forward(buffers)
-        for buffer in buffers:
-            self.conn.record_out(buffer)
+        stats.payload_out += payload_out
 
     def _decode(self, event: RamData) -> memoryview:
         """The packet's normal pages, decoded by the channel's receive context."""
