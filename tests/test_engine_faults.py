@@ -261,3 +261,13 @@ def test_one_broken_channel_ends_both_sides_with_the_first_error(tmp_path: Path,
     assert isinstance(outcome.destination_error, MfdcompError)
     assert "injected failure" in str(outcome.source_error)
     assert not [t for t in threading.enumerate() if t.name.startswith("mfdcomp-")]
+
+
+def test_a_source_failing_before_it_connects_does_not_leave_the_destination_waiting(tmp_path: Path) -> None:
+    with RamClient.anonymous([("ram0", 1 << 20)]) as ram:
+        started = time.monotonic()
+        outcome = run_loopback(ram, get_codec("none"), MigrateOptions(require_hw=True), workdir=tmp_path)
+    assert time.monotonic() - started < 10
+    assert isinstance(outcome.source_error, MfdcompError) and "no hardware path" in str(outcome.source_error)
+    assert isinstance(outcome.destination_error, MfdcompError)
+    assert "the source failed" in str(outcome.destination_error)

@@ -50,11 +50,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"codecs": codecs, "plugins": plugins})
         return 0
-    print(f"{'codec':<10} {'flag':<8} {'wire format':<22} {'levels':<8} sends through")
+    print(f"{'codec':<10} {'flag':<16} {'wire format':<22} {'levels':<8} sends through")
     for c in codecs:
-        flag = f"0x{c['qemu_flag']:02x}" if c["qemu_flag"] is not None else f"ext {c['extension_id']}"
+        flag = f"0x{c['qemu_flag']:02x}" if c["qemu_flag"] is not None else f"ext 0x{c['extension_id']:08x}"
         levels = "-".join(map(str, c["levels"])) if c["levels"] else "-"
-        print(f"{c['name']:<10} {flag:<8} {c['wire_format']:<22} {levels:<8} {c['sends_through']}")
+        print(f"{c['name']:<10} {flag:<16} {c['wire_format']:<22} {levels:<8} {c['sends_through']}")
         for p in c["paths"]:
             mark = "yes" if p["available"] else "NO "
             lib = f" [{' '.join(filter(None, (p['library'], p['version'])))}]" if p["library"] else ""

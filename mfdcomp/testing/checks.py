@@ -261,7 +261,10 @@ def check_cross_decode(codec: Codec, config: SuiteConfig) -> Notes:
 def check_golden_vectors(codec: Codec, config: SuiteConfig) -> Notes:
     """Real QEMU channels (qemu/ captures) replay to QEMU's RAM; real library payloads (<codec>/) decode."""
     if config.vectors is None:
-        raise NotApplicable("no vectors directory given (--vectors DIR or MFDCOMP_VECTORS)")
+        raise NotApplicable(
+            "no vectors directory given (mfdcomp conformance --vectors DIR, pytest --mfdcomp-vectors DIR, "
+            "or MFDCOMP_VECTORS)"
+        )
     checked = _golden_captures(codec, config.vectors) + _golden_payloads(codec, config.vectors)
     if not checked:
         raise NotApplicable(f"no QEMU capture nor library payload of {codec.info.name} under {config.vectors}")

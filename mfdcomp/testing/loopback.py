@@ -27,6 +27,7 @@ from mfdcomp.transport.base import Listener, Stream
 from mfdcomp.transport.sockets import connect, listen
 
 TRANSPORTS = ("tcp", "tcp6", "unix", "fd")
+SOURCE_FAILED_GRACE = 5.0
 
 StreamWrapper = Callable[[int, Stream], Stream]
 """Wraps the n-th connection the source opens or the destination accepts (0 is the main channel)."""
@@ -147,9 +148,14 @@ def run_loopback(
     except BaseException as exc:
         source_error = exc
     finally:
-        thread.join(timeout)
+        # A source that failed (before connecting, say) tells the destination nothing: give it a
+        # moment to end on its own error, then stop it rather than wait out the whole timeout.
+        thread.join(SOURCE_FAILED_GRACE if source_error is not None else timeout)
         if thread.is_alive():
-            incoming.state.fail(MfdcompError(f"destination still running {timeout} s after the source ended"))
+            why = (
+                f"the source failed: {source_error}" if source_error is not None else f"still running after {timeout} s"
+            )
+            incoming.state.fail(MfdcompError(f"destination stopped: {why}"))
             thread.join()
         endpoints.close()
         for target in targets:
