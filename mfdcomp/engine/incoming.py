@@ -242,7 +242,12 @@ class Incoming:
                             return
                     raise
                 self.state.register(stream)
-                self._classify(stream)
+                try:
+                    self._classify(stream)
+                except BaseException:
+                    # Refused before it became the main channel or a channel thread: nothing else closes it.
+                    stream.close()
+                    raise
         except BaseException as exc:
             self.state.fail(exc)
 
