@@ -112,7 +112,6 @@ class Incoming:
             self.state.wait_for(lambda: self._main is not None, "the main channel", None)
             assert self._main is not None
             main = self._main
-            self.state.on_fail(main.report_error)
             session = self._start_session(main)
             result = self._follow_main(main, session)
             result.seconds = time.monotonic() - started
@@ -259,6 +258,9 @@ class Incoming:
                 if self._main is not None:
                     raise ChannelError(f"{stream.name}: a second main channel")
                 self._main = MainStream(stream)
+                # At once, under the lock: a failure right after (a second main channel, a bad
+                # connection) must reach the peer before fail() shuts the streams down.
+                self.state.on_fail(self._main.report_error)
                 self.state.cond.notify_all()
             return
         if magic is None:
