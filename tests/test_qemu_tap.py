@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mfdcomp.qemu.harness import MiB, MigrationPair, MigrationSettings
+from mfdcomp.qemu.harness import MiB, MigrationError, MigrationPair, MigrationSettings
 from mfdcomp.qemu.locate import system_qemu
 from mfdcomp.qemu.tap import Tap, TapError
 from mfdcomp.wire import InitPacket, RamPacket
@@ -71,6 +71,18 @@ def test_cli_tap_transcodes_none_to_zstd_and_records_both_sides(tmp_path: Path) 
     # What the source sent and what the destination got both replay to the guest's RAM.
     assert _inspect_sha256(record, tmp_path / "sent.img") == migration.image_sha256
     assert _inspect_sha256(record / "transcoded", tmp_path / "got.img") == migration.image_sha256
+
+
+def test_a_destination_refusing_the_transcoded_bytes_fails_with_qemus_reason() -> None:
+    qemu = system_qemu()
+    with MigrationPair(
+        qemu, qemu, MigrationSettings(codec="none"), MigrationSettings(codec="zlib"), ram_size=16 * MiB, timeout=60
+    ) as pair:
+        with Tap("tcp:127.0.0.1:0", pair.listen(), transcode="zstd") as tap:
+            with pytest.raises(MigrationError, match="flags received 4 flags expected 2"):
+                pair.migrate(tap.start())
+            assert tap.finished(10)
+        assert tap.error is not None  # the destination closed on the tap
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ the tests and ``mfdcomp qemu-check`` run: a pair, the tap between them
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import shutil
 import subprocess
@@ -471,12 +472,14 @@ def run_case(case: Case, *, timeout: float = 120.0, scratch_root: str = SHM) -> 
 
 def _run(case: Case, result: CaseResult, timeout: float, scratch_root: str) -> None:
     source, destination = build(case.source), build(case.destination)
-    level_free = MigrationSettings(channels=case.channels, zero_page_detection=case.zero_page_detection)
-    source_settings = MigrationSettings(**asdict(level_free) | {"codec": case.codec})
-    destination_settings = MigrationSettings(**asdict(level_free) | {"codec": case.destination_codec})
+    common = MigrationSettings(channels=case.channels, zero_page_detection=case.zero_page_detection)
+    source_settings = dataclasses.replace(common, codec=case.codec)
+    destination_settings = dataclasses.replace(common, codec=case.destination_codec)
     with (
         tempfile.TemporaryDirectory(prefix="mfdcomp-tap-", dir=scratch_root) as scratch,
-        MigrationPair(source, destination, source_settings, destination_settings, ram_size=case.ram_size) as pair,
+        MigrationPair(
+            source, destination, source_settings, destination_settings, ram_size=case.ram_size, timeout=timeout
+        ) as pair,
     ):
         record = Path(scratch)
         with Tap("tcp:127.0.0.1:0", pair.listen(), record=record, transcode=case.transcode) as tap:
@@ -484,8 +487,12 @@ def _run(case: Case, result: CaseResult, timeout: float, scratch_root: str) -> N
             try:
                 result.migration = pair.migrate(via)
             except MigrationError as exc:
-                # The tap's own error (a packet it refused) is the cause of QEMU's broken connection.
-                result.problems.append(f"tap: {tap.error}" if tap.error else str(exc))
+                # Both sides of the story: a packet the tap refused breaks QEMU's connection, and
+                # a destination that refuses the tap's bytes shows up at the tap as a reset.
+                if tap.error:
+                    result.problems.append(f"tap: {tap.error}")
+                result.problems.append(str(exc))
+                result.tap = tap.close()
                 return
             if not tap.finished(timeout=30):
                 result.problems.append("tap: the connections were still open 30 s after the migration completed")
