@@ -98,6 +98,7 @@ class Peer:
         uuid: bytes | None = None,
         connect_timeout: float = 5.0,
         opening: bytes | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self.uuid = uuid if uuid is not None else uuidlib.uuid4().bytes
         self.channels = channels
@@ -106,7 +107,7 @@ class Peer:
         self.path = str(tmp_path / "dst.sock")
         self.targets: list[RamClient] = []
         self.incoming = Incoming(
-            listen(parse_address(f"unix:{self.path}")),
+            listen(parse_address(f"unix:{self.path}"), idle_timeout=idle_timeout),
             make_targets=self._targets,
             digests=lambda: self.targets[0].digests(),
             find_codec=get_codec,

@@ -52,6 +52,13 @@ def register(commands: Any) -> None:
         "--channels", type=int, metavar="N", help="reader threads for file: (default: the writer's channels)"
     )
     parser.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="seconds for channels to join")
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="S",
+        help="fail when a connection sends nothing for S seconds, e.g. a peer stalled mid-packet (default: "
+        "wait forever, as QEMU); must exceed the longest quiet spell of a good run (a round's preparation)",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     parser.set_defaults(run=run)
 
@@ -90,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
                 on_progress=progress.update,
             )
         else:
-            listener = listen(address)
+            listener = listen(address, idle_timeout=args.idle_timeout)
             # Said at once, so a script (or a person) using port 0 learns where to send.
             print(f"mfdcomp recv: listening on {listener.address}", file=sys.stderr, flush=True)
             incoming = Incoming(

@@ -16,6 +16,7 @@ import os
 import select
 import socket
 import stat
+import struct
 import threading
 import time
 from collections.abc import Sequence
@@ -52,10 +53,16 @@ class SocketStream:
 
     name: str
 
-    def __init__(self, sock: socket.socket, name: str) -> None:
+    def __init__(self, sock: socket.socket, name: str, idle_timeout: float | None = None) -> None:
         sock.setblocking(True)  # a socket timeout would add a poll() before every call
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if idle_timeout is not None:
+            # The kernel's receive timeout (no poll per call): a read that waits longer fails with EAGAIN.
+            seconds = max(idle_timeout, 0.001)
+            timeval = struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        self.idle_timeout = idle_timeout
         # SO_SNDBUF/SO_RCVBUF stay the kernel's: 4 MiB measured no faster on loopback (tcp slower),
         # and any fixed size turns TCP's buffer autotuning off, capping the window on real links.
         self.name = name
@@ -173,6 +180,10 @@ class SocketStream:
             return ChannelError(f"{self.name}: shut down")
         if self._closed:
             return ChannelError(f"{self.name}: closed")
+        if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK) and self.idle_timeout is not None:
+            return ChannelError(
+                f"{self.name}: nothing received for {self.idle_timeout:g} s: the peer stalled (idle timeout)"
+            )
         return ChannelError(f"{self.name}: {_describe(exc)}")
 
 
@@ -208,6 +219,7 @@ class _WakeableListener(abc.ABC):
         self._lock = threading.Lock()
         self._closed = False
         self._waiting = 0
+        self.idle_timeout: float | None = None  # given to every accepted stream (see listen())
 
     def accept(self, timeout: float | None = None) -> Stream:
         with self._lock:
@@ -279,7 +291,7 @@ class SocketListener(_WakeableListener):
             name = self.address  # the connecting end of a unix socket is usually unnamed
         else:
             name = str(Address(kind="vsock", cid=peer[0], port=peer[1]))
-        return SocketStream(conn, name)
+        return SocketStream(conn, name, self.idle_timeout)
 
     def _release(self) -> None:
         super()._release()
@@ -363,13 +375,22 @@ class FdPassingListener(_WakeableListener):
         if conn.type != socket.SOCK_STREAM:
             conn.close()
             raise ChannelError(f"{self.address}: received a socket that is not a stream socket")
-        return SocketStream(conn, f"{self.address}#{next(_fd_connections)}")
+        return SocketStream(conn, f"{self.address}#{next(_fd_connections)}", self.idle_timeout)
 
 
-def listen(address: Address, backlog: int = 64) -> Listener:
-    """Listen on a tcp, unix or vsock ``address``, or accept connections passed over the socket ``fd:N``."""
+def listen(address: Address, backlog: int = 64, idle_timeout: float | None = None) -> Listener:
+    """Listen on a tcp, unix or vsock ``address``, or accept connections passed over the socket ``fd:N``.
+
+    ``idle_timeout`` (seconds, None for none, as QEMU) bounds every wait for data on an accepted
+    connection: a peer that stops sending mid-packet, or goes quiet for longer, ends the read
+    with a ChannelError instead of a wait forever. It must exceed the longest legitimate silence
+    (a channel idle for a whole round, the main channel between FLUSHes).
+    """
+    listener: FdPassingListener | SocketListener
     if address.kind == "fd":
-        return FdPassingListener(_dup(address), name=str(address))
+        listener = FdPassingListener(_dup(address), name=str(address))
+        listener.idle_timeout = idle_timeout
+        return listener
     family: int
     sockaddr: str | tuple[Any, ...]
     if address.kind == "tcp":
@@ -402,7 +423,9 @@ def listen(address: Address, backlog: int = 64) -> Listener:
         shown = str(Address(kind="vsock", cid=bound[0], port=bound[1]))
     else:
         shown = str(address)
-    return SocketListener(sock, shown)
+    listener = SocketListener(sock, shown)
+    listener.idle_timeout = idle_timeout
+    return listener
 
 
 def connect(address: Address, timeout: float = 10.0) -> Stream:
