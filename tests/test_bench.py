@@ -13,7 +13,7 @@ import pytest
 
 from mfdcomp.bench.fit import fit_line
 from mfdcomp.bench.images import Image, ensure_image
-from mfdcomp.bench.library import measure, reference_for
+from mfdcomp.bench.library import measure, measure_apart, reference_for
 from mfdcomp.bench.netns import LinkCell, LinkedNamespaces, LinkSweepResult, compression_pays, run_link_sweep
 from mfdcomp.bench.procs import Child, ChildFailed
 from mfdcomp.bench.results import Cell, LibraryBaseline, MatrixResult, PumpBaseline, QemuBaseline
@@ -348,9 +348,11 @@ def test_library_reference_of_an_all_zero_image_is_not_run(tmp_path: Path) -> No
         measure(reference_for("zstd", 1), "zstd", image, repeats=1)
 
 
-def test_unknown_reference_says_so() -> None:
+def test_unknown_reference_says_so(mixed: Path) -> None:
     with pytest.raises(RuntimeError, match="no raw-library reference for codec 'brotli'"):
         reference_for("brotli", None)
+    with pytest.raises(RuntimeError, match="no raw-library reference for codec 'brotli'"):
+        measure_apart("brotli", None, mixed, 1)  # the reason comes back from the child process
 
 
 def test_plots_of_scaling_and_link_sweep(tmp_path: Path) -> None:

@@ -13,9 +13,12 @@ What each reference measures is said in its class docstring and in
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import json
 import mmap
 import statistics
+import sys
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -26,11 +29,12 @@ from typing import Any
 import numpy as np
 import zstandard
 
+from mfdcomp.bench.procs import MFDCOMP, Child, ChildFailed
 from mfdcomp.registry import default_registry
 from mfdcomp.wire import MULTIFD_PACKET_SIZE
 from mfdcomp.zeropage import zero_page_mask
 
-__all__ = ["LibraryResult", "Packet", "Reference", "image_packets", "measure", "reference_for"]
+__all__ = ["LibraryResult", "Packet", "Reference", "image_packets", "measure", "measure_apart", "reference_for"]
 
 
 @dataclass(frozen=True)
@@ -303,6 +307,10 @@ class LibraryResult:
     def decompress_gb_per_s(self) -> float:
         return self._rate(min(self.decompress_seconds))
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LibraryResult:
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "codec": self.codec,
@@ -354,3 +362,45 @@ def measure(reference: Reference, codec: str, image: Path, repeats: int, page_si
         compress_seconds=compress,
         decompress_seconds=decompress,
     )
+
+
+def measure_apart(codec: str, level: int | None, image: Path, repeats: int) -> LibraryResult:
+    """:func:`measure` in a process of its own; RuntimeError with the reason where the reference cannot run.
+
+    The bench process then keeps none of a library's state: libqatzip 1.3.1,
+    for one, takes a pthread key for every session and every qzCompress call
+    and never gives it back, and about a thousand calls use up the process's
+    keys (after which matplotlib, say, cannot be imported).
+    """
+    argv = [*MFDCOMP[:2], "mfdcomp.bench.library", str(image), codec, "--repeats", str(repeats)]
+    argv += [] if level is None else ["--level", str(level)]
+    timeout = 300 + repeats * image.stat().st_size / 5e6  # zlib on random pages runs at 50 MB/s or more
+    try:
+        with Child(argv, f"the {codec} reference") as child:
+            answer = json.loads(child.finish(timeout).stdout)
+    except (ChildFailed, ValueError) as exc:
+        raise RuntimeError(str(exc)) from exc
+    if answer.get("not_run"):
+        raise RuntimeError(answer["not_run"])
+    return LibraryResult.from_dict(answer["result"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mfdcomp.bench.library IMAGE CODEC``: one JSON object, ``result`` or ``not_run``."""
+    parser = argparse.ArgumentParser(prog="python -m mfdcomp.bench.library", description=main.__doc__)
+    parser.add_argument("image", type=Path)
+    parser.add_argument("codec")
+    parser.add_argument("--level", type=int)
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args(argv)
+    try:
+        result = measure(reference_for(args.codec, args.level), args.codec, args.image, args.repeats)
+    except RuntimeError as exc:
+        print(json.dumps({"not_run": str(exc)}))
+    else:
+        print(json.dumps({"result": result.as_dict()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

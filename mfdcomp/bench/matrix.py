@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mfdcomp.bench.images import ensure_image
-from mfdcomp.bench.library import measure, reference_for
+from mfdcomp.bench.library import measure_apart
 from mfdcomp.bench.procs import ChildFailed
 from mfdcomp.bench.qemu import qemu_baseline, qemu_unavailable
 from mfdcomp.bench.results import Cell, LibraryBaseline, MatrixResult, PumpBaseline, QemuBaseline
@@ -45,7 +45,7 @@ def available_cores() -> int:
 def _library(result: MatrixResult, kind: str, codec: CodecChoice, image: Path, repeats: int, say: Say) -> None:
     baseline = LibraryBaseline(kind, codec)
     try:
-        baseline.result = measure(reference_for(codec.name, codec.level), codec.name, image, repeats)
+        baseline.result = measure_apart(codec.name, codec.level, image, repeats)
         say(
             f"{kind} {codec.label} raw library, one thread: compress {baseline.result.compress_gb_per_s:.3f} GB/s, "
             f"decompress {baseline.result.decompress_gb_per_s:.3f} GB/s of guest RAM"

@@ -143,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    """The results, before any plot: a plot that fails loses nothing."""
     if args.json_file:
         args.json_file.write_text(json.dumps(data, indent=2) + "\n")
     if args.json:
@@ -174,12 +175,12 @@ def _matrix(args: argparse.Namespace, cache: Path, workdir: Path) -> int:
     if args.check_targets:
         data["targets"] = [verdict.as_dict() for verdict in verdicts]
         text += "\n\n" + targets_text(verdicts)
+    _emit(args, data, text)
     if args.plot:
         from mfdcomp.bench.plot import plot_matrix  # needs matplotlib
 
         plot_matrix(result, args.plot)
         _say(f"plot written to {args.plot}")
-    _emit(args, data, text)
     failed = any(not cell.ok for cell in result.cells) or any(v.status == FAIL for v in verdicts)
     return 1 if failed else 0
 
@@ -200,12 +201,12 @@ def _scaling(args: argparse.Namespace, cache: Path, workdir: Path) -> int:
         workdir=workdir,
         say=_say,
     )
+    _emit(args, {"mode": "scaling"} | result.as_dict(), scaling_text(result))
     if args.plot:
         from mfdcomp.bench.plot import plot_scaling
 
         plot_scaling(result, args.plot)
         _say(f"plot written to {args.plot}")
-    _emit(args, {"mode": "scaling"} | result.as_dict(), scaling_text(result))
     return 1 if result.errors else 0
 
 
@@ -228,10 +229,10 @@ def _link_sweep(args: argparse.Namespace, cache: Path, workdir: Path) -> int:
         workdir=workdir,
         say=_say,
     )
+    _emit(args, {"mode": "link-sweep"} | result.as_dict(), link_sweep_text(result))
     if args.plot and result.not_run is None:
         from mfdcomp.bench.plot import plot_link_sweep
 
         plot_link_sweep(result, args.plot)
         _say(f"plot written to {args.plot}")
-    _emit(args, {"mode": "link-sweep"} | result.as_dict(), link_sweep_text(result))
     return 1 if result.not_run is not None or any(cell.error for cell in result.cells) else 0
