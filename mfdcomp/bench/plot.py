@@ -13,6 +13,7 @@ from mfdcomp.bench.scaling import GiB, ScalingResult
 from mfdcomp.errors import MfdcompError
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = ["plot_link_sweep", "plot_matrix", "plot_scaling"]
@@ -29,6 +30,15 @@ def _figure(width: float, height: float, rows: int = 1, columns: int = 1) -> tup
     figure = Figure(figsize=(width, height), layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False).ravel().tolist()
     return figure, axes
+
+
+def _log_y(axis: Axes) -> None:
+    """A log y axis labelled in plain numbers (0.2, 0.5, 1, 2, 5), not powers of ten."""
+    from matplotlib.ticker import FuncFormatter
+
+    axis.set_yscale("log")
+    axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "25" else ""))
 
 
 def _save(figure: Figure, path: Path) -> None:
@@ -83,7 +93,7 @@ def plot_matrix(result: MatrixResult, path: Path) -> None:
             pump = result.find_pump(kind, count)
             if pump is not None and pump.gb_per_s_runs:
                 axis.axhline(pump.gb_per_s, color=colours[count], linestyle="--", linewidth=1)
-        axis.set_yscale("log")
+        _log_y(axis)
         axis.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
         axis.set_ylabel("GB/s of guest RAM")
         axis.set_title(f"{kind} ({result.size >> 20} MiB, {result.transport})", fontsize=10)
@@ -149,7 +159,7 @@ def plot_link_sweep(result: LinkSweepResult, path: Path) -> None:
         label="link rate (GB/s)",
     )
     axis.set_xticks(range(len(result.rates)), [rate_text(rate) for rate in result.rates])
-    axis.set_yscale("log")
+    _log_y(axis)
     axis.set_xlabel("link (veth pair between two namespaces, tc tbf)")
     axis.set_ylabel("GB/s of guest RAM (median)")
     axis.set_title(f"link sweep: {result.kind} image, {result.size >> 20} MiB, {result.channels} channels", fontsize=10)
