@@ -70,6 +70,7 @@ class SocketStream:
         self._peeked = bytearray()  # bytes peek() took off the socket, served before the socket's
         self._shut = False
         self._closed = False
+        self._close_lock = threading.Lock()  # shutdown() and close() only: never on the data path
 
     def send_all(self, buffers: Sequence[Buffer]) -> None:
         if self._shut:
@@ -150,18 +151,23 @@ class SocketStream:
         return bytes(self._peeked[:size])
 
     def shutdown(self) -> None:
-        self._shut = True
-        if self._closed:
-            return
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError as exc:
-            if exc.errno != errno.ENOTCONN:  # the peer already went away: nothing left to stop
-                raise ChannelError(f"{self.name}: shutdown failed: {_describe(exc)}") from exc
+        # Under the lock: one thread's close() may race another's shutdown() (a failing run shuts every
+        # stream down while the owner closes those it is done with), and a shutdown() on the descriptor
+        # close() just released fails with EBADF, or hits whatever socket reused the number.
+        with self._close_lock:
+            self._shut = True
+            if self._closed:
+                return
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError as exc:
+                if exc.errno != errno.ENOTCONN:  # the peer already went away: nothing left to stop
+                    raise ChannelError(f"{self.name}: shutdown failed: {_describe(exc)}") from exc
 
     def close(self) -> None:
-        self._closed = True
-        self._sock.close()
+        with self._close_lock:
+            self._closed = True
+            self._sock.close()
 
     def _take_peeked(self, view: memoryview) -> int:
         n = min(len(self._peeked), view.nbytes)
