@@ -23,6 +23,9 @@ from tests.test_hostile_peer import Peer, no_leaks  # noqa: F401  (the fixture: 
 
 IDLE = 1.0
 
+# An exception escaping a thread of the destination (instead of ending as its typed error) fails the test.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
 
 def _stalled(error: BaseException | None) -> None:
     assert isinstance(error, ChannelError), repr(error)

@@ -52,6 +52,9 @@ PS = 4096
 BLOCK = 1 << 20
 DEADLINE = 10.0
 
+# An exception escaping a thread of the destination (instead of ending as its typed error) fails the test.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
 
 def open_fds() -> dict[int, str]:
     """Open descriptors of this process and what they are."""
