@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mfdcomp.clients.ram import RamClient
 from mfdcomp.engine import mainchannel as mc
+from mfdcomp.engine import mappedram
 from mfdcomp.engine.incoming import Incoming
+from mfdcomp.engine.migrate import MigrateOptions
 from mfdcomp.errors import ChannelError
 from mfdcomp.registry import get_codec
+from mfdcomp.transport import mappedram as mr
 from mfdcomp.transport.address import parse_address
 from mfdcomp.transport.sockets import SocketStream, listen
 
@@ -99,3 +106,67 @@ def test_shutdown_racing_close_on_another_thread_is_quiet() -> None:
         closer.join()
         peer.close()
     assert failures == 0
+
+
+class _Disk:
+    """os.pwrite on a filesystem of ``budget`` pages (tmpfs-like): a write takes pages as it goes and
+    gets what fits (a short write), then ENOSPC; rewriting pages already taken needs no room."""
+
+    PAGE = 4096
+
+    def __init__(self, budget: int | None) -> None:
+        self.budget = budget
+        self.calls: list[tuple[int, int]] = []  # (offset, size) of every write, in order
+        self.taken: set[int] = set()
+        self._lock = threading.Lock()
+        self._pwrite = os.pwrite
+
+    def __call__(self, fd: int, data: Any, offset: int) -> int:
+        view = memoryview(data).cast("B")
+        with self._lock:
+            self.calls.append((offset, view.nbytes))
+            end = offset
+            while end < offset + view.nbytes:
+                page = end // self.PAGE
+                if page not in self.taken:
+                    if self.budget is not None and self.budget == 0:
+                        break
+                    self.taken.add(page)
+                    if self.budget is not None:
+                        self.budget -= 1
+                end = (page + 1) * self.PAGE
+            room = min(end, offset + view.nbytes) - offset
+        if room == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self._pwrite(fd, view[:room], offset)
+
+
+def _save(path: Path, disk: _Disk, monkeypatch: pytest.MonkeyPatch) -> Any:
+    blocks = [(f"block-{i:03d}-" + "x" * 200, 4096) for i in range(40)]  # a manifest of ~20 KiB
+    with RamClient.anonymous(blocks) as ram:
+        for index, block in enumerate(ram.blocks.values()):
+            block.memory[:] = bytes([index + 1]) * 4096
+        with monkeypatch.context() as patch:
+            patch.setattr(mappedram.os, "pwrite", disk)
+            return mappedram.save_to_file(ram, path, get_codec("none"), MigrateOptions(channels=2))
+
+
+def test_a_file_whose_manifest_was_cut_short_by_a_full_disk_is_not_reported_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: save_to_file wrote the bitmaps, the manifest and the header with single pwrite
+    calls whose counts it never checked. A disk that filled up during the manifest took part of
+    it, and the header was then marked COMPLETE: the writer said the file was whole (send exited
+    0), the loader later refused it. Now short writes are resumed, so the disk's ENOSPC surfaces."""
+    counting = _Disk(None)
+    _save(tmp_path / "whole.mr", counting, monkeypatch)
+    manifest_offset, manifest_size = counting.calls[-2]  # the manifest, then the COMPLETE header
+    assert manifest_size > 3 * _Disk.PAGE
+    manifest_pages = {page for page in counting.taken if page * _Disk.PAGE >= manifest_offset}
+    full = _Disk(len(counting.taken) - len(manifest_pages) + 2)  # room for two of the manifest's pages
+    target = tmp_path / "cut.mr"
+    with pytest.raises(ChannelError, match="No space left on device"):
+        _save(target, full, monkeypatch)
+    state = mr.FILE_HEADER.unpack_from(target.read_bytes()[: mr.FILE_HEADER.size])[2]
+    assert state == mr.STATE_WRITING
+    assert manifest_offset > 0

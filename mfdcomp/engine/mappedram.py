@@ -9,6 +9,7 @@ into target memory, in chunks of at most 1 MiB spread over its channels.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import Buffer
 
 from mfdcomp.engine import mainchannel as mc
 from mfdcomp.engine.destination import TargetBlock
@@ -47,6 +49,17 @@ class SlotWriter:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def _pwrite_all(fd: int, data: Buffer, offset: int) -> None:
+    """Write all of ``data`` at ``offset``, resuming short writes (a nearly full disk writes part, then fails)."""
+    view = memoryview(data).cast("B")
+    done = 0
+    while done < view.nbytes:
+        written = os.pwrite(fd, view[done:], offset + done)
+        if written == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        done += written
 
 
 def _runs(offsets: list[int], page_size: int) -> Iterator[tuple[int, int]]:
@@ -87,11 +100,9 @@ class MappedRamSourceEngine(ChannelEngine[SlotWriter]):
             offset = place.pages_offset + start
             want = count * ps
             try:
-                done = os.pwrite(fd, block.memory[start : start + want], offset)
+                _pwrite_all(fd, block.memory[start : start + want], offset)
             except OSError as exc:
                 raise ChannelError(f"{channel.stream.name}: writing {want} bytes at {offset}: {exc.strerror}") from exc
-            if done != want:
-                raise ChannelError(f"{channel.stream.name}: short write of {done} of {want} bytes at {offset}")
         bitmap = self.bitmaps[block.name]
         bitmap[[o // ps for o in normal]] = True
         bitmap[[o // ps for o in zero]] = False
@@ -152,9 +163,9 @@ def save_to_file(
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     engine: MappedRamSourceEngine | None = None
     try:
-        os.pwrite(fd, mr.FileHeader(mr.STATE_WRITING, options.page_size, 0, 0).encode(), 0)
+        _pwrite_all(fd, mr.FileHeader(mr.STATE_WRITING, options.page_size, 0, 0).encode(), 0)
         for place in places.values():
-            os.pwrite(fd, place.record(), place.record_offset)
+            _pwrite_all(fd, place.record(), place.record_offset)
         os.ftruncate(fd, end)
         engine = MappedRamSourceEngine(
             [SlotWriter(path, i) for i in range(options.channels)],
@@ -174,12 +185,12 @@ def save_to_file(
         transferred = time.monotonic() - started
         for name, place in places.items():
             bits = np.packbits(engine.bitmaps[name], bitorder="little")
-            os.pwrite(fd, bits.tobytes().ljust(place.bitmap_size, b"\0"), place.bitmap_offset)
+            _pwrite_all(fd, bits.tobytes().ljust(place.bitmap_size, b"\0"), place.bitmap_offset)
         digests = ram.digests()
         manifest = FileManifest(session, digests).encode()
-        os.pwrite(fd, manifest, end)
+        _pwrite_all(fd, manifest, end)
         os.fsync(fd)
-        os.pwrite(fd, mr.FileHeader(mr.STATE_COMPLETE, options.page_size, end, len(manifest)).encode(), 0)
+        _pwrite_all(fd, mr.FileHeader(mr.STATE_COMPLETE, options.page_size, end, len(manifest)).encode(), 0)
         os.fsync(fd)
     except OSError as exc:
         raise ChannelError(f"file:{path}: {exc.strerror or exc}") from exc
