@@ -44,6 +44,11 @@ class Verdict:
         return f"{self.status:<13} {self.target} [{self.subject}]: {self.detail}"
 
 
+def _mib(count: int) -> str:
+    # MiB, not format_bytes: 1.0 GiB and 1.1 GiB would hide a few MiB over the limit.
+    return f"{count / (1 << 20):.0f} MiB"
+
+
 def _subject(cell: Cell) -> str:
     return f"{cell.codec.label}, {cell.kind}, {cell.channels} ch"
 
@@ -140,10 +145,7 @@ def _rss(result: MatrixResult) -> list[Verdict]:
     for cell in _cells(result, lambda c: c.codec.name == "none"):
         limit = cell.guest_bytes + RSS_HEADROOM
         worst = max(cell.send_peak_rss, cell.recv_peak_rss)
-        detail = (
-            f"send {format_bytes(cell.send_peak_rss)}, recv {format_bytes(cell.recv_peak_rss)}, "
-            f"limit {format_bytes(limit)}"
-        )
+        detail = f"send {_mib(cell.send_peak_rss)}, recv {_mib(cell.recv_peak_rss)}, limit {_mib(limit)}"
         verdicts.append(Verdict(target, _subject(cell), PASS if worst <= limit else FAIL, detail))
     return verdicts or [_missing(target, "nocomp cell")]
 
