@@ -79,7 +79,7 @@ def run_matrix(config: MatrixConfig, cache: Path, workdir: Path, say: Say) -> Ma
                 step += 1
                 if pump.not_run is None:
                     try:
-                        pump.gb_per_s_runs.append(pump_run(path, config.transport, channels))
+                        pump.gb_per_s_runs.append(pump_run(path, config.transport, channels, workdir))
                         say(f"[{step}/{total}] {where} loopback pump: {pump.gb_per_s_runs[-1]:.2f} GB/s")
                     except ChildFailed as exc:
                         pump.not_run = str(exc)

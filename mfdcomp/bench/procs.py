@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import IO
@@ -35,6 +35,12 @@ class Finished:
     peak_rss: int  # bytes (ru_maxrss is in KiB on Linux)
     cpu_seconds: float  # user + system of the whole process
 
+    def failure(self, name: str) -> str | None:
+        """What went wrong, for a message, or None after a clean exit."""
+        if self.returncode == 0:
+            return None
+        return f"{name} exited with {self.returncode}: {self.stderr.strip()[-2000:]}"
+
 
 class Child:
     """One process, its output in unnamed temporary files (no pipe to fill up), reaped with wait4.
@@ -43,14 +49,14 @@ class Child:
     process (``ip netns exec NS ...``): the rusage is then the program's.
     """
 
-    def __init__(self, argv: Sequence[str], name: str) -> None:
+    def __init__(self, argv: Sequence[str], name: str, env: Mapping[str, str] | None = None) -> None:
         self.name = name
         # Owned by the child object and closed by __exit__ (or here, if the program does not start).
         self._stdout: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
         try:
             self._proc = subprocess.Popen(
-                list(argv), stdin=subprocess.DEVNULL, stdout=self._stdout, stderr=self._stderr
+                list(argv), stdin=subprocess.DEVNULL, stdout=self._stdout, stderr=self._stderr, env=env
             )
         except OSError as exc:
             self._stdout.close()
@@ -100,16 +106,18 @@ class Child:
             cpu_seconds=usage.ru_utime + usage.ru_stime,
         )
 
-    def finish(self, timeout: float) -> Finished:
-        """Wait for the child's exit; ChildFailed (after killing it) past ``timeout`` or on a non-zero exit."""
+    def finish(self, timeout: float, *, check: bool = True) -> Finished:
+        """Wait for the child's exit; ChildFailed (after killing it) past ``timeout``, or on a non-zero exit
+        when ``check``."""
         deadline = time.monotonic() + timeout
         while (result := self._poll()) is None:
             if time.monotonic() > deadline:
                 self.kill()
                 raise ChildFailed(f"{self.name} still running after {timeout:.0f} s, killed")
             time.sleep(_POLL)
-        if result.returncode != 0:
-            raise ChildFailed(f"{self.name} exited with {result.returncode}: {result.stderr.strip()[-2000:]}")
+        problem = result.failure(self.name)
+        if check and problem is not None:
+            raise ChildFailed(problem)
         return result
 
     def kill(self) -> None:

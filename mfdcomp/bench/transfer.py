@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -143,10 +144,18 @@ def transfer(image: Path, codec: CodecChoice, channels: int, ends: Endpoints, wo
                 "--json",
             ]
             with Child(send_argv, "mfdcomp send") as send:
-                sent = send.finish(_timeout(size))
-            received = recv.finish(60)
+                sent = send.finish(_timeout(size), check=False)
+            # A failed sender usually tells only of a broken connection: the receiver's own words are wanted too.
+            problems = [sent.failure(send.name)]
+            try:
+                received = recv.finish(60 if problems == [None] else 15, check=False)
+                problems.append(received.failure(recv.name))
+            except ChildFailed as exc:
+                problems.append(str(exc))
     finally:
         target.unlink(missing_ok=True)
+    if any(problems):
+        raise ChildFailed("; ".join(filter(None, problems)))
     try:
         return _run_of(json.loads(sent.stdout), json.loads(received.stdout), sent, received)
     except (ValueError, KeyError) as exc:
@@ -175,13 +184,16 @@ def _run_of(summary: dict[str, Any], destination: dict[str, Any], sent: Finished
     )
 
 
-def pump_run(image: Path, transport: str, channels: int) -> float:
-    """GB/s of the plain Python pump moving the image's pages over ``channels`` connections into a fresh target."""
+def pump_run(image: Path, transport: str, channels: int, workdir: Path) -> float:
+    """GB/s of the plain Python pump moving the image's pages over ``channels`` connections into a fresh target.
+
+    The pump makes its target in a temporary folder: under ``workdir``, like the engine's.
+    """
     if not PUMP_SCRIPT.is_file():
         raise ChildFailed(f"{PUMP_SCRIPT} is not there (the pump comes with a source checkout)")
     argv = [MFDCOMP[0], str(PUMP_SCRIPT), "--image", str(image), "--transport", transport]
     argv += ["--connections", str(channels), "--repeats", "1", "--json"]
-    with Child(argv, "loopback_pump.py") as pump:
+    with Child(argv, "loopback_pump.py", env=os.environ | {"TMPDIR": str(workdir)}) as pump:
         done = pump.finish(_timeout(image.stat().st_size))
     try:
         rate: float = json.loads(done.stdout)["gb_per_s"]
