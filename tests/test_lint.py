@@ -17,8 +17,8 @@ SOURCES = ["mfdcomp", *PLUGIN_PACKAGES]
     "command",
     [
         [sys.executable, "-m", "mypy", *SOURCES],
-        [sys.executable, "-m", "ruff", "check", *SOURCES, "tests", "benchmarks"],
-        [sys.executable, "-m", "ruff", "format", "--check", *SOURCES, "tests", "benchmarks"],
+        [sys.executable, "-m", "ruff", "check", *SOURCES, "tests", "benchmarks", "scripts"],
+        [sys.executable, "-m", "ruff", "format", "--check", *SOURCES, "tests", "benchmarks", "scripts"],
     ],
     ids=["mypy-strict", "ruff-check", "ruff-format"],
 )
