@@ -129,7 +129,7 @@ def plot_scaling(result: ScalingResult, path: Path) -> None:
                 [fit.at(x) for x in xs],
                 "-",
                 color=colour,
-                label=f"{label}: {fit.slope:.3f} s/GiB + {fit.intercept:.3f} s, R² {fit.r_squared:.4f}",
+                label=f"{label}: {fit.slope:.3f} s/GiB {fit.intercept:+.3f} s, R² {fit.r_squared:.4f}",
             )
     axis.set_xlabel("image size (GiB)")
     axis.set_ylabel("transfer seconds")

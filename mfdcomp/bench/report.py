@@ -92,7 +92,7 @@ def scaling_text(result: ScalingResult) -> str:
         lines += [f"{label:<9} {size / MiB:>6g} {run.seconds:>8.3f} {run.gb_per_s:>7.3f}" for size, run in runs]
     for label, fit in result.fits.items():
         lines.append(
-            f"fit {label}: time = {fit.slope:.4f} s/GiB × size + {fit.intercept:.4f} s, "
+            f"fit {label}: time = {fit.slope:.4f} s/GiB × size {fit.intercept:+.4f} s, "
             f"R² {fit.r_squared:.5f} ({fit.points} points; {1 / fit.slope * GiB / 1e9:.2f} GB/s marginal)"
         )
     lines += [f"NOT FITTED {label}: {why}" for label, why in result.errors.items()]
