@@ -6,6 +6,7 @@ import errno
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from mfdcomp.registry import get_codec
 from mfdcomp.transport import mappedram as mr
 from mfdcomp.transport.address import parse_address
 from mfdcomp.transport.sockets import SocketStream, listen
+from mfdcomp.wire import InitPacket
 
 
 def _destination(path: str) -> tuple[Incoming, list[RamClient]]:
@@ -170,3 +172,68 @@ def test_a_file_whose_manifest_was_cut_short_by_a_full_disk_is_not_reported_comp
     state = mr.FILE_HEADER.unpack_from(target.read_bytes()[: mr.FILE_HEADER.size])[2]
     assert state == mr.STATE_WRITING
     assert manifest_offset > 0
+
+
+class _SlowCodec:
+    """nocomp whose per-channel context takes a while to make: the acceptor is busy adding a channel."""
+
+    def __init__(self, delay: float) -> None:
+        self.inner = get_codec("none")
+        self.info = self.inner.info
+        self.delay = delay
+
+    def probe(self) -> Any:
+        return self.inner.probe()
+
+    def methods(self, page_size: int, level: int | None, path: Any) -> Any:
+        time.sleep(self.delay)
+        return self.inner.methods(page_size, level, path)
+
+
+def test_a_channel_added_while_the_session_fails_is_joined_and_closed(tmp_path: Path) -> None:
+    """Regression: Incoming.run() took its list of channels to join and close before it waited for
+    the acceptor; a channel the acceptor was still adding then (its init packet read, its codec
+    context being made) was never joined, and its socket was left to the garbage collector."""
+    path = str(tmp_path / "d.sock")
+    codec = _SlowCodec(0.5)
+    targets: list[RamClient] = []
+
+    def make_targets(session: mc.Session) -> Any:
+        targets.append(RamClient.anonymous(session.blocks))
+        return targets[0].blocks
+
+    incoming = Incoming(
+        listen(parse_address(f"unix:{path}")),
+        make_targets=make_targets,
+        digests=lambda: {},
+        find_codec=lambda name: codec,  # type: ignore[arg-type,return-value]
+        connect_timeout=5.0,
+    )
+    fds = set(os.listdir("/proc/self/fd"))
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            incoming.run()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    session = mc.Session("00" * 16, 4096, 2, "none", None, "multifd", [("ram0", 1 << 20)])
+    with socket.socket(socket.AF_UNIX) as main, socket.socket(socket.AF_UNIX) as channel:
+        main.connect(path)
+        main.sendall(mc.opening() + mc.encode(mc.Message.SESSION, session.to_json()))
+        channel.connect(path)
+        channel.sendall(InitPacket(uuid=bytes(16), id=0).encode())
+        time.sleep(0.2)  # the acceptor is making the channel's codec context
+        main.sendall(mc.MESSAGE.pack(99, 0))  # the main thread fails at once
+        thread.join(10)
+        assert not thread.is_alive()
+        assert errors and "unknown main-channel message type" in str(errors[0])
+        left = [t.name for t in threading.enumerate() if t.name.startswith("mfdcomp-")]
+        opened = set(os.listdir("/proc/self/fd")) - fds - {str(main.fileno()), str(channel.fileno())}
+        assert not left, f"channel threads not joined: {left}"
+        assert not opened, "the late channel's socket was not closed"
+    for target in targets:
+        target.close()

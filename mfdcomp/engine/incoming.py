@@ -125,9 +125,11 @@ class Incoming:
         finally:
             with self.state.cond:
                 self._finishing = True
-                channels = list(self._channels.values())
             self.listener.close()
             acceptor.join()
+            # Only now: the acceptor may have added a channel while this thread was failing.
+            with self.state.cond:
+                channels = list(self._channels.values())
             for channel in channels:
                 channel.thread.join()
                 channel.stream.close()
