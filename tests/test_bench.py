@@ -253,6 +253,15 @@ def test_compression_pays(zstd: list[float], summary: str) -> None:
     assert sorted(map(str, payoff.wins + payoff.losses)) == sorted(map(str, RATES))
 
 
+def test_break_even_estimate() -> None:
+    # zstd at best 0.3 GB/s; none carries 1.2 guest bytes per wire byte: a 2 Gbit/s link moves 0.3 GB/s of it.
+    measured = {"none": {1.0: 0.15, None: 0.7}, "zstd-1": {1.0: 0.25, None: 0.3}}
+    (payoff,) = compression_pays([1.0, None], measured, none_ratio=1.2)
+    assert payoff.break_even_gbit == pytest.approx(2.0) and payoff.summary.endswith("break-even ≈ 2 Gbit/s")
+    (payoff,) = compression_pays([1.0, None], measured)
+    assert payoff.break_even_gbit is None
+
+
 def test_compression_pays_needs_common_links() -> None:
     (payoff,) = compression_pays(RATES, {"none": {1.0: 0.1}, "zlib-1": {10.0: 0.3}})
     assert payoff.summary.startswith("not compared") and payoff.wins == payoff.losses == []

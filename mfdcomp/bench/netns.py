@@ -164,20 +164,32 @@ class Payoff:
     wins: list[float | None]
     losses: list[float | None]
     summary: str
+    break_even_gbit: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"codec": self.codec, "wins_at_gbit": self.wins, "loses_at_gbit": self.losses, "summary": self.summary}
+        return {
+            "codec": self.codec,
+            "wins_at_gbit": self.wins,
+            "loses_at_gbit": self.losses,
+            "summary": self.summary,
+            "break_even_gbit_estimate": self.break_even_gbit,
+        }
 
 
 def _order(rate: float | None) -> float:
     return float("inf") if rate is None else rate
 
 
-def compression_pays(rates: Sequence[float | None], gb_per_s: dict[str, dict[float | None, float]]) -> list[Payoff]:
+def compression_pays(
+    rates: Sequence[float | None], gb_per_s: dict[str, dict[float | None, float]], none_ratio: float | None = None
+) -> list[Payoff]:
     """For every codec but ``none``: at which links (Gbit/s, None unlimited) it moves guest RAM faster than none.
 
     ``gb_per_s[label][rate]`` holds what was measured; rates missing for a
-    codec or for none are left out.
+    codec or for none are left out. With ``none_ratio`` (none's guest bytes
+    per wire byte), the break-even link speed is estimated too: the speed at
+    which none, filling the link, moves guest RAM as fast as the codec does at
+    its best on these links (8 × GB/s / ratio).
     """
     baseline = gb_per_s.get("none", {})
     payoffs = []
@@ -204,7 +216,10 @@ def compression_pays(rates: Sequence[float | None], gb_per_s: dict[str, dict[flo
                 f"no single crossover: beats none at {names(map(rate_text, wins))}, "
                 f"not at {names(map(rate_text, losses))}"
             )
-        payoffs.append(Payoff(label, wins, losses, summary))
+        estimate = 8 * max(measured.values()) / none_ratio if none_ratio and measured else None
+        if estimate is not None:
+            summary += f"; break-even ≈ {estimate:.2g} Gbit/s"
+        payoffs.append(Payoff(label, wins, losses, summary, estimate))
     return payoffs
 
 
@@ -271,7 +286,9 @@ def run_link_sweep(
     for cell in result.cells:
         if cell.runs:
             measured[cell.codec.label][cell.rate] = cell.gb_per_s
-    result.payoffs = compression_pays(links, measured)
+    none_runs = [run for cell in result.cells if cell.codec.name == "none" for run in cell.runs]
+    ratio = sum(r.guest_bytes for r in none_runs) / sum(r.wire_bytes for r in none_runs) if none_runs else None
+    result.payoffs = compression_pays(links, measured, ratio)
     return result
 
 
