@@ -193,11 +193,16 @@ def _growth(samples: list[dict[str, Any]], role: str, field: str, after: float) 
     later = [v for t, v in values if t >= after]
     if not later:
         return {}
+    tenth = max(1, len(later) // 10)
     return {
         "at_first_round_end_mib": later[0] / 2**20,
         "last_mib": later[-1] / 2**20,
         "max_mib": max(later) / 2**20,
         "growth_after_first_round_mib": (max(later) - later[0]) / 2**20,
+        # Drift, not a transient peak: the median of the last tenth of the run against the first tenth
+        # after round 1 (the last sample or two may already be the process ending).
+        "drift_mib": (statistics.median(later[-tenth - 2 : -2] or later[-tenth:]) - statistics.median(later[:tenth]))
+        / 2**20,
     }
 
 
@@ -301,7 +306,8 @@ def _print_summary(summary: dict[str, Any], samples: list[dict[str, Any]], out: 
                 print(
                     f"  {role:11s} {field:8s} {numbers['at_first_round_end_mib']:8.0f} MiB after round 1, "
                     f"last {numbers['last_mib']:8.0f} MiB, max {numbers['max_mib']:8.0f} MiB "
-                    f"(growth after round 1: {numbers['growth_after_first_round_mib']:+.0f} MiB)"
+                    f"(peak growth after round 1: {numbers['growth_after_first_round_mib']:+.0f} MiB, "
+                    f"drift {numbers['drift_mib']:+.0f} MiB)"
                 )
     step = max(1, len(samples) // 12)
     print("  RSS over time (MiB, VmRSS source / destination):")

@@ -22,6 +22,7 @@ import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -254,8 +255,8 @@ def run_atheris(seconds: float, targets: list[str], crash_dir: Path | None, quie
             script.write_text(_ATHERIS_CHILD.format(repo=str(REPO), target=target))
             corpus = Path(work) / f"corpus-{target}"
             _write_corpus(target, corpus)
-            artifacts = (crash_dir or Path(work)) / f"atheris-{target}"
-            artifacts.mkdir(parents=True, exist_ok=True)
+            artifacts = Path(work) / f"atheris-{target}"
+            artifacts.mkdir()
             command = [
                 sys.executable, str(script), str(corpus),
                 f"-max_total_time={max(1, int(seconds / len(targets)))}",
@@ -271,7 +272,13 @@ def run_atheris(seconds: float, targets: list[str], crash_dir: Path | None, quie
                 runs = re.findall(r"#(\d+)\s+(?:DONE|pulse|NEW|REDUCE|INITED)", log)
             stats.inputs = int(runs[-1]) if runs else 0
             crashed = done.returncode != 0 and "DONE" not in log
-            if crashed or "== ERROR" in log or "Uncaught Python exception" in log:
+            found = sorted(artifacts.iterdir())
+            if found and crash_dir is not None:  # libFuzzer's crash-*, timeout-*, oom-* inputs
+                keep = crash_dir / f"atheris-{target}"
+                keep.mkdir(parents=True, exist_ok=True)
+                for item in found:
+                    shutil.copy(item, keep / item.name)
+            if crashed or found or "== ERROR" in log or "Uncaught Python exception" in log:
                 stats.failures += 1
                 campaign.crashes.append({"target": target, "engine": "atheris", "log": log[-6000:]})
                 if not quiet:

@@ -275,7 +275,7 @@ def test_zero_message_outside_the_block_is_refused(tmp_path: Path) -> None:
 # --- fewer channels than announced ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("message", [mc.Message.FLUSH, mc.Message.EOS])
+@pytest.mark.parametrize("message", [mc.Message.FLUSH, mc.Message.EOS], ids=["FLUSH", "EOS"])
 def test_fewer_channels_than_announced_end_within_the_connect_timeout(tmp_path: Path, message: mc.Message) -> None:
     """The session announces 3 channels, 2 connect and work: the FLUSH (or EOS) cannot wait forever."""
     peer = Peer(tmp_path, channels=3, connect_timeout=2.0)
