@@ -758,14 +758,23 @@ def test_init_packets_of_other_sessions_are_refused() -> None:
     assert _u32(seed.data, 0) == 0x11223344
 
 
-def test_a_thread_pool_of_readers_shares_nothing(heap_tracing: None) -> None:
-    """Readers of one session on several threads at once (ids claimed concurrently) stay typed."""
+def test_a_thread_pool_of_readers_shares_nothing() -> None:
+    """Readers of one session on several threads at once (ids claimed concurrently) stay typed.
+
+    (No heap bound here: tracemalloc's peak would add up every thread's inputs.)
+    """
     seeds = [s for s in capture_seeds() if s.limits.channels == 2]
     errors: list[BaseException] = []
+    ids = ChannelIds()
 
     def run(seed: Seed, ops: list[Op]) -> None:
         try:
-            check_reader_input(seed, ops, [4096], True)
+            reader = ChannelReader(seed.limits, channel_ids=ids)
+            reader.feed(mutate(seed, ops, all_seeds()))
+            reader.feed_eof()
+            list(reader)
+        except MfdcompError:
+            pass
         except BaseException as exc:
             errors.append(exc)
 
