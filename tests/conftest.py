@@ -10,6 +10,12 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# No per-example deadline: this machine is shared, and a slow example is not a wrong one. Tests that
+# bound the time an input may take say so themselves.
+settings.register_profile("mfdcomp", deadline=None)
+settings.load_profile("mfdcomp")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_QEMU_CAPTURES = REPO_ROOT.parent / "shared" / "vectors" / "qemu"

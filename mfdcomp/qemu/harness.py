@@ -366,7 +366,8 @@ class MigrationPair:
         for other in self.processes:
             if other is not process and other.alive():
                 try:
-                    peer = other.qmp.execute("query-migrate", timeout=5)
+                    # Generous: a loaded machine can keep QEMU from answering at once, and this is the reason.
+                    peer = other.qmp.execute("query-migrate", timeout=30)
                     text += f"; {other.role}: {peer.get('status')} {peer.get('error-desc', '')}".rstrip()
                 except QMPError as exc:
                     text += f"; {other.role}: {exc}"

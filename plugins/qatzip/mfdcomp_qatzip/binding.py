@@ -17,7 +17,6 @@ left alone: Python's own stderr (progress bar, errors) keeps working.
 from __future__ import annotations
 
 import ctypes
-import functools
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -147,10 +146,17 @@ class _QuietStdio:
                 self._slot.value = self._saved
 
 
-@functools.cache
+_QUIET: list[_QuietStdio] = []  # at most one, made under _QUIET_LOCK
+_QUIET_LOCK = threading.Lock()
+
+
 def _quiet_stdio() -> _QuietStdio:
     # One for the process: two guards saving and restoring the same pointer could leave it at /dev/null.
-    return _QuietStdio()
+    # A lock, not functools.cache: two channels probing at once could each miss the cache and make one.
+    with _QUIET_LOCK:
+        if not _QUIET:
+            _QUIET.append(_QuietStdio())
+        return _QUIET[0]
 
 
 def _c_buffer(buffer: Buffer, *, writable: bool) -> ctypes.Array[ctypes.c_char]:
