@@ -13,6 +13,7 @@ What each reference measures is said in its class docstring and in
 
 from __future__ import annotations
 
+import abc
 import argparse
 import importlib
 import json
@@ -30,6 +31,7 @@ import numpy as np
 import zstandard
 
 from mfdcomp.bench.procs import MFDCOMP, Child, ChildFailed
+from mfdcomp.methods import PageViews
 from mfdcomp.registry import default_registry
 from mfdcomp.wire import MULTIFD_PACKET_SIZE
 from mfdcomp.zeropage import zero_page_mask
@@ -58,22 +60,13 @@ def image_packets(memory: memoryview, page_size: int = 4096) -> list[Packet]:
     packets: list[Packet] = []
     for first in range(0, len(zero), per_packet):
         normal = np.flatnonzero(~zero[first : first + per_packet]).tolist()
-        spans: list[memoryview] = []
-        start = previous = -2
-        for index in normal:
-            if index != previous + 1:
-                if start >= 0:
-                    spans.append(memory[(first + start) * page_size : (first + previous + 1) * page_size])
-                start = index
-            previous = index
-        if start >= 0:
-            spans.append(memory[(first + start) * page_size : (first + previous + 1) * page_size])
-        if spans:
-            packets.append(Packet(spans))
+        if normal:
+            offsets = [(first + index) * page_size for index in normal]
+            packets.append(Packet(PageViews(memory, offsets, page_size).runs()))
     return packets
 
 
-class Reference:
+class Reference(abc.ABC):
     """One codec's library: ``compress`` every packet, then ``decompress`` every payload.
 
     Both run on fresh library state (a channel's stream starts anew); a
@@ -86,12 +79,13 @@ class Reference:
         self.level = level
         self.page_size = page_size
 
+    @abc.abstractmethod
     def compress(self, packets: Sequence[Packet]) -> list[bytes]:
-        raise NotImplementedError
+        """Encode every packet's pages; one payload per packet."""
 
+    @abc.abstractmethod
     def decompress(self, payloads: Sequence[bytes], packets: Sequence[Packet]) -> int:
         """Decode every payload; the bytes decoded."""
-        raise NotImplementedError
 
 
 class MemcpyReference(Reference):
