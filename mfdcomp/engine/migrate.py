@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from mfdcomp.engine import mainchannel as mc
 from mfdcomp.engine.mainstream import MainStream
-from mfdcomp.engine.source import ChannelEngine, PageBlock, SendBatch, SourceEngine
+from mfdcomp.engine.source import ChannelEngine, PageBlock, SourceEngine
 from mfdcomp.engine.state import RemoteError, RunState
 from mfdcomp.engine.stats import ChannelStats, totals
 from mfdcomp.errors import ChannelError, MfdcompError
@@ -192,36 +192,55 @@ def send_rounds(
     options: MigrateOptions,
     on_progress: Callable[[int], None] | None,
 ) -> int:
-    """Every round: hand each batch to a channel, then SYNC + FLUSH. Returns legacy zero pages sent.
+    """Every round: the channels send every dirty batch, then SYNC + FLUSH. Returns legacy zero pages sent.
 
     Without a main channel (a file) the round ends at the channels' sync alone.
     """
     rng = np.random.default_rng(options.seed)
     ram.mark_all_dirty()  # a new destination starts empty: every page goes in the first round
-    ps = options.page_size
-    capacity = page_count(ps)
-    legacy = options.zero_page_detection == "legacy"
-    batch = SendBatch()
     main_zero = 0
     for round_index in range(options.rounds):
         if round_index:
             ram.perturb(options.dirty_fraction, rng)
-        for block, offsets in ram.iter_batches(capacity):
-            if legacy and main is not None:
-                count = len(offsets)
-                offsets = _split_legacy_zero(block, offsets, main, ps)
-                main_zero += count - len(offsets)
-                if on_progress is not None:
-                    on_progress((count - len(offsets)) * ps)
-            if not offsets:
-                continue
-            batch.block = block
-            batch.offsets = offsets
-            batch = engine.send(batch)
-        engine.sync()
+        batches = _RoundBatches(ram, main, options, on_progress)
+        engine.send_round(batches)
+        main_zero += batches.main_zero
         if main is not None:
             main.write(mc.encode(mc.Message.FLUSH))
     return main_zero
+
+
+class _RoundBatches:
+    """One round's dirty pages as batches, block by block: the migration thread's fill step.
+
+    The channel threads iterate it, one batch at a time under the engine's
+    take lock, so legacy zero pages reach the main channel in batch order.
+    """
+
+    def __init__(
+        self,
+        ram: SourceRam,
+        main: MainStream | None,
+        options: MigrateOptions,
+        on_progress: Callable[[int], None] | None,
+    ) -> None:
+        self.ram = ram  # set once
+        self.main = main if options.zero_page_detection == "legacy" else None  # set once
+        self.page_size = options.page_size  # set once
+        self.on_progress = on_progress  # set once
+        self.main_zero = 0  # by the iterating thread; read after the round
+
+    def __iter__(self) -> Iterator[tuple[PageBlock, list[int]]]:
+        ps = self.page_size
+        for block, offsets in self.ram.iter_batches(page_count(ps)):
+            if self.main is not None:
+                count = len(offsets)
+                offsets = _split_legacy_zero(block, offsets, self.main, ps)
+                self.main_zero += count - len(offsets)
+                if self.on_progress is not None:
+                    self.on_progress((count - len(offsets)) * ps)
+            if offsets:
+                yield block, offsets
 
 
 def _split_legacy_zero(block: PageBlock, offsets: list[int], main: MainStream, page_size: int) -> list[int]:
