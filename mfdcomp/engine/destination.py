@@ -57,21 +57,19 @@ class TargetMemory:
         return PageViews(self.blocks[name].memory, offsets, self.page_size)
 
     def mark_received(self, name: str, offsets: Sequence[int]) -> None:
-        received = self.received[name]
-        for offset in offsets:
-            received[offset // self.page_size] = True
+        self.received[name][np.array(offsets, dtype=np.intp) // self.page_size] = True
 
     def apply_zero(self, name: str, offsets: Sequence[int]) -> None:
         """Zero a page only if it was received before; a fresh target is zero already."""
+        if not offsets:
+            return
         received = self.received[name]
-        memory = self.blocks[name].memory
         ps = self.page_size
-        for offset in offsets:
-            index = offset // ps
-            if received[index]:
-                memory[offset : offset + ps] = self._zero
-            else:
-                received[index] = True
+        indices = np.array(offsets, dtype=np.intp) // ps
+        memory = self.blocks[name].memory
+        for index in indices[received[indices]].tolist():
+            memory[index * ps : (index + 1) * ps] = self._zero
+        received[indices] = True
 
 
 class _Payload:

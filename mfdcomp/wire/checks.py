@@ -27,6 +27,10 @@ from mfdcomp.wire.constants import (
 from mfdcomp.wire.packets import DeviceStatePacket, Header, InitPacket, RamPacket
 
 KNOWN_FLAGS = Flag.SYNC | COMPRESSION_MASK | Flag.DEVICE_STATE
+# Plain ints for the per-packet checks: an operation on an IntFlag builds a new enum member (~1 us).
+_KNOWN = int(KNOWN_FLAGS)
+_SYNC = int(Flag.SYNC)
+_DEVICE_STATE = int(Flag.DEVICE_STATE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +73,13 @@ def check_header(header: Header) -> None:
             limit=MULTIFD_VERSION,
         )
     # int(): ~ of an IntFlag only inverts within its members, which would hide every unknown bit.
-    unknown = header.flags & ~int(KNOWN_FLAGS)
+    unknown = header.flags & ~_KNOWN
     if unknown:
         raise WireError(
             f"unknown flag bits 0x{unknown:x} in flags 0x{header.flags:x}",
             field="flags",
             value=header.flags,
-            limit=int(KNOWN_FLAGS),
+            limit=_KNOWN,
         )
     codec = header.flags & COMPRESSION_MASK
     if codec & (codec - 1) and codec != EXTENSION:
@@ -85,7 +89,7 @@ def check_header(header: Header) -> None:
             value=header.flags,
             limit="one codec bit",
         )
-    if header.flags & Flag.DEVICE_STATE and header.flags & Flag.SYNC:
+    if header.flags & _DEVICE_STATE and header.flags & _SYNC:
         raise WireError(
             "device-state packet with the SYNC flag",
             field="flags",

@@ -62,8 +62,16 @@ def _name_field(name: str, field: str) -> bytes:
     return raw
 
 
+# An int, not the IntFlag: is_sync runs once per packet.
+_SYNC = int(Flag.SYNC)
+
+
+@functools.lru_cache(maxsize=64)
 def _decode_name(raw: bytes, field: str) -> str:
-    """A NUL-padded name; byte 255 must be NUL, as every real sender writes."""
+    """A NUL-padded name; byte 255 must be NUL, as every real sender writes.
+
+    Cached: a channel sees the same few names packet after packet.
+    """
     if raw[-1] != 0:
         raise WireError(f"{field} is not NUL-terminated", field=field, value=raw[:32], limit="NUL at byte 255")
     name = raw.split(b"\0", 1)[0]
@@ -135,7 +143,7 @@ class RamPacket:
 
     @property
     def is_sync(self) -> bool:
-        return bool(self.flags & Flag.SYNC)
+        return bool(self.flags & _SYNC)
 
     @property
     def has_pages(self) -> bool:
