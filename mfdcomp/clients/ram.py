@@ -255,6 +255,8 @@ class RamClient:
 
     def sha256(self, block_name: str) -> str:
         block = self._block(block_name)
+        if block._map is not None:
+            block._map.madvise(mmap.MADV_SEQUENTIAL)  # one pass in order: read ahead as far as it likes
         digest = hashlib.sha256()
         for start in range(0, block.size, _HASH_CHUNK):
             with block.memory[start : start + _HASH_CHUNK] as piece:
@@ -322,6 +324,12 @@ def _map_file(name: str, path: Path, page_size: int, access: int, create_size: i
             os.ftruncate(fd, size)
         if access == mmap.ACCESS_WRITE:
             region = mmap.mmap(fd, size, flags=TARGET_FLAGS, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            # Without this, a channel's first write into a hole of the file makes the
+            # kernel read ahead: it allocates and zero-fills the neighbouring pages,
+            # including the zero pages that would otherwise never be touched. Measured,
+            # alternating, median of 5 on 1 GiB over 2 channels: 90%-zero image 1.22 ->
+            # 0.47 s, mixed image 2.13 -> 1.45 s (a cold-memory moment of this VM).
+            region.madvise(mmap.MADV_RANDOM)
         else:
             region = mmap.mmap(fd, size, access=access)
     except OSError as exc:
