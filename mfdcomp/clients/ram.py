@@ -23,6 +23,7 @@ from types import TracebackType
 import numpy as np
 import numpy.typing as npt
 
+from mfdcomp.clients.reserve import reserve
 from mfdcomp.errors import MfdcompError
 from mfdcomp.wire.constants import MULTIFD_PACKET_SIZE, RAMBLOCK_NAME_LEN
 
@@ -322,6 +323,11 @@ def _map_file(name: str, path: Path, page_size: int, access: int, create_size: i
         else:
             size = create_size
             os.ftruncate(fd, size)
+            try:
+                reserve(fd, size)
+            except OSError as exc:
+                path.unlink(missing_ok=True)  # an unusable target must not hold the space it got
+                raise MfdcompError(f"no room for target {path} ({size} bytes): {exc.strerror or exc}") from exc
         if access == mmap.ACCESS_WRITE:
             region = mmap.mmap(fd, size, flags=TARGET_FLAGS, prot=mmap.PROT_READ | mmap.PROT_WRITE)
             # Without this, a channel's first write into a hole of the file makes the

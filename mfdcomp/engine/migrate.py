@@ -131,8 +131,10 @@ def migrate(
     )
     reader.start()
     engine: SourceEngine | None = None
+    streams: list[Stream] = []
     try:
-        streams = [connect() for _ in range(options.channels)]
+        for _ in range(options.channels):
+            streams.append(connect())  # kept in the list at once, so a later failure closes it
         engine = SourceEngine(
             streams,
             codec,
@@ -163,6 +165,9 @@ def migrate(
     finally:
         if engine is not None:
             engine.close()
+        else:
+            for stream in streams:
+                stream.close()
         main.stream.shutdown()
         reader.join()
         main.stream.close()
