@@ -17,11 +17,13 @@ compression: a 1344-byte header plus 128 views of 4 KiB pages (512 KiB).
 
 ``--image PATH`` moves the pages of that image instead (mapped as `mfdcomp
 send` maps it, message m on connection m mod N) into a fresh target file
-created and populated as `mfdcomp recv` creates it, inside the timed window:
-the limit for an engine moving the same bytes between the same kinds of memory.
+created as `mfdcomp recv` creates it, inside the timed window: the limit for
+an engine moving the same bytes between the same kinds of memory.
 
-``--bufsize B`` sets SO_SNDBUF and SO_RCVBUF on both ends (plain pump only),
-to see whether bigger socket buffers help. GB/s counts page bytes (10**9),
+Unix sockets get the send buffer mfdcomp's streams use
+(mfdcomp.transport.sockets.UNIX_SEND_BUFFER), so both move bytes through the
+same socket; ``--bufsize B`` sets SO_SNDBUF and SO_RCVBUF on both ends
+instead (plain pump only), to see whether other sizes help. GB/s counts page bytes (10**9),
 timed on the receiver from the "go" byte it sends to the last byte received;
 the best of ``--repeats`` runs is reported.
 """
@@ -43,7 +45,7 @@ from typing import Any
 from mfdcomp.clients.ram import RamClient
 from mfdcomp.transport.address import parse_address
 from mfdcomp.transport.base import Stream
-from mfdcomp.transport.sockets import connect, listen
+from mfdcomp.transport.sockets import connect, listen, widen_unix_send_buffer
 from mfdcomp.units import parse_size
 
 HEADER = 1344
@@ -134,6 +136,8 @@ def set_bufsize(sock: socket.socket, size: int) -> None:
     if size:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    elif sock.family == socket.AF_UNIX:
+        widen_unix_send_buffer(sock)
 
 
 def run_threads(target: Callable[[int], None], connections: int) -> None:
@@ -273,12 +277,14 @@ def image_run(args: argparse.Namespace, workdir: str) -> float:
     server, address = plain_listener(args.transport, workdir)
     child = subprocess.Popen(
         [sys.executable, __file__, "--role=send", f"--address={address}", f"--connections={n}",
-         f"--size={size}", f"--image={args.image}"]
+         f"--size={size}", f"--image={args.image}", f"--bufsize={args.bufsize}"]
     )  # fmt: skip
     try:
         server.settimeout(60)
         socks = [server.accept()[0] for _ in range(n)]
         server.close()
+        for sock in socks:
+            set_bufsize(sock, args.bufsize)
         start = time.perf_counter()
         with RamClient.create_targets([("ram0", size)], lambda _: f"{workdir}/target.img") as target:
             for sock in socks:

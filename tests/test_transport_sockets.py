@@ -292,6 +292,9 @@ class Trickle:
     def setblocking(self, flag: bool) -> None:
         self._sock.setblocking(flag)
 
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        self._sock.setsockopt(level, option, value)
+
     def _limit(self) -> int:
         return self._rng.choice([1, 7, 4095, 4097, 70_000])
 
