@@ -158,7 +158,7 @@ class RamClient:
 
     @classmethod
     def create_targets(cls, layout: Layout, path_for: PathFor, page_size: int = 4096) -> RamClient:
-        """Create (or truncate) one zeroed, sparse file per block and map it shared and writable."""
+        """Create (or truncate) one zeroed file per block, reserve its space (see reserve.py), map it shared."""
         blocks: list[RamBlock] = []
         try:
             for name, size in _checked_layout(layout, page_size):
@@ -310,7 +310,7 @@ MADV_POPULATE_WRITE per run of pages before each read 1.00-1.05 s."""
 
 
 def _map_file(name: str, path: Path, page_size: int, access: int, create_size: int | None = None) -> RamBlock:
-    """Map ``path``; with ``create_size``, the file is (re)created sparse, zeroed, at that size first."""
+    """Map ``path``; with ``create_size``, the file is (re)created zeroed at that size, its space reserved."""
     flags = os.O_RDONLY if create_size is None else os.O_RDWR | os.O_CREAT | os.O_TRUNC
     try:
         fd = os.open(path, flags, 0o644)
