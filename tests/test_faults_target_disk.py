@@ -1,4 +1,4 @@
-"""A receiver whose target file does not fit: a clean error before any page, never a SIGBUS.
+"""A receiver whose target does not fit, or a block size no machine has: a clean error before any page, never a SIGBUS.
 
 Pages reach a target file through a shared mapping, where a full disk would
 kill the receiver with SIGBUS in the middle of a copy. So the target's space
@@ -105,3 +105,17 @@ def test_recv_onto_a_full_filesystem_ends_both_sides_with_the_reason(small_fs: P
     # destination has already closed its listener, as a refused or broken channel.
     assert sent.returncode != 0 and "error:" in sent.stderr and "Traceback" not in sent.stderr, sent.stderr
     assert not (small_fs / "dst.img").exists()
+
+
+def test_an_impossible_block_size_is_a_clean_error_on_any_filesystem(tmp_path: Path) -> None:
+    """A SESSION may announce any size: 1 EiB is refused (EFBIG, or no room) and leaves no file behind."""
+    target = tmp_path / "huge.img"
+    with pytest.raises(MfdcompError, match=r"no room for target .*huge\.img \(1152921504606846976 bytes\)"):
+        RamClient.create_targets([("ram0", 1 << 60)], lambda _: target)
+    assert not target.exists()
+
+
+def test_an_impossible_block_size_in_memory_is_a_clean_error() -> None:
+    # 1 EiB is past any x86-64 or arm64 address space, whatever the overcommit policy.
+    with pytest.raises(MfdcompError, match=r"cannot allocate 1152921504606846976 bytes for ramblock 'ram0'"):
+        RamClient.anonymous([("ram0", 1 << 60)])

@@ -175,7 +175,10 @@ class RamClient:
         blocks: list[RamBlock] = []
         try:
             for name, size in _checked_layout(layout, page_size):
-                region = mmap.mmap(-1, size, flags=TARGET_FLAGS)
+                try:
+                    region = mmap.mmap(-1, size, flags=TARGET_FLAGS)
+                except OSError as exc:
+                    raise MfdcompError(f"cannot allocate {size} bytes for ramblock {name!r}: {exc.strerror}") from exc
                 blocks.append(RamBlock(name, size, page_size, memoryview(region), _map=region))
             return cls(blocks)
         except BaseException:
@@ -322,8 +325,8 @@ def _map_file(name: str, path: Path, page_size: int, access: int, create_size: i
             _check_size(f"image {path}", size, page_size)
         else:
             size = create_size
-            os.ftruncate(fd, size)
             try:
+                os.ftruncate(fd, size)
                 reserve(fd, size)
             except OSError as exc:
                 path.unlink(missing_ok=True)  # an unusable target must not hold the space it got
