@@ -101,9 +101,9 @@ def test_recv_onto_a_full_filesystem_ends_both_sides_with_the_reason(small_fs: P
             recv.wait()
     assert recv.returncode > 0, f"receiver ended with {recv.returncode} (a negative code is a signal): {recv_err}"
     assert "no room for target" in recv_err and "Traceback" not in recv_err, recv_err
-    # The source learns of it as the destination's error on the main channel, or, when the
-    # destination has already closed its listener, as a refused or broken channel.
-    assert sent.returncode != 0 and "error:" in sent.stderr and "Traceback" not in sent.stderr, sent.stderr
+    # The destination answers the SESSION with its error before any channel connects.
+    assert sent.returncode != 0 and "destination: no room for target" in sent.stderr, sent.stderr
+    assert "Traceback" not in sent.stderr, sent.stderr
     assert not (small_fs / "dst.img").exists()
 
 

@@ -166,6 +166,7 @@ class Incoming:
             self._barrier = Barrier(self.state, session.channels)
             self._session_ready = True
             self.state.cond.notify_all()
+        main.write(mc.encode(mc.Message.READY))
         return session
 
     def _follow_main(self, main: MainStream, session: mc.Session) -> IncomingResult:

@@ -18,7 +18,7 @@ from typing import Any
 from mfdcomp.errors import WireError
 
 MAIN_MAGIC = 0x4D46444D  # "MFDM"
-MAIN_VERSION = 1
+MAIN_VERSION = 2  # 2: READY before the channels connect
 OPENING = struct.Struct(">II")
 MESSAGE = struct.Struct(">BI")
 ZERO_HEADER = struct.Struct(">H")  # block name length; name and u64 offsets follow
@@ -35,6 +35,7 @@ class Message(enum.IntEnum):
     ERROR = 5  # either way: the first error's text, UTF-8
     RESULT = 6  # destination → source: outcome as JSON
     DIGESTS = 7  # source → destination after EOS: per-block sha256 as JSON
+    READY = 8  # destination → source: session accepted, target memory made; channels may connect
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,6 +115,7 @@ def migrate(
     state.register(main.stream)
     state.on_fail(main.report_error)
     outcome: dict[str, Any] = {}
+    ready = threading.Event()
     got_result = threading.Event()
     session = mc.Session(
         uuid=options.uuid.hex(),
@@ -127,12 +128,15 @@ def migrate(
     )
     main.write(mc.opening() + mc.encode(mc.Message.SESSION, session.to_json()))
     reader = threading.Thread(
-        target=_read_main, args=(main, state, outcome, got_result), name="mfdcomp-main-reader", daemon=False
+        target=_read_main, args=(main, state, outcome, ready, got_result), name="mfdcomp-main-reader", daemon=False
     )
     reader.start()
     engine: SourceEngine | None = None
     streams: list[Stream] = []
     try:
+        # A destination that cannot take the session (no room for its target, say)
+        # answers ERROR here, before any channel connects to a listener it has closed.
+        state.wait_for(ready.is_set, "the destination to accept the session", options.result_timeout)
         for _ in range(options.channels):
             streams.append(connect())  # kept in the list at once, so a later failure closes it
         engine = SourceEngine(
@@ -257,14 +261,25 @@ def _split_legacy_zero(block: PageBlock, offsets: list[int], main: MainStream, p
     return offsets[:normal_num]
 
 
-def _read_main(main: MainStream, state: RunState, outcome: dict[str, Any], got_result: threading.Event) -> None:
-    """The destination's words on the main channel: RESULT or ERROR."""
+def _read_main(
+    main: MainStream,
+    state: RunState,
+    outcome: dict[str, Any],
+    ready: threading.Event,
+    got_result: threading.Event,
+) -> None:
+    """The destination's words on the main channel: READY, then RESULT; or ERROR at any time."""
     try:
         while (message := main.read()) is not None:
             kind, body = message
             if kind is mc.Message.ERROR:
                 raise RemoteError(f"destination: {body.decode(errors='replace')}")
-            if kind is not mc.Message.RESULT:
+            if kind is mc.Message.READY and not ready.is_set():
+                with state.cond:
+                    ready.set()
+                    state.cond.notify_all()
+                continue
+            if kind is not mc.Message.RESULT or not ready.is_set():
                 raise ChannelError(f"unexpected {kind.name} message from the destination")
             outcome.update(mc.decode_json(kind, body))
             with state.cond:
