@@ -19,7 +19,7 @@ from mfdcomp.engine.incoming import Incoming
 from mfdcomp.engine.migrate import MigrateOptions
 from mfdcomp.errors import ChannelError, ChannelIdError, MfdcompError, WireError
 from mfdcomp.registry import get_codec
-from mfdcomp.testing import run_loopback
+from mfdcomp.testing import AnonymousTargets, run_loopback
 from mfdcomp.transport.address import parse_address
 from mfdcomp.transport.base import Stream
 from mfdcomp.transport.sockets import listen
@@ -90,11 +90,11 @@ class HostileSource:
         self.channels = channels
         self.listener = listen(parse_address(f"unix:{tmp_path / 'dst.sock'}"))
         self.path = str(tmp_path / "dst.sock")
-        self.targets: list[RamClient] = []
+        self.targets = AnonymousTargets()
         self.incoming = Incoming(
             self.listener,
-            make_targets=self._targets,
-            digests=lambda: self.targets[0].digests(),
+            make_targets=self.targets,
+            digests=self.targets.digests,
             find_codec=get_codec,
             connect_timeout=5.0,
         )
@@ -112,10 +112,6 @@ class HostileSource:
             blocks=[("ram0", 1 << 20)],
         )
         self.main.sendall(mc.opening() + mc.encode(mc.Message.SESSION, session.to_json()))
-
-    def _targets(self, session: mc.Session) -> Any:
-        self.targets.append(RamClient.anonymous(session.blocks))
-        return self.targets[0].blocks
 
     def _run(self) -> None:
         try:
@@ -136,8 +132,7 @@ class HostileSource:
     def finish(self) -> BaseException | None:
         self.thread.join(10)
         assert not self.thread.is_alive(), "destination did not end within 10 s"
-        for target in self.targets:
-            target.close()
+        self.targets.close()
         return self.error
 
     def main_error_text(self) -> str:

@@ -8,13 +8,13 @@ import threading
 import time
 import uuid as uuidlib
 from pathlib import Path
-from typing import Any
 
 from mfdcomp.clients.ram import RamClient
 from mfdcomp.engine import mainchannel as mc
 from mfdcomp.engine.incoming import Incoming
 from mfdcomp.errors import MfdcompError
 from mfdcomp.registry import get_codec
+from mfdcomp.testing import AnonymousTargets
 from mfdcomp.transport.address import parse_address
 from mfdcomp.transport.sockets import listen
 from mfdcomp.wire import InitPacket
@@ -34,16 +34,11 @@ def settle(threads: int, fds: set[int], seconds: float = 5.0) -> None:
 def refused_session(tmp_path: Path, init: bytes) -> BaseException | None:
     """A destination whose only channel sends ``init``; returns the destination's error."""
     path = str(tmp_path / f"{uuidlib.uuid4().hex[:8]}.sock")
-    targets: list[RamClient] = []
-
-    def make_targets(session: mc.Session) -> Any:
-        targets.append(RamClient.anonymous(session.blocks))
-        return targets[0].blocks
-
+    targets = AnonymousTargets()
     incoming = Incoming(
         listen(parse_address(f"unix:{path}")),
-        make_targets=make_targets,
-        digests=lambda: targets[0].digests(),
+        make_targets=targets,
+        digests=targets.digests,
         find_codec=get_codec,
         connect_timeout=5.0,
     )
@@ -65,8 +60,7 @@ def refused_session(tmp_path: Path, init: bytes) -> BaseException | None:
         channel.sendall(init)
         thread.join(10)
         assert not thread.is_alive()
-    for target in targets:
-        target.close()
+    targets.close()
     return error[0] if error else None
 
 

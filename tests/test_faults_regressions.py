@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,25 +19,22 @@ from mfdcomp.engine import mappedram
 from mfdcomp.engine.incoming import Incoming
 from mfdcomp.engine.migrate import MigrateOptions
 from mfdcomp.errors import ChannelError
+from mfdcomp.methods import Codec
 from mfdcomp.registry import get_codec
+from mfdcomp.testing import AnonymousTargets
 from mfdcomp.transport import mappedram as mr
 from mfdcomp.transport.address import parse_address
 from mfdcomp.transport.sockets import SocketStream, listen
 from mfdcomp.wire import InitPacket
 
 
-def _destination(path: str) -> tuple[Incoming, list[RamClient]]:
-    targets: list[RamClient] = []
-
-    def make_targets(session: mc.Session) -> Any:
-        targets.append(RamClient.anonymous(session.blocks))
-        return targets[0].blocks
-
+def _destination(path: str, find_codec: Callable[[str], Codec] = get_codec) -> tuple[Incoming, AnonymousTargets]:
+    targets = AnonymousTargets()
     incoming = Incoming(
         listen(parse_address(f"unix:{path}")),
-        make_targets=make_targets,
-        digests=lambda: targets[0].digests(),
-        find_codec=get_codec,
+        make_targets=targets,
+        digests=targets.digests,
+        find_codec=find_codec,
         connect_timeout=5.0,
     )
     return incoming, targets
@@ -75,8 +73,7 @@ def test_an_error_right_after_the_main_channel_reaches_the_peer(tmp_path: Path) 
             thread.join(10)
             assert not thread.is_alive()
             told = _read_all(main)
-        for target in targets:
-            target.close()
+        targets.close()
         assert len(errors) == 1 and isinstance(errors[0], ChannelError)
         assert "second main channel" in str(errors[0])
         assert b"second main channel" in told, f"attempt {attempt}: the peer was not told ({told!r})"
@@ -196,19 +193,7 @@ def test_a_channel_added_while_the_session_fails_is_joined_and_closed(tmp_path: 
     context being made) was never joined, and its socket was left to the garbage collector."""
     path = str(tmp_path / "d.sock")
     codec = _SlowCodec(0.5)
-    targets: list[RamClient] = []
-
-    def make_targets(session: mc.Session) -> Any:
-        targets.append(RamClient.anonymous(session.blocks))
-        return targets[0].blocks
-
-    incoming = Incoming(
-        listen(parse_address(f"unix:{path}")),
-        make_targets=make_targets,
-        digests=lambda: {},
-        find_codec=lambda name: codec,  # type: ignore[arg-type,return-value]
-        connect_timeout=5.0,
-    )
+    incoming, targets = _destination(path, find_codec=lambda name: codec)
     fds = set(os.listdir("/proc/self/fd"))
     errors: list[BaseException] = []
 
@@ -235,5 +220,4 @@ def test_a_channel_added_while_the_session_fails_is_joined_and_closed(tmp_path: 
         opened = set(os.listdir("/proc/self/fd")) - fds - {str(main.fileno()), str(channel.fileno())}
         assert not left, f"channel threads not joined: {left}"
         assert not opened, "the late channel's socket was not closed"
-    for target in targets:
-        target.close()
+    targets.close()

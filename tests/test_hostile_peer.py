@@ -30,11 +30,11 @@ from typing import Any
 
 import pytest
 
-from mfdcomp.clients.ram import RamClient
 from mfdcomp.engine import mainchannel as mc
 from mfdcomp.engine.incoming import Incoming, IncomingResult
 from mfdcomp.errors import ChannelError, ChannelIdError, MfdcompError, WireError
 from mfdcomp.registry import default_registry, get_codec
+from mfdcomp.testing import AnonymousTargets
 from mfdcomp.transport.address import parse_address
 from mfdcomp.transport.sockets import listen
 from mfdcomp.wire import (
@@ -108,11 +108,11 @@ class Peer:
         self.codec = get_codec(codec)
         self.blocks = blocks or [("ram0", BLOCK)]
         self.path = str(tmp_path / "dst.sock")
-        self.targets: list[RamClient] = []
+        self.targets = AnonymousTargets()
         self.incoming = Incoming(
             listen(parse_address(f"unix:{self.path}"), idle_timeout=idle_timeout),
-            make_targets=self._targets,
-            digests=lambda: self.targets[0].digests(),
+            make_targets=self.targets,
+            digests=self.targets.digests,
             find_codec=get_codec,
             connect_timeout=connect_timeout,
         )
@@ -135,10 +135,6 @@ class Peer:
         self.main.sendall(
             (opening if opening is not None else mc.opening()) + mc.encode(mc.Message.SESSION, session.to_json())
         )
-
-    def _targets(self, session: mc.Session) -> Any:
-        self.targets.append(RamClient.anonymous(session.blocks))
-        return self.targets[0].blocks
 
     def _run(self) -> None:
         try:
@@ -191,8 +187,7 @@ class Peer:
         self.main_text = self._drain_main()
         for sock in self.sockets:
             sock.close()
-        for target in self.targets:
-            target.close()
+        self.targets.close()
         return self.error
 
     def _drain_main(self) -> str:

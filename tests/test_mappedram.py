@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from mfdcomp.clients.ram import RamClient
-from mfdcomp.engine import mainchannel as mc
 from mfdcomp.engine.mappedram import load_from_file, save_to_file
 from mfdcomp.engine.migrate import MigrateOptions
 from mfdcomp.errors import CodecError, MfdcompError, TruncatedError, WireError
 from mfdcomp.methods import CodecInfo, CodecPath
 from mfdcomp.registry import get_codec
+from mfdcomp.testing import AnonymousTargets
 from mfdcomp.transport import mappedram as mr
 from tests.test_engine_roundtrip import fill_mixed
 
@@ -22,19 +22,13 @@ LAYOUT = [("pc.ram", 3 << 20), ("vga.vram", 1 << 20)]
 
 
 def load(path: Path, channels: int | None = None) -> tuple[Any, RamClient]:
-    targets: list[RamClient] = []
-
-    def make_targets(session: mc.Session) -> Any:
-        targets.append(RamClient.anonymous(session.blocks, page_size=session.page_size))
-        return targets[0].blocks
-
+    targets = AnonymousTargets()
     try:
-        result = load_from_file(path, make_targets, lambda: targets[0].digests(), channels=channels)
+        result = load_from_file(path, targets, targets.digests, channels=channels)
     except BaseException:
-        for target in targets:
-            target.close()
+        targets.close()
         raise
-    return result, targets[0]
+    return result, targets.clients[0]
 
 
 def save(tmp_path: Path, channels: int = 2, zero_mode: str = "multifd", rounds: int = 3) -> tuple[Path, dict[str, str]]:

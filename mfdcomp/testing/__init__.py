@@ -1,6 +1,7 @@
 """Public helpers for testing codecs and the engine against real transports.
 
 * :func:`run_loopback`: both ends of a session in one process over a real socket;
+* :class:`AnonymousTargets`: a destination's target memory in fresh anonymous blocks;
 * :mod:`mfdcomp.testing.checks`: the conformance checks, plain functions of a codec;
 * :mod:`mfdcomp.testing.pytest_plugin`: the same as a pytest plugin.
 
@@ -14,9 +15,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mfdcomp.testing.loopback import TRANSPORTS, LoopbackOutcome, StreamWrapper, run_loopback
+    from mfdcomp.testing.loopback import TRANSPORTS, AnonymousTargets, LoopbackOutcome, StreamWrapper, run_loopback
 
-__all__ = ["TRANSPORTS", "LoopbackOutcome", "StreamWrapper", "run_loopback"]
+__all__ = ["TRANSPORTS", "AnonymousTargets", "LoopbackOutcome", "StreamWrapper", "run_loopback"]
 
 
 def __getattr__(name: str) -> Any:

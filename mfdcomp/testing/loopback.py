@@ -33,6 +33,29 @@ StreamWrapper = Callable[[int, Stream], Stream]
 """Wraps the n-th connection the source opens or the destination accepts (0 is the main channel)."""
 
 
+class AnonymousTargets:
+    """A destination's target memory in fresh anonymous blocks, made when the session arrives.
+
+    Pass the object as ``make_targets`` and its :meth:`digests` as ``digests``;
+    :meth:`close` releases what was made.
+    """
+
+    def __init__(self) -> None:
+        self.clients: list[RamClient] = []  # the session's client once it has started
+
+    def __call__(self, session: mc.Session) -> Any:
+        client = RamClient.anonymous(session.blocks, page_size=session.page_size)
+        self.clients.append(client)
+        return client.blocks
+
+    def digests(self) -> dict[str, str]:
+        return self.clients[0].digests()
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+
 class _WrappingListener:
     """Hands each accepted connection to a wrapper, numbered in order of arrival."""
 
@@ -109,17 +132,12 @@ def run_loopback(
 ) -> LoopbackOutcome:
     """Migrate ``ram`` to fresh anonymous memory through ``transport``; both ends' outcomes."""
     endpoints = _Endpoints(transport, workdir)
-    targets: list[RamClient] = []
-
-    def make_targets(session: mc.Session) -> Any:
-        targets.append(RamClient.anonymous(session.blocks, page_size=session.page_size))
-        return targets[0].blocks
-
+    targets = AnonymousTargets()
     listener = endpoints.listener if wrap_accepted is None else _WrappingListener(endpoints.listener, wrap_accepted)
     incoming = Incoming(
         listener,
-        make_targets=make_targets,
-        digests=lambda: targets[0].digests(),
+        make_targets=targets,
+        digests=targets.digests,
         find_codec=find_codec,
         connect_timeout=timeout,
     )
@@ -158,6 +176,5 @@ def run_loopback(
             incoming.state.fail(MfdcompError(f"destination stopped: {why}"))
             thread.join()
         endpoints.close()
-        for target in targets:
-            target.close()
+        targets.close()
     return LoopbackOutcome(source, source_error, dest.get("result"), dest.get("error"))
