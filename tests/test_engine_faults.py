@@ -19,7 +19,7 @@ from mfdcomp.engine.incoming import Incoming
 from mfdcomp.engine.migrate import MigrateOptions
 from mfdcomp.errors import ChannelError, ChannelIdError, MfdcompError, WireError
 from mfdcomp.registry import get_codec
-from mfdcomp.testing import AnonymousTargets, run_loopback
+from mfdcomp.testing import AnonymousTargets, ForwardingStream, run_loopback
 from mfdcomp.transport.address import parse_address
 from mfdcomp.transport.base import Stream
 from mfdcomp.transport.sockets import listen
@@ -27,12 +27,11 @@ from mfdcomp.wire import InitPacket, RamPacket
 from tests.test_engine_roundtrip import fill_mixed
 
 
-class SlowStream:
+class SlowStream(ForwardingStream):
     """A stream whose every write (or every read) first sleeps: one channel lags the others."""
 
     def __init__(self, inner: Stream, *, send_delay: float = 0.0, recv_delay: float = 0.0) -> None:
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner)
         self.send_delay = send_delay
         self.recv_delay = recv_delay
 
@@ -43,18 +42,6 @@ class SlowStream:
     def recv_exact_into(self, view: memoryview) -> int:
         time.sleep(self.recv_delay)
         return self.inner.recv_exact_into(view)
-
-    def recv_into_all(self, views: Sequence[memoryview]) -> None:
-        self.inner.recv_into_all(views)
-
-    def peek(self, size: int) -> bytes:
-        return self.inner.peek(size)
-
-    def shutdown(self) -> None:
-        self.inner.shutdown()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 @pytest.mark.parametrize("side", ["source", "destination"])

@@ -25,7 +25,7 @@ from mfdcomp.clients.ram import RamClient
 from mfdcomp.engine.migrate import MigrateOptions
 from mfdcomp.errors import ChannelError, MfdcompError
 from mfdcomp.registry import get_codec
-from mfdcomp.testing import run_loopback
+from mfdcomp.testing import ForwardingStream, run_loopback
 from mfdcomp.transport.base import Stream
 from mfdcomp.transport.sockets import SocketStream
 from tests.test_engine_roundtrip import fill_mixed
@@ -60,12 +60,11 @@ class Injected(ChannelError):
     """The fault a wrapper injected; the end that did it reports this as its first error."""
 
 
-class CutOnSend:
+class CutOnSend(ForwardingStream):
     """The source's end: after ``after`` whole writes, write ``cut`` bytes of the next longer one, and die."""
 
     def __init__(self, inner: Stream, after: int, cut: int, how: str) -> None:
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner)
         self.after = after
         self.cut = cut
         self.how = how
@@ -82,21 +81,6 @@ class CutOnSend:
         self.inner.send_all([data[: self.cut]])
         kill_socket(self.inner, self.how)
         raise Injected(f"{self.name}: injected {self.how} after {min(self.cut, len(data))} of {len(data)} bytes")
-
-    def recv_exact_into(self, view: memoryview) -> int:
-        return self.inner.recv_exact_into(view)
-
-    def recv_into_all(self, views: Sequence[memoryview]) -> None:
-        self.inner.recv_into_all(views)
-
-    def peek(self, size: int) -> bytes:
-        return self.inner.peek(size)
-
-    def shutdown(self) -> None:
-        self.inner.shutdown()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 class CutOnRecv(CutOnSend):

@@ -2,6 +2,7 @@
 
 * :func:`run_loopback`: both ends of a session in one process over a real socket;
 * :class:`AnonymousTargets`: a destination's target memory in fresh anonymous blocks;
+* :class:`ForwardingStream`: the base of a stream wrapper that changes some calls;
 * :mod:`mfdcomp.testing.checks`: the conformance checks, plain functions of a codec;
 * :mod:`mfdcomp.testing.pytest_plugin`: the same as a pytest plugin.
 
@@ -15,9 +16,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mfdcomp.testing.loopback import TRANSPORTS, AnonymousTargets, LoopbackOutcome, StreamWrapper, run_loopback
+    from mfdcomp.testing.loopback import (
+        TRANSPORTS,
+        AnonymousTargets,
+        ForwardingStream,
+        LoopbackOutcome,
+        StreamWrapper,
+        run_loopback,
+    )
 
-__all__ = ["TRANSPORTS", "AnonymousTargets", "LoopbackOutcome", "StreamWrapper", "run_loopback"]
+__all__ = ["TRANSPORTS", "AnonymousTargets", "ForwardingStream", "LoopbackOutcome", "StreamWrapper", "run_loopback"]
 
 
 def __getattr__(name: str) -> Any:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from typing_extensions import Buffer
 
 from mfdcomp.clients.ram import RamClient
 from mfdcomp.engine import mainchannel as mc
@@ -54,6 +56,36 @@ class AnonymousTargets:
     def close(self) -> None:
         for client in self.clients:
             client.close()
+
+
+class ForwardingStream:
+    """A :class:`Stream` that passes every call to ``inner``.
+
+    The base of a ``wrap`` for :func:`run_loopback` that changes only some
+    calls (a lagging or failing channel, say): override those.
+    """
+
+    def __init__(self, inner: Stream) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def send_all(self, buffers: Sequence[Buffer]) -> None:
+        self.inner.send_all(buffers)
+
+    def recv_exact_into(self, view: memoryview) -> int:
+        return self.inner.recv_exact_into(view)
+
+    def recv_into_all(self, views: Sequence[memoryview]) -> None:
+        self.inner.recv_into_all(views)
+
+    def peek(self, size: int) -> bytes:
+        return self.inner.peek(size)
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 class _WrappingListener:
