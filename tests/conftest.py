@@ -7,6 +7,8 @@ root) when that directory exists, else the ones bundled in ``tests/vectors/qemu`
 from __future__ import annotations
 
 import os
+import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,11 @@ def capture_dir(request: pytest.FixtureRequest) -> Path:
         _no_captures()
     directory: Path = request.param
     return directory
+
+
+@pytest.fixture(scope="module")
+def heap_tracing() -> Iterator[None]:
+    """tracemalloc on for a module's tests: the fuzz tests bound each input's heap peak."""
+    tracemalloc.start()
+    yield
+    tracemalloc.stop()

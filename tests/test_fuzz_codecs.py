@@ -22,7 +22,6 @@ import json
 import os
 import random
 import struct
-import tracemalloc
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from mfdcomp.errors import CodecError, MfdcompError, TruncatedError
@@ -43,10 +42,13 @@ from tests.test_fuzz_wire import (
     RSS_BOUND,
     TIME_BOUND,
     Bounded,
+    Op,
     capture_dirs,
     decoder_variants,
+    fuzz_settings,
     guest_ram,
     measured,
+    ops_lists,
     send_path,
 )
 
@@ -261,7 +263,6 @@ def payload_size(packet: RamPacket, data: bytes, page_size: int = PAGE_SIZE) -> 
 # --- mutations -----------------------------------------------------------------------------------
 
 PAYLOAD_OPS = ("flip", "byte", "u32", "insert", "delete", "truncate", "extend", "swap", "zero", "pages")
-Op = tuple[str, int, int, int]
 
 
 def mutate_payload(data: bytes, pages: int, ops: Sequence[Op], others: Sequence[bytes]) -> tuple[bytes, int]:
@@ -383,28 +384,8 @@ def check_codec_bounds(bounds: Bounded, payload: int, pages: int, what: str) -> 
 
 # --- the tests -----------------------------------------------------------------------------------
 
-FUZZ = settings(
-    max_examples=int(os.environ.get("MFDCOMP_FUZZ_CODEC_EXAMPLES", "40")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    derandomize=os.environ.get("MFDCOMP_FUZZ_RANDOM") is None,
-    phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.target),
-    print_blob=True,
-)
-ops_strategy = st.lists(
-    st.tuples(
-        st.sampled_from(PAYLOAD_OPS), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)
-    ),
-    min_size=1,
-    max_size=3,
-)
-
-
-@pytest.fixture(scope="module")
-def heap_tracing() -> Iterator[None]:
-    tracemalloc.start()
-    yield
-    tracemalloc.stop()
+FUZZ = fuzz_settings(int(os.environ.get("MFDCOMP_FUZZ_CODEC_EXAMPLES", "40")))
+ops_strategy = ops_lists(PAYLOAD_OPS, 3)
 
 
 @pytest.mark.parametrize("label", VARIANTS)

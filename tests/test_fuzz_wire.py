@@ -623,27 +623,28 @@ def _without_init(data: bytes) -> bytes:
 
 # --- the tests -----------------------------------------------------------------------------------
 
-FUZZ = settings(
-    max_examples=int(os.environ.get("MFDCOMP_FUZZ_EXAMPLES", "100")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    derandomize=os.environ.get("MFDCOMP_FUZZ_RANDOM") is None,
-    # Each input is a whole channel prefix: shrinking one takes minutes, and the ops list is short already.
-    phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.target),
-    print_blob=True,
-)
-ops_strategy = st.lists(
-    st.tuples(st.sampled_from(OPS), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
-    min_size=1,
-    max_size=4,
-)
+
+def fuzz_settings(examples: int) -> settings:
+    """The fuzz tests' hypothesis settings: ``examples`` inputs, reproducible unless MFDCOMP_FUZZ_RANDOM is set."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        derandomize=os.environ.get("MFDCOMP_FUZZ_RANDOM") is None,
+        # Each input is a whole channel prefix: shrinking one takes minutes, and the ops list is short already.
+        phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.target),
+        print_blob=True,
+    )
 
 
-@pytest.fixture(scope="module")
-def heap_tracing() -> Iterator[None]:
-    tracemalloc.start()
-    yield
-    tracemalloc.stop()
+def ops_lists(kinds: Sequence[str], max_size: int) -> st.SearchStrategy[list[Op]]:
+    """One to ``max_size`` mutations of the given kinds."""
+    number = st.integers(0, 2**32 - 1)
+    return st.lists(st.tuples(st.sampled_from(kinds), number, number, number), min_size=1, max_size=max_size)
+
+
+FUZZ = fuzz_settings(int(os.environ.get("MFDCOMP_FUZZ_EXAMPLES", "100")))
+ops_strategy = ops_lists(OPS, 4)
 
 
 def test_seeds_are_valid_channels() -> None:
