@@ -11,13 +11,10 @@ from pathlib import Path
 
 from mfdcomp.clients.ram import RamClient
 from mfdcomp.engine import mainchannel as mc
-from mfdcomp.engine.incoming import Incoming
 from mfdcomp.errors import MfdcompError
 from mfdcomp.registry import get_codec
-from mfdcomp.testing import AnonymousTargets
-from mfdcomp.transport.address import parse_address
-from mfdcomp.transport.sockets import listen
 from mfdcomp.wire import InitPacket
+from tests.test_faults_regressions import destination, start
 
 
 def open_fds() -> set[int]:
@@ -34,24 +31,8 @@ def settle(threads: int, fds: set[int], seconds: float = 5.0) -> None:
 def refused_session(tmp_path: Path, init: bytes) -> BaseException | None:
     """A destination whose only channel sends ``init``; returns the destination's error."""
     path = str(tmp_path / f"{uuidlib.uuid4().hex[:8]}.sock")
-    targets = AnonymousTargets()
-    incoming = Incoming(
-        listen(parse_address(f"unix:{path}")),
-        make_targets=targets,
-        digests=targets.digests,
-        find_codec=get_codec,
-        connect_timeout=5.0,
-    )
-    error: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            incoming.run()
-        except BaseException as exc:
-            error.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
+    incoming, targets = destination(path)
+    thread, error = start(incoming)
     with socket.socket(socket.AF_UNIX) as main, socket.socket(socket.AF_UNIX) as channel:
         main.connect(path)
         session = mc.Session(uuidlib.UUID(int=1).hex, 4096, 1, "none", None, "multifd", [("ram0", 1 << 20)])

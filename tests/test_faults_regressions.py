@@ -28,7 +28,8 @@ from mfdcomp.transport.sockets import SocketStream, listen
 from mfdcomp.wire import InitPacket
 
 
-def _destination(path: str, find_codec: Callable[[str], Codec] = get_codec) -> tuple[Incoming, AnonymousTargets]:
+def destination(path: str, find_codec: Callable[[str], Codec] = get_codec) -> tuple[Incoming, AnonymousTargets]:
+    """A destination listening on the unix socket ``path``, receiving into anonymous memory."""
     targets = AnonymousTargets()
     incoming = Incoming(
         listen(parse_address(f"unix:{path}")),
@@ -38,6 +39,21 @@ def _destination(path: str, find_codec: Callable[[str], Codec] = get_codec) -> t
         connect_timeout=5.0,
     )
     return incoming, targets
+
+
+def start(incoming: Incoming) -> tuple[threading.Thread, list[BaseException]]:
+    """Run ``incoming`` on a thread; the list gets its error, if it ends with one."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            incoming.run()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, errors
 
 
 def _read_all(sock: socket.socket) -> bytes:
@@ -54,17 +70,8 @@ def test_an_error_right_after_the_main_channel_reaches_the_peer(tmp_path: Path) 
     fail() had shut the main stream down. Half of the runs lost the text before the fix."""
     for attempt in range(10):
         path = str(tmp_path / f"d{attempt}.sock")
-        incoming, targets = _destination(path)
-        errors: list[BaseException] = []
-
-        def run(incoming: Incoming = incoming, errors: list[BaseException] = errors) -> None:
-            try:
-                incoming.run()
-            except BaseException as exc:
-                errors.append(exc)
-
-        thread = threading.Thread(target=run)
-        thread.start()
+        incoming, targets = destination(path)
+        thread, errors = start(incoming)
         with socket.socket(socket.AF_UNIX) as main, socket.socket(socket.AF_UNIX) as second:
             main.connect(path)
             second.connect(path)
@@ -193,18 +200,9 @@ def test_a_channel_added_while_the_session_fails_is_joined_and_closed(tmp_path: 
     context being made) was never joined, and its socket was left to the garbage collector."""
     path = str(tmp_path / "d.sock")
     codec = _SlowCodec(0.5)
-    incoming, targets = _destination(path, find_codec=lambda name: codec)
+    incoming, targets = destination(path, find_codec=lambda name: codec)
     fds = set(os.listdir("/proc/self/fd"))
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            incoming.run()
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
+    thread, errors = start(incoming)
     session = mc.Session("00" * 16, 4096, 2, "none", None, "multifd", [("ram0", 1 << 20)])
     with socket.socket(socket.AF_UNIX) as main, socket.socket(socket.AF_UNIX) as channel:
         main.connect(path)
