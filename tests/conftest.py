@@ -7,6 +7,8 @@ root) when that directory exists, else the ones bundled in ``tests/vectors/qemu`
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ settings.register_profile("mfdcomp", deadline=None)
 settings.load_profile("mfdcomp")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+MFDCOMP = [sys.executable, "-m", "mfdcomp"]
 SHARED_QEMU_CAPTURES = REPO_ROOT.parent / "shared" / "vectors" / "qemu"
 BUNDLED_QEMU_CAPTURES = Path(__file__).resolve().parent / "vectors" / "qemu"
 
@@ -71,3 +74,12 @@ def heap_tracing() -> Iterator[None]:
     tracemalloc.start()
     yield
     tracemalloc.stop()
+
+
+def make_image(path: Path, size: str, seed: int) -> Path:
+    """Write a test image at ``path`` with ``mfdcomp gen-image`` in a child process (the default mix)."""
+    done = subprocess.run(
+        [*MFDCOMP, "gen-image", str(path), "--size", size, "--seed", str(seed)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return path

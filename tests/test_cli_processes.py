@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import make_image
 
 MFDCOMP = [sys.executable, "-m", "mfdcomp"]
 
@@ -25,10 +26,7 @@ def start(*args: str) -> subprocess.Popen[str]:
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("img") / "src.img"
-    done = run("gen-image", str(path), "--size", "32M", "--seed", "3")
-    assert done.returncode == 0, done.stderr
-    return path
+    return make_image(tmp_path_factory.mktemp("img") / "src.img", "32M", seed=3)
 
 
 def wait_listening(path: Path, proc: subprocess.Popen[str]) -> None:

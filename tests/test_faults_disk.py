@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import make_image
 
 from mfdcomp.clients.ram import RamClient
 from mfdcomp.engine.mappedram import load_from_file, save_to_file
@@ -39,10 +40,7 @@ DEADLINE = 10.0
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("img") / "src.img"
-    done = subprocess.run([*MFDCOMP, "gen-image", str(path), "--size", "16M", "--seed", "6"], capture_output=True)
-    assert done.returncode == 0, done.stderr
-    return path
+    return make_image(tmp_path_factory.mktemp("img") / "src.img", "16M", seed=6)
 
 
 def send(image: Path, target: Path, preexec: Callable[[], None] | None = None) -> subprocess.CompletedProcess[str]:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import make_image
 
 MFDCOMP = [sys.executable, "-m", "mfdcomp"]
 DEADLINE = 10.0
@@ -43,10 +44,7 @@ def sockets_of(pid: int) -> int:
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("img") / "src.img"
-    done = subprocess.run([*MFDCOMP, "gen-image", str(path), "--size", "32M", "--seed", "5"], capture_output=True)
-    assert done.returncode == 0, done.stderr
-    return path
+    return make_image(tmp_path_factory.mktemp("img") / "src.img", "32M", seed=5)
 
 
 def wait_until(what: str, predicate: object, proc: subprocess.Popen[str]) -> None:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import make_image
 
 from mfdcomp.engine import mainchannel as mc
 from mfdcomp.errors import ChannelError
@@ -105,14 +106,7 @@ def test_recv_with_idle_timeout_ends_a_stalled_peer(tmp_path: Path) -> None:
 
 
 def test_a_good_session_is_not_cut_by_the_idle_timeout(tmp_path: Path) -> None:
-    image = tmp_path / "src.img"
-    made = subprocess.run(
-        [sys.executable, "-m", "mfdcomp", "gen-image", str(image), "--size", "16M", "--seed", "4"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert made.returncode == 0, made.stderr
+    image = make_image(tmp_path / "src.img", "16M", seed=4)
     recv, path = _recv(tmp_path, "--idle-timeout", "5")
     send = subprocess.run(
         [sys.executable, "-m", "mfdcomp", "send", str(image), "--to", f"unix:{path}", "--multifd-channels", "4",

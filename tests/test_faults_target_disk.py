@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import make_image
 
 from mfdcomp.clients.ram import RamClient
 from mfdcomp.clients.reserve import reserve
@@ -79,9 +80,7 @@ def test_a_target_that_fits_is_reserved_on_disk_and_left_sparse_in_memory(small_
 
 
 def test_recv_onto_a_full_filesystem_ends_both_sides_with_the_reason(small_fs: Path, tmp_path: Path) -> None:
-    image = tmp_path / "src.img"
-    made = subprocess.run([*MFDCOMP, "gen-image", str(image), "--size", "32M", "--seed", "3"], capture_output=True)
-    assert made.returncode == 0, made.stderr
+    image = make_image(tmp_path / "src.img", "32M", seed=3)
     recv = subprocess.Popen(
         [*MFDCOMP, "recv", "--listen", f"unix:{tmp_path / 'r.sock'}", "--out", str(small_fs / "dst.img")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
