@@ -31,7 +31,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 
@@ -62,23 +61,16 @@ def rss_of(pid: int) -> dict[str, int]:
 
 
 def run_source(args: argparse.Namespace) -> int:
-    """A time-bound migration: the engine's pieces driven round by round until the deadline."""
+    """A time-bound migration: mfdcomp's migrate() with rounds planned until the deadline."""
     sys.path.insert(0, str(REPO))
     from mfdcomp.clients.ram import RamClient
-    from mfdcomp.engine import mainchannel as mc
-    from mfdcomp.engine.mainstream import MainStream
-    from mfdcomp.engine.source import SendBatch, SourceEngine
-    from mfdcomp.engine.state import RemoteError, RunState
+    from mfdcomp.engine.migrate import MigrateOptions, RoundReport, migrate
     from mfdcomp.imagegen import fill_memory, parse_mix
-    from mfdcomp.methods import choose_path
     from mfdcomp.registry import get_codec
     from mfdcomp.transport.address import parse_address
     from mfdcomp.transport.sockets import connect
 
     address = parse_address(args.address)
-    codec = get_codec(args.codec)
-    level = codec.info.check_level(None)
-    path = choose_path(codec.info, codec.probe()).path
     rng = np.random.default_rng(args.seed)
     report: dict[str, Any] = {"rounds": []}
     with RamClient.anonymous([("ram0", args.size)]) as ram:
@@ -86,90 +78,31 @@ def run_source(args: argparse.Namespace) -> int:
         fill_memory(ram.blocks["ram0"].memory, parse_mix(MIX), args.seed)
         report["fill_seconds"] = time.monotonic() - began
         print(json.dumps({"event": "filled", "seconds": report["fill_seconds"]}), flush=True)
-        state = RunState()
-        main = MainStream(connect(address))
-        state.register(main.stream)
-        state.on_fail(main.report_error)
-        uuid = uuidlib.uuid4().bytes
-        session = mc.Session(uuid.hex(), 4096, args.channels, codec.info.name, level, "multifd", [("ram0", args.size)])
-        main.write(mc.opening() + mc.encode(mc.Message.SESSION, session.to_json()))
-        outcome: dict[str, Any] = {}
-
-        def read_main() -> None:
-            try:
-                message = main.read()
-                if message is None:
-                    raise RuntimeError("destination closed the main channel")
-                kind, body = message
-                if kind is mc.Message.ERROR:
-                    raise RemoteError(f"destination: {body.decode(errors='replace')}")
-                outcome.update(mc.decode_json(kind, body))
-            except BaseException as exc:
-                state.fail(exc)
-
-        reader = threading.Thread(target=read_main, name="load-main-reader")
-        reader.start()
-        streams = [connect(address) for _ in range(args.channels)]
-        engine = SourceEngine(
-            streams, codec, level=level, page_size=4096, uuid=uuid, detect_zero_pages=True, path=path, state=state
-        )
-        engine.start()
-        deadline = time.monotonic() + args.seconds
-        ram.mark_all_dirty()
-        batch = SendBatch()
         started = time.monotonic()
-        try:
-            while True:
-                number = len(report["rounds"])
-                fraction = 1.0 if number == 0 else float(rng.uniform(args.dirty_min, args.dirty_max))
-                round_began = time.monotonic()
-                if number:
-                    ram.perturb(fraction, rng)
-                perturbed = time.monotonic()
-                pages = 0
-                for block, offsets in ram.iter_batches(128):
-                    pages += len(offsets)
-                    batch.block = block
-                    batch.offsets = offsets
-                    batch = engine.send(batch)
-                engine.sync()
-                main.write(mc.encode(mc.Message.FLUSH))
-                ended = time.monotonic()
-                seconds = ended - perturbed
-                report["rounds"].append({
-                    "round": number, "at": round_began - started, "dirty_fraction": fraction, "pages": pages,
-                    "perturb_seconds": perturbed - round_began, "send_seconds": seconds,
-                    "gb_per_s": pages * 4096 / seconds / 1e9 if seconds else 0.0,
-                })  # fmt: skip
-                if number == 0:
-                    print(json.dumps({"event": "first-round", "seconds": seconds}), flush=True)
-                if ended >= deadline:
-                    break
-            engine.finish()
-            transfer = time.monotonic() - started
-            for stream in streams:
-                stream.close()
-            main.write(mc.encode(mc.Message.EOS))
-            digests = ram.digests()
-            main.write(mc.encode_json(mc.Message.DIGESTS, {"digests": digests}))
-            reader.join(600)
-        except BaseException as exc:
-            state.fail(exc)
-            raise
-        finally:
-            engine.close()
-            main.stream.shutdown()
-            reader.join()
-            main.stream.close()
-        state.raise_if_failed("load test")
-        stats = engine.stats()
+        deadline = started + args.seconds
+
+        def plan(number: int) -> float | None:
+            return float(rng.uniform(args.dirty_min, args.dirty_max)) if time.monotonic() < deadline else None
+
+        def on_round(done: RoundReport) -> None:
+            report["rounds"].append({
+                "round": done.number, "at": time.monotonic() - started - done.perturb_seconds - done.send_seconds,
+                "dirty_fraction": done.dirty_fraction, "pages": done.pages,
+                "perturb_seconds": done.perturb_seconds, "send_seconds": done.send_seconds,
+                "gb_per_s": done.pages * 4096 / done.send_seconds / 1e9 if done.send_seconds else 0.0,
+            })  # fmt: skip
+            if done.number == 0:
+                print(json.dumps({"event": "first-round", "seconds": done.send_seconds}), flush=True)
+
+        options = MigrateOptions(channels=args.channels, seed=args.seed, result_timeout=600.0)
+        result = migrate(ram, lambda: connect(address), get_codec(args.codec), options, plan=plan, on_round=on_round)
         report.update(
-            transfer_seconds=transfer,
+            transfer_seconds=result.transfer_seconds,
             guest_bytes=sum(r["pages"] for r in report["rounds"]) * 4096,
-            wire_bytes=sum(s.wire_bytes for s in stats),
-            packets=sum(s.packets for s in stats),
-            digests=digests,
-            destination=outcome,
+            wire_bytes=sum(s.wire_bytes for s in result.channels),
+            packets=sum(s.packets for s in result.channels),
+            digests=result.digests,
+            destination=result.destination,
         )
     print(json.dumps({"event": "done", **report}), flush=True)
     return 0

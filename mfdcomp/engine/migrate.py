@@ -104,8 +104,13 @@ def migrate(
     options: MigrateOptions,
     *,
     on_progress: Callable[[int], None] | None = None,
+    plan: RoundPlan | None = None,
+    on_round: Callable[[RoundReport], None] | None = None,
 ) -> MigrateResult:
-    """Send every block of ``ram`` to a destination reached by ``connect()``."""
+    """Send every block of ``ram`` to a destination reached by ``connect()``.
+
+    ``plan`` and ``on_round`` are those of :func:`send_rounds`.
+    """
     state = RunState()
     started = time.monotonic()
     cpu_started = time.process_time()
@@ -152,7 +157,7 @@ def migrate(
             on_packet=on_progress,
         )
         engine.start()
-        main_zero = send_rounds(ram, engine, main, options, on_progress)
+        sent = send_rounds(ram, engine, main, options, on_progress, plan, on_round)
         engine.finish()
         transferred = time.monotonic() - started
         transfer_cpu = time.process_time() - cpu_started
@@ -179,9 +184,9 @@ def migrate(
         seconds=time.monotonic() - started,
         transfer_seconds=transferred,
         transfer_cpu_seconds=transfer_cpu,
-        rounds=options.rounds,
+        rounds=sent.rounds,
         channels=engine.stats(),
-        main_zero_pages=main_zero,
+        main_zero_pages=sent.main_zero_pages,
         digests=digests,
         destination=outcome,
         path=choice,
@@ -194,29 +199,62 @@ def _first(state: RunState) -> MfdcompError:
     return error
 
 
+@dataclass(frozen=True)
+class RoundReport:
+    """One round as the source saw it."""
+
+    number: int
+    dirty_fraction: float  # of all pages, changed before the round (1.0: the first round sends every page)
+    pages: int  # dirty pages sent, on the channels or (legacy zero pages) on the main channel
+    perturb_seconds: float
+    send_seconds: float  # from the first batch to the FLUSH
+
+
+RoundPlan = Callable[[int], float | None]
+"""The dirty fraction of round ``n`` (1, 2, ...) asked before it starts, or None to end the migration."""
+
+
+@dataclass
+class RoundsSent:
+    rounds: int
+    main_zero_pages: int
+
+
 def send_rounds(
     ram: SourceRam,
     engine: ChannelEngine[Any],
     main: MainStream | None,
     options: MigrateOptions,
     on_progress: Callable[[int], None] | None,
-) -> int:
-    """Every round: the channels send every dirty batch, then SYNC + FLUSH. Returns legacy zero pages sent.
+    plan: RoundPlan | None = None,
+    on_round: Callable[[RoundReport], None] | None = None,
+) -> RoundsSent:
+    """Every round: the channels send every dirty batch, then SYNC + FLUSH.
 
-    Without a main channel (a file) the round ends at the channels' sync alone.
+    Rounds follow ``plan``, by default ``options.rounds`` rounds that each
+    change ``options.dirty_fraction`` of the pages. Without a main channel (a
+    file) a round ends at the channels' sync alone.
     """
     rng = np.random.default_rng(options.seed)
+    plan = plan or (lambda number: options.dirty_fraction if number < options.rounds else None)
     ram.mark_all_dirty()  # a new destination starts empty: every page goes in the first round
-    main_zero = 0
-    for round_index in range(options.rounds):
-        if round_index:
-            ram.perturb(options.dirty_fraction, rng)
+    sent = RoundsSent(rounds=0, main_zero_pages=0)
+    fraction: float | None = 1.0
+    while fraction is not None:
+        began = time.monotonic()
+        if sent.rounds:
+            ram.perturb(fraction, rng)
+        perturbed = time.monotonic()
         batches = _RoundBatches(ram, main, options, on_progress)
         engine.send_round(batches)
-        main_zero += batches.main_zero
         if main is not None:
             main.write(mc.encode(mc.Message.FLUSH))
-    return main_zero
+        sent.main_zero_pages += batches.main_zero
+        if on_round is not None:
+            on_round(RoundReport(sent.rounds, fraction, batches.pages, perturbed - began, time.monotonic() - perturbed))
+        sent.rounds += 1
+        fraction = plan(sent.rounds)
+    return sent
 
 
 class _RoundBatches:
@@ -238,10 +276,12 @@ class _RoundBatches:
         self.page_size = options.page_size  # set once
         self.on_progress = on_progress  # set once
         self.main_zero = 0  # by the iterating thread; read after the round
+        self.pages = 0  # by the iterating thread; read after the round
 
     def __iter__(self) -> Iterator[tuple[PageBlock, list[int]]]:
         ps = self.page_size
         for block, offsets in self.ram.iter_batches(page_count(ps)):
+            self.pages += len(offsets)
             if self.main is not None:
                 count = len(offsets)
                 offsets = _split_legacy_zero(block, offsets, self.main, ps)
