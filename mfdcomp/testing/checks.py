@@ -89,8 +89,8 @@ def _migrate(codec: Codec, config: SuiteConfig, ram: RamClient, options: Migrate
     }
 
 
-class _BytesSource:
-    """A payload held in memory, as the engine's channel would hand it over."""
+class BytesSource:
+    """A payload held in memory, as the engine's channel would hand it over (a PayloadSource); counts reads."""
 
     def __init__(self, data: bytes) -> None:
         self.data = data
@@ -152,7 +152,7 @@ def _decode(method: MultiFDMethods, packet: _Packet, page_size: int) -> CodecPat
     view = memoryview(target)
     # Pages at odd slots, guards between and around them.
     offsets = [(2 * i + 1) * page_size for i in range(count)]
-    path = method.recv(packet.packet, _BytesSource(packet.payload), PageViews(view, offsets, page_size))
+    path = method.recv(packet.packet, BytesSource(packet.payload), PageViews(view, offsets, page_size))
     for i in range(count + 1):
         guard = view[2 * i * page_size : (2 * i + 1) * page_size]
         if guard != bytes([GUARD]) * page_size:

@@ -21,7 +21,7 @@ import json
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,23 +29,12 @@ from mfdcomp_qatzip import QatzipCodec
 
 from mfdcomp.imagegen import generate_image
 from mfdcomp.methods import CodecPath, MultiFDMethods
+from mfdcomp.testing.checks import BytesSource
 from mfdcomp.wire import Flag, RamPacket
 
 PS = 4096
 PACKET_PAGES = 128
 MIX = {"text": 45.0, "random": 33.0, "half": 22.0}  # the default mix (10/40/30/20) without its zero pages
-
-
-class _Source:
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-        self.size = len(payload)
-
-    def read(self) -> memoryview:
-        return memoryview(self.payload)
-
-    def read_into(self, views: Sequence[memoryview]) -> None:
-        raise NotImplementedError
 
 
 def _best(repeats: int, run: Callable[[], Any]) -> tuple[float, Any]:
@@ -85,7 +74,7 @@ def _codec_way(codec: QatzipCodec, memory: memoryview, level: int, repeats: int)
 
     def recv() -> None:
         for header, offs, payload in zip(headers, offsets, payloads, strict=True):
-            receiver.recv(header, _Source(payload), [view[o : o + PS] for o in offs])
+            receiver.recv(header, BytesSource(payload), [view[o : o + PS] for o in offs])
 
     recv_seconds, _ = _best(repeats, recv)
     receiver.recv_cleanup()
