@@ -1,7 +1,7 @@
 """Two versions of mfdcomp moving the same image, alternating: before/after figures on a noisy machine.
 
 Usage: python benchmarks/ab_engine.py IMAGE --baseline CHECKOUT [--repeats 5] [--channels 2]
-                                        [--codec none] [--transport unix] [--json]
+                                        [--codec none] [--transport unix] [--target-dir DIR] [--json]
 
 CHECKOUT is another checkout of mfdcomp (``git worktree add /tmp/base <commit>``).
 Each repeat runs `mfdcomp recv` + `mfdcomp send` once with the baseline's
@@ -76,13 +76,16 @@ def main() -> int:
     parser.add_argument("--channels", type=int, default=2)
     parser.add_argument("--codec", default="none")
     parser.add_argument("--transport", choices=("unix", "tcp"), default="unix")
+    parser.add_argument(
+        "--target-dir", type=Path, default=None, help="where the received image goes (default: the temp folder)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not (args.baseline / "mfdcomp" / "__init__.py").is_file():
         parser.error(f"{args.baseline} is not an mfdcomp checkout (no mfdcomp/__init__.py)")
     trees = {"baseline": args.baseline.resolve(), "this": HERE}
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.target_dir) as tmp:
         for number in range(args.repeats):
             for name, tree in trees.items():
                 runs[name].append(run_pair(tree, args.image, args, Path(tmp)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -336,18 +337,41 @@ def test_library_references_decode_what_they_encode(mixed: Path, codec: str) -> 
         assert 0 < result.output_bytes < result.normal_bytes
 
 
-def test_qemu_baseline(cache: Path, mixed: Path) -> None:
-    from mfdcomp.bench.qemu import qemu_baseline, qemu_unavailable
+def test_matrix_takes_each_qemu_run_beside_its_cell(cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mfdcomp.bench.qemu import qemu_unavailable
 
-    image = ensure_image(cache, "mixed", 8 * MiB)
-    assert qemu_baseline(image, CodecChoice("lz4", 1), 1, 1).not_run == (
-        "lz4 is an mfdcomp extension: QEMU has no such codec"
-    )
     why = qemu_unavailable()
     if why is not None:
         pytest.skip(f"QEMU: {why}")
-    baseline = qemu_baseline(image, ZSTD, 1, 1)  # the harness's guest RAM is checked to be this image
-    assert baseline.not_run is None and baseline.version.startswith("10.") and baseline.seconds > 0
+    args = ["bench", "--size", "8M", "--codecs", "none,lz4", "--channels", "1", "--kinds", "mixed", "--repeats", "2"]
+    main([*args, "--json", "--cache-dir", str(cache)])
+    out, err = capsys.readouterr()
+    order = re.findall(r" run \d/2 (loopback pump|QEMU \S+|\S+):", err)
+    # Each repeat: the pump, then every codec's transfer, each followed by QEMU's migration (none for lz4).
+    assert order == ["loopback pump", "none", "QEMU none", "lz4-1"] * 2
+    assert "NOT RUN: mixed ×1 QEMU lz4-1: lz4 is an mfdcomp extension: QEMU has no such codec" in err
+    (none, lz4) = json.loads(out)["baselines"]["qemu"]
+    assert none["not_run"] is None and len(none["seconds_runs"]) == 2
+    assert lz4["not_run"] is not None and not lz4["seconds_runs"]
+
+
+def test_qemu_baseline(cache: Path, mixed: Path) -> None:
+    from mfdcomp.bench.qemu import add_qemu_run, qemu_baseline, qemu_unavailable
+
+    image = ensure_image(cache, "mixed", 8 * MiB)
+    extension = qemu_baseline(image, CodecChoice("lz4", 1), 1)
+    add_qemu_run(extension, image)
+    assert extension.not_run == "lz4 is an mfdcomp extension: QEMU has no such codec"
+    assert not extension.seconds_runs
+    assert qemu_baseline(image, ZSTD, 1, "--no-qemu was given").not_run == "--no-qemu was given"
+    why = qemu_unavailable()
+    if why is not None:
+        pytest.skip(f"QEMU: {why}")
+    baseline = qemu_baseline(image, ZSTD, 1)
+    for _ in range(2):
+        add_qemu_run(baseline, image)  # the harness's guest RAM is checked to be this image
+    assert baseline.not_run is None and baseline.version.startswith("10.")
+    assert len(baseline.seconds_runs) == 2 and baseline.seconds > 0
 
 
 def test_library_reference_of_an_all_zero_image_is_not_run(tmp_path: Path) -> None:
@@ -395,3 +419,16 @@ def test_image_record_must_match(cache: Path, mixed: Path) -> None:
     assert ensure_image(cache, "mixed", 8 * MiB) == image and mixed.stat().st_mtime_ns == before  # reused
     mixed.with_suffix(".json").write_text("{}")  # a broken record: the image is made again
     assert ensure_image(cache, "mixed", 8 * MiB) == image and mixed.stat().st_mtime_ns != before
+
+
+def test_warm_up_is_sized_by_the_image_and_capped_by_free_memory() -> None:
+    from mfdcomp.bench.memory import available_memory, warm_memory, warm_size
+
+    available = available_memory()
+    assert available is not None and available > 0
+    small = warm_size(8 * MiB)
+    assert small == min(2 * 8 * MiB + 256 * MiB, available - 512 * MiB)
+    huge = warm_size(1 << 50)  # a petabyte image: only what is free now, never more
+    assert 0 <= huge <= available - 512 * MiB and huge % os.sysconf("SC_PAGE_SIZE") == 0
+    warm_memory(small)  # allocates, touches and frees: returns, and takes nothing with it
+    warm_memory(0)

@@ -2,9 +2,13 @@
 
 For every kind, the image is made (or found in the cache), every codec's raw
 library is timed on its pages, then for every channel count the repeats go
-round: the loopback pump, then each codec's transfer, so that a cell and its
-baselines see the same machine. QEMU's migrations come last for each channel
-count, where QEMU and the harness are here.
+round: the loopback pump, then each codec's transfer followed by QEMU's own
+migration of the same image with that codec (where QEMU and the harness are
+here), so that a cell and its baselines see the same moment of a shared
+machine. On this kind of VM one transfer's time can double from one minute to
+the next (page cache, the host handing memory back): baselines taken in a
+block after all the cells were seen 30-50 % faster or slower than the same
+baselines taken between them.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from pathlib import Path
 from mfdcomp.bench.images import ensure_image
 from mfdcomp.bench.library import measure_apart
 from mfdcomp.bench.procs import ChildFailed
-from mfdcomp.bench.qemu import qemu_baseline, qemu_unavailable
-from mfdcomp.bench.results import Cell, LibraryBaseline, MatrixResult, PumpBaseline, QemuBaseline
-from mfdcomp.bench.transfer import CodecChoice, loopback, pump_run, transfer
+from mfdcomp.bench.qemu import add_qemu_run, qemu_baseline, qemu_unavailable
+from mfdcomp.bench.results import Cell, LibraryBaseline, MatrixResult, PumpBaseline
+from mfdcomp.bench.transfer import CodecChoice, Endpoints, loopback, pump_run, transfer
 
 __all__ = ["MatrixConfig", "Say", "available_cores", "run_matrix"]
 
@@ -56,6 +60,23 @@ def _library(result: MatrixResult, kind: str, codec: CodecChoice, image: Path, r
     result.library.append(baseline)
 
 
+def _transfer(cell: Cell, image: Path, channels: int, ends: Endpoints, workdir: Path, where: str, say: Say) -> None:
+    """One more run of ``cell``; a failed cell is not run again."""
+    if cell.error is not None:
+        return
+    try:
+        run = transfer(image, cell.codec, channels, ends, workdir)
+    except ChildFailed as exc:
+        cell.error = str(exc)
+        say(f"FAILED: {where} {cell.codec.label}: {cell.error}")
+        return
+    cell.runs.append(run)
+    say(
+        f"{where} {cell.codec.label}: {run.gb_per_s:.2f} GB/s, "
+        f"{run.seconds:.3f} s, wire {run.wire_bytes / run.guest_bytes:.1%} of guest"
+    )
+
+
 def run_matrix(config: MatrixConfig, cache: Path, workdir: Path, say: Say) -> MatrixResult:
     result = MatrixResult(config.size, config.transport, config.repeats, available_cores())
     no_qemu = qemu_unavailable() if config.qemu else "--no-qemu was given"
@@ -74,6 +95,10 @@ def run_matrix(config: MatrixConfig, cache: Path, workdir: Path, say: Say) -> Ma
         for channels in config.channels:
             pump = PumpBaseline(kind, channels)
             cells = [Cell(kind, codec, channels) for codec in config.codecs]
+            qemus = [qemu_baseline(image, codec, channels, no_qemu) for codec in config.codecs]
+            for baseline in qemus:
+                if baseline.not_run is not None and baseline.not_run != no_qemu:
+                    say(f"NOT RUN: {kind} ×{channels} QEMU {baseline.codec.label}: {baseline.not_run}")
             for repeat in range(config.repeats):
                 where = f"{kind} ×{channels} run {repeat + 1}/{config.repeats}"
                 step += 1
@@ -84,33 +109,17 @@ def run_matrix(config: MatrixConfig, cache: Path, workdir: Path, say: Say) -> Ma
                     except ChildFailed as exc:
                         pump.not_run = str(exc)
                         say(f"NOT RUN: {where} loopback pump: {exc}")
-                for cell in cells:
+                for cell, baseline in zip(cells, qemus, strict=True):
                     step += 1
-                    if cell.error is not None:
+                    _transfer(cell, path, channels, ends, workdir, f"[{step}/{total}] {where}", say)
+                    if baseline.not_run is not None:
                         continue
-                    try:
-                        run = transfer(path, cell.codec, channels, ends, workdir)
-                    except ChildFailed as exc:
-                        cell.error = str(exc)
-                        say(f"FAILED: {where} {cell.codec.label}: {cell.error}")
-                        continue
-                    cell.runs.append(run)
-                    say(
-                        f"[{step}/{total}] {where} {cell.codec.label}: {run.gb_per_s:.2f} GB/s, "
-                        f"{run.seconds:.3f} s, wire {run.wire_bytes / run.guest_bytes:.1%} of guest"
-                    )
+                    add_qemu_run(baseline, image)
+                    if baseline.not_run is None:
+                        say(f"{where} QEMU {cell.codec.label}: {baseline.seconds_runs[-1]:.3f} s")
+                    else:
+                        say(f"NOT RUN: {where} QEMU {cell.codec.label}: {baseline.not_run}")
             result.pump.append(pump)
             result.cells.extend(cells)
-            for codec in config.codecs:
-                if no_qemu is not None:
-                    result.qemu.append(QemuBaseline(kind, codec, channels, guest_bytes=image.size, not_run=no_qemu))
-                    continue
-                say(f"{kind} ×{channels} QEMU {codec.label}: migrating {config.repeats} time(s)")
-                baseline = qemu_baseline(image, codec, channels, config.repeats)
-                if baseline.not_run:
-                    say(f"NOT RUN: {kind} ×{channels} QEMU {codec.label}: {baseline.not_run}")
-                else:
-                    rate = f"{baseline.gb_per_s:.2f} GB/s ({baseline.seconds:.3f} s)"
-                    say(f"{kind} ×{channels} QEMU {codec.label}: {rate}")
-                result.qemu.append(baseline)
+            result.qemu.extend(qemus)
     return result

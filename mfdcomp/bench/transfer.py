@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import mfdcomp
+from mfdcomp.bench.memory import warm_memory, warm_size
 from mfdcomp.bench.procs import MFDCOMP, Child, ChildFailed, Finished
 from mfdcomp.errors import MfdcompError
 from mfdcomp.registry import default_registry
@@ -143,6 +144,7 @@ def transfer(image: Path, codec: CodecChoice, channels: int, ends: Endpoints, wo
                 *codec.send_args(),
                 "--json",
             ]
+            warm_memory(warm_size(size))  # as before QEMU's runs: see mfdcomp/bench/memory.py
             with Child(send_argv, "mfdcomp send") as send:
                 sent = send.finish(_timeout(size), check=False)
             # A failed sender usually tells only of a broken connection: the receiver's own words are wanted too.

@@ -38,6 +38,11 @@ same run the baselines each cell is judged against:
   QEMU         QEMU 10's own multifd migration of the same image, codec and
                channels (through mfdcomp.qemu.harness), where both are here
 
+Each repeat runs the pump, then every codec's transfer, each followed by
+QEMU's migration with that codec. Right before each transfer and each QEMU
+migration, twice the image's size of memory is allocated and freed, so both
+start with memory the host backs (see mfdcomp/bench/memory.py).
+
 A baseline that cannot run says "NOT RUN: <reason>". GB/s are of guest RAM
 (10^9 bytes over the sender's transfer time). Data kinds are whole images of
 one page kind ({", ".join(k for k in KIND_MIXES if k not in ("mixed", "zero90"))}), mixed ({KIND_MIXES["mixed"]})
