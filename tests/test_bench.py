@@ -62,7 +62,8 @@ def test_tiny_matrix_end_to_end(tmp_path: Path, cache: Path, mixed: Path, capsys
         assert cell["error"] is None and set(cell) == CELL_FIELDS
         assert cell["guest_bytes"] == 8 * MiB and cell["gb_per_s_best"] > 0 and len(cell["runs"]) == 1
         assert set(cell["runs"][0]) == RUN_FIELDS
-        assert cell["send_peak_rss"] > 0 and cell["recv_peak_rss"] > 0
+        # Each end's own peak: the image and the interpreter, not the bench's memory warm-up (272 MiB here).
+        assert 0 < cell["send_peak_rss"] < 200 * MiB and 0 < cell["recv_peak_rss"] < 200 * MiB
     none, zstd = data["cells"]
     assert zstd["wire_bytes"] < none["wire_bytes"] < 8 * MiB  # zero pages and text shrink
     baselines = data["baselines"]
