@@ -361,7 +361,7 @@ def test_qemu_baseline(cache: Path, mixed: Path) -> None:
 
     image = ensure_image(cache, "mixed", 8 * MiB)
     extension = qemu_baseline(image, CodecChoice("lz4", 1), 1)
-    add_qemu_run(extension, image)
+    add_qemu_run(extension, image, "unix")
     assert extension.not_run == "lz4 is an mfdcomp extension: QEMU has no such codec"
     assert not extension.seconds_runs
     assert qemu_baseline(image, ZSTD, 1, "--no-qemu was given").not_run == "--no-qemu was given"
@@ -369,8 +369,8 @@ def test_qemu_baseline(cache: Path, mixed: Path) -> None:
     if why is not None:
         pytest.skip(f"QEMU: {why}")
     baseline = qemu_baseline(image, ZSTD, 1)
-    for _ in range(2):
-        add_qemu_run(baseline, image)  # the harness's guest RAM is checked to be this image
+    for transport in ("unix", "tcp"):
+        add_qemu_run(baseline, image, transport)  # the harness's guest RAM is checked to be this image
     assert baseline.not_run is None and baseline.version.startswith("10.")
     assert len(baseline.seconds_runs) == 2 and baseline.seconds > 0
 

@@ -114,7 +114,7 @@ def run_matrix(config: MatrixConfig, cache: Path, workdir: Path, say: Say) -> Ma
                     _transfer(cell, path, channels, ends, workdir, f"[{step}/{total}] {where}", say)
                     if baseline.not_run is not None:
                         continue
-                    add_qemu_run(baseline, image)
+                    add_qemu_run(baseline, image, config.transport)
                     if baseline.not_run is None:
                         say(f"{where} QEMU {cell.codec.label}: {baseline.seconds_runs[-1]:.3f} s")
                     else:

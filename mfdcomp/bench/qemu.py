@@ -2,8 +2,9 @@
 
 The harness generates the guest's RAM from the same mix and seed (so the
 same bytes; its sha256 is checked against the bench's image) and migrates
-between two paused TCG QEMUs over loopback TCP, zero-page detection in the
-multifd threads as mfdcomp's default. The time is QEMU's own ``total-time``
+between two paused TCG QEMUs over the bench's transport (a unix socket or
+loopback TCP, as mfdcomp's cells), zero-page detection in the multifd
+threads as mfdcomp's default. The time is QEMU's own ``total-time``
 from the source's query-migrate (setup and the final stop included).
 """
 
@@ -45,8 +46,8 @@ def qemu_baseline(image: Image, codec: CodecChoice, channels: int, no_qemu: str 
     return baseline
 
 
-def add_qemu_run(baseline: QemuBaseline, image: Image) -> None:
-    """One more migration of ``image``'s bytes by QEMU itself, added to ``baseline``.
+def add_qemu_run(baseline: QemuBaseline, image: Image, transport: str) -> None:
+    """One more migration of ``image``'s bytes by QEMU itself over ``transport`` (unix, tcp), added to ``baseline``.
 
     On failure the baseline's runs are dropped and ``not_run`` says why; a
     baseline that is not run stays so.
@@ -63,8 +64,9 @@ def add_qemu_run(baseline: QemuBaseline, image: Image) -> None:
             build(QEMU_BUILD), build(QEMU_BUILD), settings,
             ram_size=image.size, mix=image.mix, seed=image.seed, timeout=600.0,
         ) as pair:  # fmt: skip
+            address = pair.listen(transport)
             warm_memory(warm_size(image.size))  # as before mfdcomp's runs: see mfdcomp/bench/memory.py
-            migration = pair.migrate()
+            migration = pair.migrate(address)
         if migration.image_sha256 != image.sha256:
             raise MfdcompError(f"QEMU's guest RAM is not the bench's {image.kind} image")
         if not migration.ram_equal:

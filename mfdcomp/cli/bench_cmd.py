@@ -36,7 +36,8 @@ same run the baselines each cell is judged against:
   pump         benchmarks/loopback_pump.py --image: plain Python sockets moving
                the same bytes over as many connections
   QEMU         QEMU 10's own multifd migration of the same image, codec and
-               channels (through mfdcomp.qemu.harness), where both are here
+               channels over the same transport (through mfdcomp.qemu.harness),
+               where both are here
 
 Each repeat runs the pump, then every codec's transfer, each followed by
 QEMU's migration with that codec. Right before each transfer and each QEMU

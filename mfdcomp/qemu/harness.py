@@ -310,9 +310,20 @@ class MigrationPair:
         except QMPError as exc:
             raise MigrationError(f"{process.role} QEMU {process.qemu.name}: {exc}{process.log_tail()}") from exc
 
-    def listen(self) -> str:
-        """Start the destination's incoming side on a free loopback port; its ``tcp:HOST:PORT``."""
-        if self.incoming is None:
+    def listen(self, transport: str = "tcp") -> str:
+        """Start the destination's incoming side (once); its address.
+
+        ``tcp``: a free loopback port, ``tcp:HOST:PORT``; ``unix``: a socket in the pair's folder.
+        """
+        if transport not in ("tcp", "unix"):
+            raise ValueError(f"transport must be tcp or unix, got {transport!r}")
+        if self.incoming is not None:
+            return self.incoming
+        if transport == "unix":
+            assert self.workdir is not None
+            self.incoming = f"unix:{self.workdir / 'incoming.sock'}"
+            self._execute(self.destination, "migrate-incoming", {"uri": self.incoming})
+        else:
             self._execute(self.destination, "migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
             info = self._execute(self.destination, "query-migrate")
             addresses = info.get("socket-address") or []
