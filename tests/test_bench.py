@@ -51,6 +51,10 @@ def test_tiny_matrix_end_to_end(tmp_path: Path, cache: Path, mixed: Path, capsys
     plot = tmp_path / "matrix.png"
     with_plot = ["--plot", str(plot)] if _has_matplotlib() else []
     args = ["bench", "--size", "8M", "--codecs", "none,zstd", "--channels", "1", "--kinds", "mixed", "--repeats", "1"]
+    # This process's peak RSS passes to every child it forks: the ends must report their own.
+    ballast = bytearray(300 * MiB)
+    ballast[::4096] = b"x" * len(range(0, len(ballast), 4096))
+    del ballast
     code = main([*args, "--no-qemu", "--check-targets", "--json", "--cache-dir", str(cache), *with_plot])
     out, err = capsys.readouterr()
     data = json.loads(out)
@@ -310,11 +314,11 @@ def test_tiny_link_sweep(tmp_path: Path, mixed: Path) -> None:
 # --- pieces --------------------------------------------------------------------------------------------------
 
 
-def test_child_reports_peak_rss_and_failures() -> None:
-    grow = "b = bytearray(96 << 20); b[::4096] = b'x' * len(b[::4096])"
-    with Child([sys.executable, "-c", grow], "grower") as child:
+def test_child_reports_cpu_time_and_failures() -> None:
+    spin = "sum(range(3_000_000))"
+    with Child([sys.executable, "-c", spin], "spinner") as child:
         done = child.finish(60)
-    assert done.returncode == 0 and done.peak_rss >= 96 * MiB and done.cpu_seconds > 0
+    assert done.returncode == 0 and done.cpu_seconds > 0
     with (
         Child([sys.executable, "-c", "import sys; sys.exit('no luck')"], "failing") as child,
         pytest.raises(ChildFailed, match="failing exited with 1: no luck"),

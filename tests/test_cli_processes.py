@@ -52,6 +52,7 @@ def test_send_and_recv_processes_agree(tmp_path: Path, image: Path, zero_mode: s
     assert recv.returncode == 0, stderr
     summary = json.loads(sent.stdout)
     assert summary["ok"] and summary["totals"]["sync_packets"] == 12
+    assert summary["peak_rss_bytes"] > image.stat().st_size  # its own peak: the mapped image is resident
     last = stdout.strip().splitlines()[-1]
     assert last.startswith("sha256 ") and last.split()[1] == summary["digests"]["ram0"]
 

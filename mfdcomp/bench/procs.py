@@ -1,4 +1,10 @@
-"""Child processes whose peak RSS and CPU time are read when they are reaped (wait4)."""
+"""Child processes whose CPU time is read when they are reaped (wait4).
+
+Not their peak RSS: wait4's ru_maxrss starts from the peak of the process
+that forked the child, so a child of a large process (a test run, say)
+reports that one's peak. `mfdcomp send` and `recv` report their own (VmHWM)
+in their JSON instead.
+"""
 
 from __future__ import annotations
 
@@ -27,12 +33,11 @@ class ChildFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class Finished:
-    """A reaped child: exit status, output, and its own rusage."""
+    """A reaped child: exit status, output, and its own CPU time."""
 
     returncode: int
     stdout: str
     stderr: str
-    peak_rss: int  # bytes (ru_maxrss is in KiB on Linux)
     cpu_seconds: float  # user + system of the whole process
 
     def failure(self, name: str) -> str | None:
@@ -102,7 +107,6 @@ class Child:
             returncode=code,
             stdout=self._read(self._stdout),
             stderr=self._read(self._stderr),
-            peak_rss=usage.ru_maxrss * 1024,
             cpu_seconds=usage.ru_utime + usage.ru_stime,
         )
 

@@ -167,6 +167,8 @@ def transfer(image: Path, codec: CodecChoice, channels: int, ends: Endpoints, wo
 def _run_of(summary: dict[str, Any], destination: dict[str, Any], sent: Finished, received: Finished) -> TransferRun:
     if not (summary["ok"] and destination["ok"]):
         raise ChildFailed("the destination's image differs from the source's")
+    if summary["peak_rss_bytes"] is None or destination["peak_rss_bytes"] is None:
+        raise ChildFailed("mfdcomp send or recv could not read its peak RSS (no VmHWM in /proc/self/status)")
     totals = summary["totals"]
     return TransferRun(
         seconds=summary["transfer_seconds"],
@@ -180,8 +182,8 @@ def _run_of(summary: dict[str, Any], destination: dict[str, Any], sent: Finished
         recv_cpu_seconds=destination["transfer_cpu_seconds"],
         send_process_cpu_seconds=sent.cpu_seconds,
         recv_process_cpu_seconds=received.cpu_seconds,
-        send_peak_rss=sent.peak_rss,
-        recv_peak_rss=received.peak_rss,
+        send_peak_rss=summary["peak_rss_bytes"],
+        recv_peak_rss=destination["peak_rss_bytes"],
         paths=dict(totals["paths"]),
     )
 

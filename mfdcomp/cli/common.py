@@ -1,4 +1,4 @@
-"""Pieces shared by the sub-commands: codec options, JSON output."""
+"""Pieces shared by the sub-commands: codec options, JSON output, peak memory."""
 
 from __future__ import annotations
 
@@ -49,6 +49,23 @@ def chosen_codec(args: argparse.Namespace) -> tuple[Codec, int | None]:
     codec = default_registry().get(args.multifd_compression)
     level = getattr(args, f"multifd_{codec.info.name}_level".replace("-", "_"), None)
     return codec, codec.info.check_level(level)
+
+
+def peak_rss() -> int | None:
+    """This process's peak resident memory in bytes (VmHWM), or None where the kernel does not say.
+
+    Not getrusage's ru_maxrss: that starts from the peak of the process that
+    forked this one, so a small program started by a large one reports the
+    large one's peak.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def print_json(data: Any) -> None:

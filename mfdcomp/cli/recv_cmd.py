@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mfdcomp.cli.common import print_json
+from mfdcomp.cli.common import peak_rss, print_json
 from mfdcomp.clients.ram import RamClient
 from mfdcomp.engine import mainchannel as mc
 from mfdcomp.engine.incoming import Incoming, IncomingResult
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         for client in clients:
             client.close()
     if args.json:
-        print_json(result.as_dict())
+        print_json(result.as_dict() | {"peak_rss_bytes": peak_rss()})
     else:
         for name, digest in result.digests.items():
             source = result.source_digests.get(name)

@@ -7,7 +7,7 @@ import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 
-from mfdcomp.cli.common import add_codec_options, add_path_options, chosen_codec, print_json
+from mfdcomp.cli.common import add_codec_options, add_path_options, chosen_codec, peak_rss, print_json
 from mfdcomp.clients.ram import RamClient
 from mfdcomp.engine.mappedram import save_to_file
 from mfdcomp.engine.migrate import ZERO_PAGE_MODES, MigrateOptions, migrate
@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     # Speed of the transfer itself; "seconds" also holds both ends' sha256 verification.
     transfer = result.transfer_seconds
     summary["gb_per_s"] = summary["guest_bytes"] / transfer / 1e9 if transfer else 0.0
+    summary["peak_rss_bytes"] = peak_rss()
     if args.json:
         print_json(summary)
     else:
