@@ -59,11 +59,11 @@ def add_qemu_run(baseline: QemuBaseline, image: Image, transport: str) -> None:
         codec=codec.name, channels=baseline.channels, level=codec.level, zero_page_detection="multifd"
     )
     try:
+        qemu = build(QEMU_BUILD)
         # A pair migrates once: a fresh one per run.
         with MigrationPair(
-            build(QEMU_BUILD), build(QEMU_BUILD), settings,
-            ram_size=image.size, mix=image.mix, seed=image.seed, timeout=600.0,
-        ) as pair:  # fmt: skip
+            qemu, qemu, settings, ram_size=image.size, mix=image.mix, seed=image.seed, timeout=600.0
+        ) as pair:
             address = pair.listen(transport)
             warm_memory(warm_size(image.size))  # as before mfdcomp's runs: see mfdcomp/bench/memory.py
             migration = pair.migrate(address)
