@@ -437,3 +437,13 @@ def test_warm_up_is_sized_by_the_image_and_capped_by_free_memory() -> None:
     assert 0 <= huge <= available - 512 * MiB and huge % os.sysconf("SC_PAGE_SIZE") == 0
     warm_memory(small)  # allocates, touches and frees: returns, and takes nothing with it
     warm_memory(0)
+
+
+def test_kib_field_reads_proc_lines_and_says_none_otherwise(tmp_path: Path) -> None:
+    from mfdcomp.procinfo import kib_field
+
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython3\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n")
+    assert kib_field(str(status), "VmHWM") == 2 * MiB
+    assert kib_field(str(status), "VmSwap") is None
+    assert kib_field(str(tmp_path / "absent"), "VmHWM") is None

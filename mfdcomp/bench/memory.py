@@ -16,6 +16,8 @@ import mmap
 import subprocess
 import sys
 
+from mfdcomp.procinfo import kib_field
+
 __all__ = ["available_memory", "warm_memory", "warm_size"]
 
 # Left to the rest of the machine when the warm-up is sized.
@@ -24,14 +26,7 @@ _RESERVE = 512 << 20
 
 def available_memory() -> int | None:
     """MemAvailable from /proc/meminfo, in bytes; None where there is no such file."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    return kib_field("/proc/meminfo", "MemAvailable")
 
 
 def warm_size(image_size: int) -> int:

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from mfdcomp.methods import Codec
+from mfdcomp.procinfo import kib_field
 from mfdcomp.registry import default_registry
 
 
@@ -58,14 +59,7 @@ def peak_rss() -> int | None:
     forked this one, so a small program started by a large one reports the
     large one's peak.
     """
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    return kib_field("/proc/self/status", "VmHWM")
 
 
 def print_json(data: Any) -> None:
