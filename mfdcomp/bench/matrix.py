@@ -23,7 +23,7 @@ from mfdcomp.bench.library import measure_apart
 from mfdcomp.bench.procs import ChildFailed
 from mfdcomp.bench.qemu import add_qemu_run, qemu_baseline, qemu_unavailable
 from mfdcomp.bench.results import Cell, LibraryBaseline, MatrixResult, PumpBaseline
-from mfdcomp.bench.transfer import CodecChoice, Endpoints, loopback, pump_run, transfer
+from mfdcomp.bench.transfer import CodecChoice, Endpoints, add_run, loopback, pump_run
 
 __all__ = ["MatrixConfig", "Say", "available_cores", "run_matrix"]
 
@@ -64,13 +64,10 @@ def _transfer(cell: Cell, image: Path, channels: int, ends: Endpoints, workdir: 
     """One more run of ``cell``; a failed cell is not run again."""
     if cell.error is not None:
         return
-    try:
-        run = transfer(image, cell.codec, channels, ends, workdir)
-    except ChildFailed as exc:
-        cell.error = str(exc)
+    run = add_run(cell, image, channels, ends, workdir)
+    if run is None:
         say(f"FAILED: {where} {cell.codec.label}: {cell.error}")
         return
-    cell.runs.append(run)
     say(
         f"{where} {cell.codec.label}: {run.gb_per_s:.2f} GB/s, "
         f"{run.seconds:.3f} s, wire {run.wire_bytes / run.guest_bytes:.1%} of guest"

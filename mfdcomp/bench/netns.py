@@ -23,8 +23,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from mfdcomp.bench.matrix import Say
-from mfdcomp.bench.procs import ChildFailed
-from mfdcomp.bench.transfer import CodecChoice, Endpoints, TransferRun, transfer
+from mfdcomp.bench.transfer import CodecChoice, Endpoints, TransferRun, add_run
 
 __all__ = [
     "LinkCell",
@@ -296,11 +295,8 @@ def _one(cell: LinkCell, image: Path, channels: int, ends: Endpoints, workdir: P
     where = f"link {rate_text(cell.rate)} {cell.codec.label} ×{channels} run {repeat}"
     if cell.error is not None:
         return
-    try:
-        run = transfer(image, cell.codec, channels, ends, workdir)
-    except ChildFailed as exc:
-        cell.error = str(exc)
-        say(f"FAILED: {where}: {exc}")
+    run = add_run(cell, image, channels, ends, workdir)
+    if run is None:
+        say(f"FAILED: {where}: {cell.error}")
         return
-    cell.runs.append(run)
     say(f"{where}: {run.gb_per_s:.3f} GB/s, wire {run.wire_bytes / run.guest_bytes:.1%} of guest")

@@ -8,7 +8,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import mfdcomp
 from mfdcomp.bench.memory import warm_memory, warm_size
@@ -20,7 +20,9 @@ __all__ = [
     "PUMP_SCRIPT",
     "CodecChoice",
     "Endpoints",
+    "Measured",
     "TransferRun",
+    "add_run",
     "loopback",
     "median_best",
     "parse_codecs",
@@ -162,6 +164,28 @@ def transfer(image: Path, codec: CodecChoice, channels: int, ends: Endpoints, wo
         return _run_of(json.loads(sent.stdout), json.loads(received.stdout), sent, received)
     except (ValueError, KeyError) as exc:
         raise ChildFailed(f"unexpected JSON from mfdcomp send or recv: {exc!r}") from exc
+
+
+class Measured(Protocol):
+    """A cell of runs: the matrix's and the link sweep's."""
+
+    codec: CodecChoice
+    runs: list[TransferRun]
+    error: str | None
+
+
+def add_run(cell: Measured, image: Path, channels: int, ends: Endpoints, workdir: Path) -> TransferRun | None:
+    """One more transfer for ``cell``, added to its runs; None when it failed, ``cell.error`` saying why.
+
+    Call only while ``cell.error`` is None: a failed cell is not run again.
+    """
+    try:
+        run = transfer(image, cell.codec, channels, ends, workdir)
+    except ChildFailed as exc:
+        cell.error = str(exc)
+        return None
+    cell.runs.append(run)
+    return run
 
 
 def _run_of(summary: dict[str, Any], destination: dict[str, Any], sent: Finished, received: Finished) -> TransferRun:
