@@ -6,8 +6,9 @@ Usage: python benchmarks/ab_engine.py IMAGE --baseline CHECKOUT [--repeats 5] [-
 CHECKOUT is another checkout of mfdcomp (``git worktree add /tmp/base <commit>``).
 Each repeat runs `mfdcomp recv` + `mfdcomp send` once with the baseline's
 package and once with this checkout's, back to back, so that both see the
-same moment of a shared machine; the best and the median transfer time of
-each and the CPU seconds of each side are reported. Plugins come from the
+same moment of a shared machine, each right after the bench's memory warm-up;
+the best and the median transfer time of each and the CPU seconds of each side
+are reported. Plugins come from the
 installed environment for both.
 """
 
@@ -21,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from mfdcomp.bench.memory import warm_memory, warm_size
 
 HERE = Path(__file__).resolve().parent.parent
 
@@ -41,6 +44,7 @@ def run_pair(tree: Path, image: Path, args: argparse.Namespace, workdir: Path) -
     if "listening on " not in ready:
         raise RuntimeError(f"mfdcomp recv ({tree}) did not start: {ready}{recv.communicate()[1]}")
     address = ready.rsplit("listening on ", 1)[1].strip()
+    warm_memory(warm_size(image.stat().st_size))  # as the bench does: see mfdcomp/bench/memory.py
     sent = subprocess.run(
         [*python, "send", str(image), "--to", address, "--multifd-channels", str(args.channels),
          "--multifd-compression", args.codec, "--json"],

@@ -356,7 +356,7 @@ def test_matrix_takes_each_qemu_run_beside_its_cell(cache: Path, capsys: pytest.
     assert order == ["loopback pump", "none", "QEMU none", "lz4-1"] * 2
     assert "NOT RUN: mixed ×1 QEMU lz4-1: lz4 is an mfdcomp extension: QEMU has no such codec" in err
     (none, lz4) = json.loads(out)["baselines"]["qemu"]
-    assert none["not_run"] is None and len(none["seconds_runs"]) == 2
+    assert none["not_run"] is None and len(none["seconds_runs"]) == 2 and len(none["cpu_seconds_runs"]) == 2
     assert lz4["not_run"] is not None and not lz4["seconds_runs"]
 
 
@@ -377,6 +377,8 @@ def test_qemu_baseline(cache: Path, mixed: Path) -> None:
         add_qemu_run(baseline, image, transport)  # the harness's guest RAM is checked to be this image
     assert baseline.not_run is None and baseline.version.startswith("10.")
     assert len(baseline.seconds_runs) == 2 and baseline.seconds > 0
+    # Both QEMUs work during a migration: each side's CPU is there and above zero.
+    assert len(baseline.cpu_runs) == 2 and all(send > 0 and recv > 0 for send, recv in baseline.cpu_runs)
 
 
 def test_library_reference_of_an_all_zero_image_is_not_run(tmp_path: Path) -> None:
@@ -437,6 +439,29 @@ def test_warm_up_is_sized_by_the_image_and_capped_by_free_memory() -> None:
     assert 0 <= huge <= available - 512 * MiB and huge % os.sysconf("SC_PAGE_SIZE") == 0
     warm_memory(small)  # allocates, touches and frees: returns, and takes nothing with it
     warm_memory(0)
+
+
+def test_cpu_seconds_of_another_process_whatever_its_name() -> None:
+    from mfdcomp.procinfo import cpu_seconds
+
+    # A child renames itself with the characters that break a naive parse of
+    # /proc/PID/stat, burns CPU, says how much, then waits to be read.
+    script = (
+        "import sys, time\n"
+        "open('/proc/self/comm', 'w').write('a) b (c) d')\n"
+        "end = time.process_time() + 0.3\n"
+        "while time.process_time() < end: pass\n"
+        "print(time.process_time(), flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdin is not None and child.stdout is not None
+    spent = float(child.stdout.readline())
+    seen = cpu_seconds(child.pid)
+    child.stdin.close()
+    child.wait()
+    assert seen is not None and spent - 0.02 <= seen <= spent + 0.1
+    assert cpu_seconds(child.pid) is None  # reaped: no /proc entry
 
 
 def test_kib_field_reads_proc_lines_and_says_none_otherwise(tmp_path: Path) -> None:

@@ -5,7 +5,9 @@ same bytes; its sha256 is checked against the bench's image) and migrates
 between two paused TCG QEMUs over the bench's transport (a unix socket or
 loopback TCP, as mfdcomp's cells), zero-page detection in the multifd
 threads as mfdcomp's default. The time is QEMU's own ``total-time``
-from the source's query-migrate (setup and the final stop included).
+from the source's query-migrate (setup and the final stop included); the
+CPU seconds of each QEMU are read from /proc around the migration, to set
+beside mfdcomp's per-side CPU.
 """
 
 from __future__ import annotations
@@ -75,8 +77,11 @@ def add_qemu_run(baseline: QemuBaseline, image: Image, transport: str) -> None:
             raise MfdcompError("QEMU did not report the migration's total-time")
     except MfdcompError as exc:
         baseline.seconds_runs.clear()
+        baseline.cpu_runs.clear()
         baseline.not_run = f"QEMU {QEMU_BUILD} with {codec.label} failed: {exc}"
         return
     # "QEMU emulator version 10.0.2 (Debian ...)" → "10.0.2"
     baseline.version = migration.source_version.partition("version ")[2].split(" ")[0]
     baseline.seconds_runs.append(migration.total_time_ms / 1000)
+    if migration.source_cpu_seconds is not None and migration.destination_cpu_seconds is not None:
+        baseline.cpu_runs.append((migration.source_cpu_seconds, migration.destination_cpu_seconds))

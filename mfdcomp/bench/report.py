@@ -16,7 +16,7 @@ MiB = 1 << 20
 _HEADER = (
     f"{'codec':<9} {'ch':>2} {'GB/s best (med)':>16} {'s best':>7} {'wire MiB':>9} {'ratio':>7} "
     f"{'CPU s snd/rcv':>13} {'RSS MiB snd/rcv':>15} {'lib 1-thr c/d GB/s':>18} {'/lib×n':>6} "
-    f"{'pump GB/s':>9} {'/pump':>5} {'QEMU GB/s':>9}"
+    f"{'pump GB/s':>9} {'/pump':>5} {'QEMU GB/s':>9} {'QEMU CPU s snd/rcv':>18}"
 )
 
 
@@ -43,7 +43,11 @@ def _row(result: MatrixResult, cell: Cell) -> str:
     else:
         text += f"{'not run':>9} {'-':>5} "
     qemu = result.find_qemu(cell.kind, cell.codec, cell.channels)
-    text += f"{qemu.gb_per_s:>9.3f}" if qemu is not None and qemu.seconds_runs else f"{'not run':>9}"
+    if qemu is None or not qemu.seconds_runs:
+        return text + f"{'not run':>9}"
+    text += f"{qemu.gb_per_s:>9.3f} "
+    send, recv = qemu.send_cpu_seconds, qemu.recv_cpu_seconds
+    text += f"{send:>11.2f}/{recv:.2f}" if send is not None and recv is not None else f"{'-':>18}"
     return text
 
 
@@ -52,7 +56,8 @@ def matrix_text(result: MatrixResult) -> str:
         f"mfdcomp bench: {result.size / MiB:g} MiB images over {result.transport} sockets, {result.cores} cores, "
         f"best (median) of {result.repeats} run(s); GB/s of guest RAM (10^9 B/s); ratio = guest/wire bytes",
         "lib 1-thr c/d: the raw library, one thread, compress/decompress on the same pages; "
-        "/lib×n: GB/s over min(cores, channels) × lib compress; /pump: over the loopback pump's GB/s",
+        "/lib×n: GB/s over min(cores, channels) × lib compress; /pump: over the loopback pump's GB/s; "
+        "CPU s: medians, mfdcomp's over its transfer, QEMU's from /proc around its migration",
     ]
     for kind, image in result.images.items():
         lines += ["", f"{kind} ({image.mix})", _HEADER]

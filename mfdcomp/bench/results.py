@@ -143,6 +143,8 @@ class QemuBaseline:
     guest_bytes: int = 0
     version: str = ""
     not_run: str | None = None
+    cpu_runs: list[tuple[float, float]] = field(default_factory=list)
+    """CPU seconds of the source and the destination QEMU during each migration (where /proc told)."""
 
     @property
     def seconds(self) -> float:
@@ -152,6 +154,14 @@ class QemuBaseline:
     def gb_per_s(self) -> float:
         return self.guest_bytes / self.seconds / 1e9
 
+    @property
+    def send_cpu_seconds(self) -> float | None:
+        return statistics.median(send for send, _ in self.cpu_runs) if self.cpu_runs else None
+
+    @property
+    def recv_cpu_seconds(self) -> float | None:
+        return statistics.median(recv for _, recv in self.cpu_runs) if self.cpu_runs else None
+
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "kind": self.kind,
@@ -159,10 +169,13 @@ class QemuBaseline:
             "channels": self.channels,
             "version": self.version,
             "seconds_runs": self.seconds_runs,
+            "cpu_seconds_runs": [{"send": send, "recv": recv} for send, recv in self.cpu_runs],
             "not_run": self.not_run,
         }
         if self.seconds_runs:
             data |= {"seconds_best": self.seconds, "gb_per_s_best": self.gb_per_s}
+        if self.cpu_runs:
+            data |= {"send_cpu_seconds": self.send_cpu_seconds, "recv_cpu_seconds": self.recv_cpu_seconds}
         return data
 
 

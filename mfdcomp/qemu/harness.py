@@ -31,6 +31,7 @@ from typing import IO, Any
 
 from mfdcomp.errors import MfdcompError
 from mfdcomp.imagegen import DEFAULT_MIX, generate_image, parse_mix
+from mfdcomp.procinfo import cpu_seconds
 from mfdcomp.qemu.locate import QemuBuild, QemuUnavailable, build
 from mfdcomp.qemu.qmp import QMPClient, QMPError
 from mfdcomp.qemu.replay import replay_capture
@@ -156,6 +157,10 @@ class QemuProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def cpu_seconds(self) -> float | None:
+        """CPU seconds (user + system, all threads) the process has used so far; None if it is not running."""
+        return None if self.process is None else cpu_seconds(self.process.pid)
+
     def log_tail(self, lines: int = 8) -> str:
         """QEMU's last output lines, as a suffix for an error message."""
         try:
@@ -200,6 +205,9 @@ class MigrationResult:
     setup_time_ms: int | None
     ram: dict[str, Any]
     wall_seconds: float
+    source_cpu_seconds: float | None
+    """CPU seconds of the source QEMU from the migrate command until both ends completed (None: /proc unreadable)."""
+    destination_cpu_seconds: float | None
     image_sha256: str
     source_sha256: str
     destination_sha256: str
@@ -207,6 +215,10 @@ class MigrationResult:
     @property
     def ram_equal(self) -> bool:
         return self.destination_sha256 == self.source_sha256 == self.image_sha256
+
+
+def _spent(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before
 
 
 class MigrationPair:
@@ -336,12 +348,15 @@ class MigrationPair:
     def migrate(self, uri: str | None = None) -> MigrationResult:
         """Migrate to ``uri`` (a tap's address) or straight to the destination; wait until both completed."""
         target = uri or self.listen()
+        ends = (self.source, self.destination)
+        cpu_before = [end.cpu_seconds() for end in ends]
         started = time.monotonic()
         deadline = started + self.timeout
         self._execute(self.source, "migrate", {"uri": target})
         info = self._wait(self.source, deadline)
         self._wait(self.destination, deadline)
         wall = time.monotonic() - started
+        cpu = [_spent(before, end.cpu_seconds()) for before, end in zip(cpu_before, ends, strict=True)]
         parameters = self._execute(self.source, "query-migrate-parameters")
         assert self.workdir is not None
         return MigrationResult(
@@ -355,6 +370,8 @@ class MigrationPair:
             setup_time_ms=info.get("setup-time"),
             ram=info.get("ram", {}),
             wall_seconds=wall,
+            source_cpu_seconds=cpu[0],
+            destination_cpu_seconds=cpu[1],
             image_sha256=self.image_sha256,
             source_sha256=file_sha256(self.workdir / "src.ram"),
             destination_sha256=file_sha256(self.workdir / "dst.ram"),
