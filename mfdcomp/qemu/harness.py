@@ -218,7 +218,8 @@ class MigrationResult:
 
 
 def _spent(before: float | None, after: float | None) -> float | None:
-    return None if before is None or after is None else after - before
+    # Both are whole clock ticks: rounding drops the float noise of the difference.
+    return None if before is None or after is None else round(after - before, 6)
 
 
 class MigrationPair:
