@@ -8,8 +8,7 @@ Each repeat runs `mfdcomp recv` + `mfdcomp send` once with the baseline's
 package and once with this checkout's, back to back, so that both see the
 same moment of a shared machine, each right after the bench's memory warm-up;
 the best and the median transfer time of each and the CPU seconds of each side
-are reported. Plugins come from the
-installed environment for both.
+are reported. Plugins come from the installed environment for both.
 """
 
 from __future__ import annotations
