@@ -507,3 +507,68 @@ def test_decompression_bombs_are_refused_before_memory_grows(heap_tracing: None,
     assert outcome.bounds.heap_peak < 4 * len(payload) + (8 << 20), outcome.bounds
     assert outcome.bounds.rss_growth < BOMB // 4, outcome.bounds
     assert outcome.bounds.seconds < 2.0, outcome.bounds
+
+
+# --- a qatzip member cut short inside its deflate body, its 'QZ' length made to agree ---------------
+
+
+def _qatzip_cut_members(pages: bytes, members: int) -> list[bytes]:
+    """Payloads of ``members`` GZIP_EXT members where one member's deflate body lost its last k bytes.
+
+    The 'QZ' deflate length is lowered to match, so the framing checks pass
+    and only the member's CRC-32 (and what ISIZE promises) can tell. Returns
+    one payload per cut length k in 1..40 for the last member.
+    """
+    from mfdcomp_qatzip import gzipext
+
+    size = len(pages) // members
+    parts = [gzipext.compress(pages[i * size : (i + 1) * size], 1) for i in range(members)]
+    head = gzipext.HEADER_SIZE
+    last = parts[-1]
+    (deflated,) = struct.unpack_from("<I", last, head - 4)
+    payloads = []
+    for cut in range(1, 41):
+        member = bytearray(last[: head + deflated - cut] + last[-gzipext.TRAILER_SIZE :])
+        struct.pack_into("<I", member, head - 4, deflated - cut)
+        payloads.append(b"".join(parts[:-1]) + bytes(member))
+    return payloads
+
+
+@pytest.mark.parametrize("members", [1, 3])
+def test_qatzip_member_cut_short_is_refused_by_its_crc(members: int) -> None:
+    """libqatzip's decode does not check the gzip CRC: a cut body may inflate to the right length but wrong bytes.
+
+    Every cut must end in a CodecError from every qatzip implementation (the
+    library one and the pure-Python reader), never in other bytes accepted.
+    """
+    import gzip
+
+    from mfdcomp_qatzip import QatzipCodec
+
+    from mfdcomp.methods import CodecPath
+
+    library = QatzipCodec()
+    library.probe()
+    assert library.library is not None, "libqatzip is not installed (ci/system/qatzip.sh)"
+    count = 12
+    # Text for which libqatzip 1.3.1 inflates some cut bodies to exactly the 12 pages, with wrong bytes.
+    text = b"".join(b"page %d of a text-like image, repeated. " % i * 200 for i in range(count))
+    pages = b"".join(text[i * PAGE_SIZE : (i + 1) * PAGE_SIZE].ljust(PAGE_SIZE, b".") for i in range(count))
+    accepted = []
+    for decoder in (library, QatzipCodec(list)):
+        for cut, payload in enumerate(_qatzip_cut_members(pages, members), start=1):
+            with pytest.raises((EOFError, zlib.error, OSError)):
+                gzip.decompress(payload)  # the reference reader refuses every one of them
+            method = decoder.methods(PAGE_SIZE, 1, CodecPath.SOFTWARE)
+            method.recv_setup(0)
+            target = bytearray(len(pages))
+            offsets = list(range(0, len(pages), PAGE_SIZE))
+            packet = _packet(decoder, count, payload, 0)
+            try:
+                method.recv(packet, Payload(payload, len(payload)), PageViews(memoryview(target), offsets, PAGE_SIZE))
+            except CodecError:
+                continue
+            finally:
+                method.recv_cleanup()
+            accepted.append((decoder.library is not None, cut, bytes(target) == pages))
+    assert not accepted, f"cut payloads accepted (library?, bytes cut, right bytes?): {accepted}"

@@ -16,8 +16,9 @@ Paths, best first:
 
 Receivers decode with libqatzip when it is loaded and the payload's members
 carry 'QZ' fields (whose lengths are checked first, because libqatzip 1.3.1
-accepts a payload missing its last bytes); anything else goes through zlib,
-which checks every member's trailer.
+accepts a payload missing its last bytes, and whose CRC-32 and ISIZE are
+checked after, because it does not check them); anything else goes through
+zlib, which checks every member's trailer.
 """
 
 from __future__ import annotations
@@ -119,6 +120,8 @@ class QatzipMethods(MultiFDMethods):
             raise CodecError(
                 f"qzDecompress used {consumed} of {len(payload)} payload bytes and wrote {produced} of {expected}"
             )
+        # The library does not check the trailers: a cut body can inflate to the right length but wrong bytes.
+        gzipext.check_trailers(payload, members, scratch if target is None else target)
         if target is None:
             for index, page in enumerate(pages):
                 page[:] = scratch[index * self.page_size : (index + 1) * self.page_size]

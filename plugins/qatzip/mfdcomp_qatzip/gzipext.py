@@ -106,6 +106,28 @@ def qz_members(payload: Buffer) -> list[Member] | None:
     return members
 
 
+def check_trailers(payload: Buffer, members: Sequence[Member], output: Buffer) -> None:
+    """Check each member's CRC-32 and ISIZE against the bytes it decoded to (``output``, members in order).
+
+    libqatzip 1.3.1 does not: a member whose deflate body was cut short (its
+    'QZ' length adjusted) can inflate to the right length but other bytes.
+    """
+    view = memoryview(payload).cast("B")
+    data = memoryview(output).cast("B")
+    start = 0
+    for index, member in enumerate(members):
+        crc, isize = _TRAILER.unpack_from(view, member.offset + member.length - TRAILER_SIZE)
+        part = data[start : start + member.size]
+        if isize != len(part) & 0xFFFFFFFF:
+            raise CodecError(f"gzip member {index}: ISIZE {isize} but it decoded to {len(part)} bytes")
+        got = zlib.crc32(part)
+        if got != crc:
+            raise CodecError(
+                f"gzip member {index}: CRC-32 0x{got:08x} of its decoded bytes, its trailer says 0x{crc:08x}"
+            )
+        start += member.size
+
+
 def decompress_into(payload: Buffer, pages: Sequence[memoryview], page_size: int) -> None:
     """Decode gzip members (any number, 'QZ' field or not) into ``pages``, exactly filling them.
 
