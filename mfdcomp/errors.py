@@ -51,3 +51,30 @@ class ChannelError(MfdcompError):
 
 class PluginError(MfdcompError):
     """A codec plugin failed to load, register or behave."""
+
+
+class ImageError(MfdcompError):
+    """A source image cannot be used: not a regular file, or the wrong size."""
+
+
+class TargetError(MfdcompError):
+    """A destination's target file (or --out) cannot be created, sized, kept or named."""
+
+
+class NoSpaceError(TargetError):
+    """The targets do not fit: ``needed`` bytes against ``available`` on their filesystem."""
+
+    def __init__(self, message: str, *, needed: int, available: int | None) -> None:
+        super().__init__(message)
+        self.needed = needed
+        self.available = available
+
+
+class SessionError(MfdcompError):
+    """The peer's session is not the one this end was set up for (``field``: what differs)."""
+
+    def __init__(self, message: str, *, field: str, value: object, expected: object) -> None:
+        super().__init__(message)
+        self.field = field
+        self.value = value
+        self.expected = expected
