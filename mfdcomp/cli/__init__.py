@@ -19,6 +19,7 @@ from mfdcomp.cli import (
     send_cmd,
     tap_cmd,
 )
+from mfdcomp.cli.common import quiet_on_broken_pipe
 from mfdcomp.errors import MfdcompError
 
 COMMANDS = (
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@quiet_on_broken_pipe  # `mfdcomp codecs | head -1`: exit 141, no traceback
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

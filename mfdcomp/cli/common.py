@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
+import select
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ParamSpec
 
 from mfdcomp.methods import Codec
 from mfdcomp.procinfo import kib_field
 from mfdcomp.registry import default_registry
+
+P = ParamSpec("P")
+
+# What a shell reports for a program killed by SIGPIPE (128 + 13), as `cat file | head -1` leaves `cat`.
+BROKEN_PIPE_EXIT = 141
 
 
 def add_codec_options(parser: argparse.ArgumentParser) -> None:
@@ -65,3 +74,43 @@ def peak_rss() -> int | None:
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2)
     print()
+
+
+def quiet_on_broken_pipe(main: Callable[P, int]) -> Callable[P, int]:
+    """``main``, returning 141 without a traceback when its reader closed stdout (``mfdcomp codecs | head -1``).
+
+    The recipe of Python's signal docs (note on SIGPIPE): stdout is flushed
+    here so the error comes up inside the try rather than at interpreter exit,
+    then pointed at /dev/null, as the interpreter flushes it once more on its way out.
+    """
+
+    @functools.wraps(main)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> int:
+        try:
+            try:
+                return main(*args, **kwargs)
+            finally:
+                # Also after SystemExit (argparse's --help), whose text is still in the buffer.
+                sys.stdout.flush()
+        except BrokenPipeError:
+            if not _stdout_reader_gone():
+                raise  # a socket's EPIPE that escaped translation is a bug to show, not a closed stdout
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+            except (OSError, ValueError):
+                pass  # stdout without a descriptor (replaced in-process): nothing is flushed at exit
+            return BROKEN_PIPE_EXIT
+
+    return wrapper
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe or socket with no reader left (poll reports POLLERR on its write end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _fd, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
