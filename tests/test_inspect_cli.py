@@ -256,6 +256,61 @@ def test_replay_beyond_the_image_size(
     assert "beyond the image size" in line
 
 
+def test_replay_of_a_block_the_channels_never_carry(
+    capture_dirs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--block pc.ram` on a capture whose RAM is ram0: an error naming the blocks present, no image."""
+    image = tmp_path / "img"
+    line = expect_error(capsys, *channel_files(capture_dirs[0]), "--replay", image, "--block", "pc.ram")
+    assert "pc.ram" in line
+    for block in manifest(capture_dirs[0])["ramblocks_in_multifd_packets"]:
+        assert block in line
+    assert not image.exists()
+
+
+def test_replay_of_a_block_absent_from_the_main_stream(
+    capture_dirs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With main.bin, its ramblock table is the list of blocks present (pc.rom is there, sent on no channel)."""
+    capture = capture_dirs[0]
+    image = tmp_path / "img"
+    line = expect_error(
+        capsys, capture / "main.bin", *channel_files(capture), "--replay", image, "--block", "pc.ram"
+    )
+    assert "pc.ram" in line and "pc.rom" in line and "ram0" in line
+    assert not image.exists()
+
+
+def test_replay_of_a_block_only_the_main_stream_lists(
+    capture_dirs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pc.rom is in the main stream's table but in no multifd packet: a block present, replayed (zeroed)."""
+    capture = capture_dirs[0]
+    sizes = {b["name"]: b["used_length"] for b in manifest(capture)["main_channel"]["ramblocks"]}
+    assert "pc.rom" not in manifest(capture)["ramblocks_in_multifd_packets"]
+    image = tmp_path / "img"
+    code, out, err = run(capsys, capture / "main.bin", *channel_files(capture), "--replay", image, "--block", "pc.rom")
+    assert (code, err) == (0, "")
+    assert image.stat().st_size == sizes["pc.rom"]
+    assert out.splitlines()[-1].startswith("sha256 ")
+
+
+def test_replay_function_refuses_a_block_outside_the_ramblock_table(capture_dirs: list[Path], tmp_path: Path) -> None:
+    """mfdcomp.qemu.replay.replay itself, given a ramblock table (limits.ramblocks), refuses before creating IMAGE."""
+    from mfdcomp.errors import MfdcompError
+    from mfdcomp.qemu.mainstream import parse_main_stream
+    from mfdcomp.qemu.replay import replay
+    from mfdcomp.wire import ReceiverLimits
+
+    image = tmp_path / "img"
+    stream = parse_main_stream((capture_dirs[0] / "main.bin").read_bytes(), 4096)
+    limits = ReceiverLimits(page_size=4096, ramblocks=stream.ramblocks)
+    files = [Path(f) for f in channel_files(capture_dirs[0])]
+    with pytest.raises(MfdcompError, match=r"pc\.ram.*ram0"):
+        replay(files, image, "pc.ram", limits=limits)
+    assert not image.exists()
+
+
 def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["inspect", "--help"])

@@ -13,7 +13,7 @@ from typing import Any
 from mfdcomp.errors import MfdcompError, WireError
 from mfdcomp.qemu.capture import ChannelSummary, split_connections, summarize_channel
 from mfdcomp.qemu.mainstream import MainStream, PageRecord, ZeroPageRecord, parse_main_stream
-from mfdcomp.qemu.replay import main_records_applier, replay
+from mfdcomp.qemu.replay import check_block_present, main_records_applier, replay
 from mfdcomp.units import format_bytes, parse_size
 from mfdcomp.wire import DEFAULT_PAGE_SIZE, ChannelIds, ReceiverLimits
 
@@ -81,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
         "main_stream": _main_json(main[0], stream) if stream is not None else None,
     }
     if args.replay is not None:
+        if stream is None:
+            # No ramblock table: the blocks present are those the channels' packets name.
+            blocks = {name for s in summaries for name in s.ramblocks}
+            check_block_present(args.block, blocks, "the multifd packets")
         size = args.size
         if size is None and stream is not None:
             size = stream.ramblocks.get(args.block)

@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,6 +212,9 @@ def replay(
     """
     if not channel_files:
         raise MfdcompError("replay needs at least one multifd channel file")
+    if limits.ramblocks is not None:
+        # Checked before IMAGE is created: a misspelt block would otherwise leave an empty image and exit 0.
+        check_block_present(block, limits.ramblocks, "the main stream's ramblock table")
     ids = ChannelIds()
     channels = [
         _Channel(number, channel_events(path, limits, ids), limits, codec) for number, path in enumerate(channel_files)
@@ -232,6 +235,14 @@ def replay(
             channel.close()
         writer.close()
     return result
+
+
+def check_block_present(block: str, present: Iterable[str], where: str) -> None:
+    """Raise unless ``block`` is among ``present`` (the blocks of ``where``), naming them."""
+    names = sorted(present)
+    if block not in names:
+        listed = ", ".join(names) if names else "none"
+        raise MfdcompError(f"no ramblock {block!r} in {where}; blocks present: {listed}")
 
 
 def replay_capture(directory: Path, codec: Codec | None = None, *, block: str = "ram0") -> str:
