@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, ParamSpec
 
+from mfdcomp.errors import CodecError
 from mfdcomp.methods import Codec
 from mfdcomp.procinfo import kib_field
 from mfdcomp.registry import default_registry
@@ -55,9 +56,20 @@ def add_path_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _level_dest(name: str) -> str:
+    """argparse's attribute for ``--multifd-NAME-level``."""
+    return f"multifd_{name}_level".replace("-", "_")
+
+
 def chosen_codec(args: argparse.Namespace) -> tuple[Codec, int | None]:
-    codec = default_registry().get(args.multifd_compression)
-    level = getattr(args, f"multifd_{codec.info.name}_level".replace("-", "_"), None)
+    """The --multifd-compression codec and its level; another codec's level option is an error, not ignored."""
+    registry = default_registry()
+    codec = registry.get(args.multifd_compression)
+    chosen = codec.info.name
+    for name in sorted(registry.codecs):
+        if name != chosen and getattr(args, _level_dest(name), None) is not None:
+            raise CodecError(f"--multifd-{name}-level applies to {name}, not {chosen}")
+    level = getattr(args, _level_dest(chosen), None)
     return codec, codec.info.check_level(level)
 
 
