@@ -76,6 +76,21 @@ def heap_tracing() -> Iterator[None]:
     tracemalloc.stop()
 
 
+def qemu_total_time_problem(total_time_ms: object, wall_seconds: float) -> str | None:
+    """What is wrong with the source QEMU's ``total-time`` of a completed migration, or None.
+
+    QEMU promises whole milliseconds, measured inside our own migrate-to-completed
+    interval (``wall_seconds``). It does not promise more than zero: a small
+    paused guest can migrate in under a millisecond, and QEMU 7.2 then reports 0.
+    """
+    if not isinstance(total_time_ms, int) or isinstance(total_time_ms, bool):
+        return f"total-time is not a number of milliseconds: {total_time_ms!r}"
+    # +1: QEMU truncates both of its clock readings to the millisecond.
+    if not 0 <= total_time_ms <= wall_seconds * 1000 + 1:
+        return f"total-time {total_time_ms} ms outside 0..{wall_seconds * 1000:.0f} ms, the time the migration took"
+    return None
+
+
 def make_image(path: Path, size: str, seed: int) -> Path:
     """Write a test image at ``path`` with ``mfdcomp gen-image`` in a child process (the default mix)."""
     done = subprocess.run(
