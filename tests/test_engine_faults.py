@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +69,18 @@ def test_redirtied_pages_land_in_their_newest_version(tmp_path: Path, side: str,
 # --- hostile connections against a real destination -------------------------------------------
 
 
+# Bound on the destination's end once a test is done with it: a test fails on it, never hangs.
+DESTINATION_DEADLINE = 10.0
+
+# Every HostileSource of the running test, ended by end_hostile_sources however the test ended.
+_LIVE: list[HostileSource] = []
+
+
 class HostileSource:
     """A hand-driven source: a real main channel, then whatever channels a test opens."""
 
     def __init__(self, tmp_path: Path, channels: int = 2) -> None:
+        self.sockets: list[socket.socket] = []
         self.uuid = uuidlib.uuid4()
         self.channels = channels
         self.listener = listen(parse_address(f"unix:{tmp_path / 'dst.sock'}"))
@@ -86,8 +94,11 @@ class HostileSource:
             connect_timeout=5.0,
         )
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run)
+        # A daemon (and so are the threads Incoming starts from it): a test that fails before finish() must not
+        # keep the interpreter in threading._shutdown waiting on a destination that waits on us.
+        self.thread = threading.Thread(target=self._run, name="hostile-destination", daemon=True)
         self.thread.start()
+        _LIVE.append(self)
         self.main = self.open()
         session = mc.Session(
             uuid=self.uuid.hex,
@@ -108,6 +119,7 @@ class HostileSource:
 
     def open(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sockets.append(sock)
         sock.connect(self.path)
         return sock
 
@@ -117,10 +129,22 @@ class HostileSource:
         return sock
 
     def finish(self) -> BaseException | None:
-        self.thread.join(10)
-        assert not self.thread.is_alive(), "destination did not end within 10 s"
+        self.thread.join(DESTINATION_DEADLINE)
+        if self.thread.is_alive():
+            self.abort()
+            pytest.fail(f"destination did not end within {DESTINATION_DEADLINE:.0f} s")
         self.targets.close()
         return self.error
+
+    def abort(self) -> bool:
+        """End the destination whatever it waits for (its peers gone, its state failed); whether it ended."""
+        for sock in self.sockets:
+            sock.close()
+        if self.thread.is_alive():
+            self.incoming.state.fail(ChannelError("the test ended"))
+            self.thread.join(DESTINATION_DEADLINE)
+        self.targets.close()
+        return not self.thread.is_alive()
 
     def main_error_text(self) -> str:
         """What the destination wrote on the main channel: the ERROR message's text."""
@@ -129,6 +153,16 @@ class HostileSource:
         while chunk := self.main.recv(65536):
             data += chunk
         return data.decode(errors="replace")
+
+
+@pytest.fixture(autouse=True)
+def end_hostile_sources() -> Iterator[None]:
+    """After each test, passed or failed: end its destinations, and fail the test on one that would not end."""
+    yield
+    stuck = [src for src in _LIVE if not src.abort()]
+    _LIVE.clear()
+    if stuck:
+        pytest.fail(f"{len(stuck)} destination thread(s) still running {DESTINATION_DEADLINE:.0f} s after the test")
 
 
 def test_wrong_uuid_is_refused(tmp_path: Path) -> None:
