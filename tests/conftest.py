@@ -6,9 +6,12 @@ root) when that directory exists, else the ones bundled in ``tests/vectors/qemu`
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import subprocess
 import sys
+import threading
+import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +45,37 @@ os.environ.setdefault(
     "MFDCOMP_VECTORS",
     str(SHARED_QEMU_CAPTURES.parent if SHARED_QEMU_CAPTURES.is_dir() else BUNDLED_QEMU_CAPTURES.parent),
 )
+
+
+# --- a run that ends, whatever its tests left running --------------------------------------------------------------
+#
+# pytest-timeout (pyproject: timeout, timeout_method = "thread") bounds each test. Its clock stops with the test,
+# though, and a non-daemon thread a failed test left behind keeps the interpreter in threading._shutdown after
+# the last test, with no timeout (once for 10 minutes). So at the end: such threads get EXIT_GRACE seconds to
+# end, then the run fails, names them with their stacks, and exits EXIT_GRACE later if they still hold it.
+EXIT_GRACE = float(os.environ.get("MFDCOMP_TEST_EXIT_GRACE", "30"))
+
+
+def _stray_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    deadline = time.monotonic() + EXIT_GRACE
+    for thread in _stray_threads():
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stray = _stray_threads()
+    if not stray:
+        return
+    err = sys.__stderr__ if sys.__stderr__ is not None else sys.stderr
+    names = ", ".join(repr(t.name) for t in stray)
+    err.write(f"\nconftest: {len(stray)} non-daemon thread(s) still running after the last test: {names}\n")
+    faulthandler.dump_traceback(file=err, all_threads=True)
+    err.write(f"conftest: the run fails; the interpreter is ended in {EXIT_GRACE:.0f} s if they hold its exit\n")
+    err.flush()
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    # exit=True: _exit(1) after printing every stack again, where threading._shutdown would wait for ever.
+    faulthandler.dump_traceback_later(EXIT_GRACE, exit=True, file=err)
 
 
 def _no_captures() -> None:
