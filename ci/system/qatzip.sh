@@ -19,7 +19,8 @@ PRIVATE_DIR=$(sed -n 's/^PRIVATE_DIR = "\(.*\)"$/\1/p' "$LOCATE")
 [[ "$PRIVATE_DIR" == /* ]] || die "no absolute PRIVATE_DIR = \"...\" line in $LOCATE"
 ROOT="$PRIVATE_DIR/root"
 MANIFEST="$PRIVATE_DIR/packages"
-DEBS=(libqatzip3 libqat4 libusdm0)
+# libqatzip-dev: qatzip.h and qatzip.pc, for ci/system/qemu-hw.sh's QEMU build (unused at run time).
+DEBS=(libqatzip3 libqat4 libusdm0 libqatzip-dev)
 # What trixie's packages need beyond them; bookworm has all of these.
 BOOKWORM_DEPS=(liblz4-1 libnuma1 libssl3 zlib1g)
 
@@ -51,7 +52,7 @@ apt_install() {
 
 unpack_trixie_debs() {
     lib=$(compgen -G "$ROOT/usr/lib/*/libqatzip.so.3" | head -n1 || true)
-    if [[ -n "$lib" && -s "$MANIFEST" ]] && loads "$(dirname "$lib")" 2>/dev/null; then
+    if [[ -n "$lib" && -s "$MANIFEST" && -f "$ROOT/usr/include/qatzip.h" ]] && loads "$(dirname "$lib")" 2>/dev/null; then
         return 0
     fi
     apt_install "${BOOKWORM_DEPS[@]}"
@@ -97,6 +98,6 @@ CONF
 
 case "$codename" in
 bookworm) unpack_trixie_debs ;;
-trixie) apt_install libqatzip3 ;;
+trixie) apt_install libqatzip3 libqatzip-dev ;;
 *) die "Debian 12 (bookworm) or 13 (trixie) expected, /etc/os-release says '${codename:-nothing}'" ;;
 esac

@@ -12,14 +12,14 @@ SONAME=libqpl.so.1
 PREFIX=$(sed -n 's/^PRIVATE_PREFIX = "\(.*\)"$/\1/p' plugins/qpl/mfdcomp_qpl/locate.py)
 TARBALL_GLOB="qpl-*.tar.gz"
 DEBS=(cmake nasm g++ make)
-. ci/system/vendorlib.sh
+. ci/system/lib/vendorlib.sh
 [[ "$PREFIX" == /* ]] || die "no absolute PRIVATE_PREFIX = \"...\" line in plugins/qpl/mfdcomp_qpl/locate.py"
 
 build_into() {
     cmake -S "$2" -B "$2/build" -DCMAKE_BUILD_TYPE=Release -DQPL_LIBRARY_TYPE=SHARED \
         -DQPL_BUILD_TESTS=OFF -DQPL_BUILD_EXAMPLES=OFF -DCMAKE_INSTALL_PREFIX="$1" -DCMAKE_INSTALL_LIBDIR=lib
     cmake --build "$2/build" -j"$(nproc)"
-    cmake --install "$2/build"
+    DESTDIR="$3" cmake --install "$2/build"
 }
 
 install_vendor_library

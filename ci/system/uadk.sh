@@ -12,7 +12,7 @@ SONAME=libwd_comp.so.2
 PREFIX=$(sed -n 's/^PRIVATE_PREFIX = "\(.*\)"$/\1/p' plugins/uadk/mfdcomp_uadk/locate.py)
 TARBALL_GLOB="uadk-*.tar.gz"
 DEBS=(autoconf automake libtool make gcc libnuma-dev)
-. ci/system/vendorlib.sh
+. ci/system/lib/vendorlib.sh
 [[ "$PREFIX" == /* ]] || die "no absolute PRIVATE_PREFIX = \"...\" line in plugins/uadk/mfdcomp_uadk/locate.py"
 
 build_into() {
@@ -20,7 +20,7 @@ build_into() {
     ./autogen.sh
     ./configure --prefix="$1"
     make -j"$(nproc)"
-    make install
+    make install DESTDIR="$3"
 }
 
 install_vendor_library

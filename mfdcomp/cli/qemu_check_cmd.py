@@ -9,8 +9,9 @@ import time
 from typing import Any
 
 from mfdcomp.cli.common import print_json
+from mfdcomp.errors import MfdcompError
 from mfdcomp.qemu.harness import DEFAULT_RAM_SIZE, CaseResult, full_matrix, quick_matrix, run_case
-from mfdcomp.qemu.locate import INSTALL_SCRIPT
+from mfdcomp.qemu.locate import HW_INSTALL_SCRIPT, INSTALL_SCRIPT
 from mfdcomp.units import format_bytes, parse_size
 
 DESCRIPTION = f"""\
@@ -20,8 +21,14 @@ matrix: none, zlib and zstd with multifd and legacy zero-page detection on 2
 and 4 channels; the tap transcoding none>zlib, none>zstd, zstd>zlib,
 zlib>zstd and each codec to itself; QEMU 7.2 <-> 10.0 (machine pc-q35-7.2)
 for none, zlib and zstd, and transcoding 7.2>10.0 none>zstd and 10.0>7.2
-zstd>zlib. --quick runs a subset with each codec, each zero-page mode,
-transcoding and 7.2 both ways.
+zstd>zlib. With QEMU 10.0 built with qpl, uadk and qatzip (build 10.0hw):
+qpl, uadk, qatzip level 1 and 9 with each zero-page mode on 2 and 4
+channels; the tap transcoding none>qpl, none>qatzip, none>uadk, qpl>zstd,
+qatzip>qpl and uadk>none; and that build against Debian's 10.0 both ways
+for none, zlib and zstd. Without IAA, QAT or a HiSilicon device that QEMU
+uses libqpl's software path, QATzip's software backup, and sends uadk pages
+raw. --quick runs a subset with each codec, each zero-page mode,
+transcoding, 7.2 and the 10.0hw build; --match TEXT picks rows by name.
 
 A row passes when both QEMUs completed, the destination's RAM equals the
 source's (sha256 of the RAM files), the tap parsed and decoded every packet,
@@ -32,7 +39,8 @@ tap's figures. Exits 1 when a row fails. A row whose QEMU build the install
 script found unable to run on this host (QEMU 7.2 on Debian 13, say) is
 shown as N/A with the reason, and does not fail the check.
 
-QEMU 10.0 and the private QEMU 7.2 come from {INSTALL_SCRIPT} (run it as root).
+QEMU 10.0 and the private QEMU 7.2 come from {INSTALL_SCRIPT}, the 10.0hw build
+from {HW_INSTALL_SCRIPT} (run them as root, or `bash ci/setup.sh --test`).
 """
 
 
@@ -45,6 +53,13 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="run the representative subset only")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    parser.add_argument(
+        "--match",
+        metavar="TEXT",
+        action="append",
+        help="run only the rows whose name contains TEXT (repeatable: any of them), e.g. --match 10.0hw or "
+        "--match qatzip",
+    )
     parser.add_argument(
         "--ram-size",
         type=parse_size,
@@ -59,7 +74,7 @@ def register(commands: Any) -> None:
 
 
 _HEAD = (
-    f"{'case':<34} {'verdict':<7} {'QEMU ms':>7} {'down ms':>7} {'tap in':>10} {'tap out':>10} "
+    f"{'case':<40} {'verdict':<7} {'QEMU ms':>7} {'down ms':>7} {'tap in':>10} {'tap out':>10} "
     f"{'packets':>7} {'SYNC':>5} {'ratio in':>8} {'ratio out':>9} {'tap MiB/s':>9} {'wall s':>6}"
 )
 
@@ -73,7 +88,7 @@ def _row(result: CaseResult) -> str:
     def ratio(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"
 
-    line = f"{result.case.name:<34} {result.verdict:<7} "
+    line = f"{result.case.name:<40} {result.verdict:<7} "
     line += f"{number(migration.total_time_ms if migration else None):>7} "
     line += f"{number(migration.downtime_ms if migration else None):>7} "
     if tap is not None:
@@ -91,6 +106,10 @@ def _row(result: CaseResult) -> str:
 def run(args: argparse.Namespace) -> int:
     cases = quick_matrix() if args.quick else full_matrix()
     cases = [dataclasses.replace(case, ram_size=args.ram_size) for case in cases]
+    if args.match:
+        cases = [case for case in cases if any(text in case.name for text in args.match)]
+        if not cases:
+            raise MfdcompError(f"no row of the matrix matches {' or '.join(map(repr, args.match))}")
     started = time.monotonic()
     results: list[CaseResult] = []
     if not args.json:

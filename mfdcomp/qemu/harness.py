@@ -423,6 +423,8 @@ class Case:
     source: str = "10.0"
     destination: str = "10.0"
     ram_size: int = DEFAULT_RAM_SIZE
+    level: int | None = None
+    """The source's ``multifd-CODEC-level``; None keeps QEMU's default."""
 
     @property
     def destination_codec(self) -> str:
@@ -430,7 +432,8 @@ class Case:
 
     @property
     def name(self) -> str:
-        codecs = self.codec if self.transcode is None else f"{self.codec}>{self.transcode}"
+        codec = self.codec if self.level is None else f"{self.codec}-{self.level}"
+        codecs = codec if self.transcode is None else f"{codec}>{self.transcode}"
         zero = self.zero_page_detection or "default"
         return f"{self.source}>{self.destination} {codecs} {self.channels}ch zp={zero}"
 
@@ -503,7 +506,7 @@ def run_case(case: Case, *, timeout: float = 120.0, scratch_root: str = SHM) -> 
 def _run(case: Case, result: CaseResult, timeout: float, scratch_root: str) -> None:
     source, destination = build(case.source), build(case.destination)
     common = MigrationSettings(channels=case.channels, zero_page_detection=case.zero_page_detection)
-    source_settings = dataclasses.replace(common, codec=case.codec)
+    source_settings = dataclasses.replace(common, codec=case.codec, level=case.level)
     destination_settings = dataclasses.replace(common, codec=case.destination_codec)
     with (
         tempfile.TemporaryDirectory(prefix="mfdcomp-tap-", dir=scratch_root) as scratch,
@@ -581,8 +584,41 @@ TRANSCODINGS = (
 )
 
 
+# Codecs only QEMU built with them has (ci/system/qemu-hw.sh, build "10.0hw"): qatzip at both ends of its levels.
+HW = "10.0hw"
+HW_CODECS: tuple[tuple[str, int | None], ...] = (("qpl", None), ("uadk", None), ("qatzip", 1), ("qatzip", 9))
+HW_TRANSCODINGS = (
+    ("none", "qpl"),
+    ("none", "qatzip"),
+    ("none", "uadk"),
+    ("qpl", "zstd"),
+    ("qatzip", "qpl"),
+    ("uadk", "none"),
+)
+
+
+def hw_matrix() -> list[Case]:
+    """The build with qpl, uadk and qatzip: each of them × zero-page mode × 2 and 4 channels, the tap
+    transcoding into and out of them, and that build against the system's 10.0 both ways."""
+    cases = [
+        Case(codec=codec, level=level, channels=channels, zero_page_detection=zero, source=HW, destination=HW)
+        for codec, level in HW_CODECS
+        for zero in ZERO_PAGE_MODES
+        for channels in (2, 4)
+    ]
+    cases += [
+        Case(codec=a, transcode=b, zero_page_detection="multifd", source=HW, destination=HW)
+        for a, b in HW_TRANSCODINGS
+    ]
+    cases += [
+        Case(codec=codec, source=a, destination=b) for codec in CODECS for a, b in ((HW, "10.0"), ("10.0", HW))
+    ]
+    return cases
+
+
 def full_matrix() -> list[Case]:
-    """Every codec × zero-page mode × 2 and 4 channels; every transcoding; 7.2 ↔ 10.0 both ways, also transcoded."""
+    """Every codec × zero-page mode × 2 and 4 channels; every transcoding; 7.2 ↔ 10.0 both ways, also
+    transcoded; and :func:`hw_matrix`."""
     cases = [
         Case(codec=codec, channels=channels, zero_page_detection=zero)
         for codec in CODECS
@@ -598,7 +634,7 @@ def full_matrix() -> list[Case]:
         Case(codec="none", transcode="zstd", source="7.2", destination="10.0"),
         Case(codec="zstd", transcode="zlib", source="10.0", destination="7.2"),
     ]
-    return cases
+    return cases + hw_matrix()
 
 
 def quick_matrix() -> list[Case]:
@@ -611,4 +647,9 @@ def quick_matrix() -> list[Case]:
         Case(codec="zstd", transcode="zlib", zero_page_detection="legacy"),
         Case(codec="zlib", source="7.2", destination="10.0"),
         Case(codec="zstd", source="10.0", destination="7.2"),
+        Case(codec="qpl", channels=4, zero_page_detection="multifd", source=HW, destination=HW),
+        Case(codec="qatzip", level=9, zero_page_detection="legacy", source=HW, destination=HW),
+        Case(codec="uadk", transcode="none", source=HW, destination=HW),
+        Case(codec="none", transcode="qpl", source=HW, destination=HW),
+        Case(codec="zstd", source=HW, destination="10.0"),
     ]

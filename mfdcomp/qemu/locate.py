@@ -2,6 +2,8 @@
 
 * QEMU 10.0 is the system's (``/usr/bin/qemu-system-x86_64``): Debian 13's own
   package, or bookworm-backports' on Debian 12.
+* QEMU 10.0 with qpl, uadk and qatzip (``10.0hw``) is built by ``ci/system/qemu-hw.sh``
+  into :data:`QEMU_HW_DIR`; where it could not be, the reason is in ``QEMU_HW_DIR.UNAVAILABLE``.
 * QEMU 7.2 (for cross-version runs) is Debian 12's package unpacked with
   ``dpkg-deb -x`` into :data:`QEMU72_DIR` and never installed: it runs with the
   system's shared libraries and firmware. The install script reads
@@ -19,6 +21,7 @@ from pathlib import Path
 from mfdcomp.errors import MfdcompError
 
 INSTALL_SCRIPT = "ci/system/qemu.sh"
+HW_INSTALL_SCRIPT = "ci/system/qemu-hw.sh"
 SYSTEM_BINARY = "/usr/bin/qemu-system-x86_64"
 QEMU72_DIR = "/opt/mfdcomp/qemu72"
 QEMU72_ROOT = f"{QEMU72_DIR}/root"
@@ -26,6 +29,9 @@ QEMU72_BINARY = f"{QEMU72_ROOT}/usr/bin/qemu-system-x86_64"
 # 7.2 loads its accelerator ops (tcg-accel-ops) as a module: from its own tree, not 10.0's.
 QEMU72_MODULE_DIR = f"{QEMU72_ROOT}/usr/lib/x86_64-linux-gnu/qemu"
 QEMU72_UNAVAILABLE = f"{QEMU72_DIR}/UNAVAILABLE"
+# QEMU 10.0 built with qpl, uadk and qatzip by ci/system/qemu-hw.sh (Debian's has none of them).
+QEMU_HW_DIR = "/opt/mfdcomp/qemu-hw"
+QEMU_HW_BINARY = f"{QEMU_HW_DIR}/bin/qemu-system-x86_64"
 # The unpacked tree has no firmware of its own; the system's (seabios, qemu-system-data) serves.
 FIRMWARE_DIRS = ("/usr/share/seabios", "/usr/share/qemu")
 
@@ -104,10 +110,30 @@ def qemu72() -> QemuBuild:
     )
 
 
+def qemu_hw() -> QemuBuild:
+    """QEMU 10.0 built with qpl, uadk and qatzip (``ci/system/qemu-hw.sh``), on the system's firmware."""
+    unavailable = Path(f"{QEMU_HW_DIR}.UNAVAILABLE")
+    if not os.access(QEMU_HW_BINARY, os.X_OK):
+        if unavailable.is_file():
+            # The set-up said why it could not build it (no sources, no vendor library): not run.
+            raise QemuUnavailable(f"QEMU with qpl, uadk and qatzip was not built: {unavailable.read_text().strip()}")
+        raise QemuNotFound(
+            f"no QEMU with qpl, uadk and qatzip at {QEMU_HW_BINARY}; "
+            f"run {HW_INSTALL_SCRIPT} as root (about 20 min the first time)"
+        )
+    firmware = tuple(arg for folder in FIRMWARE_DIRS for arg in ("-L", folder))
+    return QemuBuild(name="10.0hw", binary=QEMU_HW_BINARY, machine="q35", zero_page_detection=True, args=firmware)
+
+
+BUILDS = ("10.0", "7.2", "10.0hw")
+
+
 def build(name: str) -> QemuBuild:
-    """``10.0`` or ``7.2``."""
+    """``10.0`` (the system's), ``7.2`` (private) or ``10.0hw`` (built with every multifd codec)."""
     if name == "10.0":
         return system_qemu()
     if name == "7.2":
         return qemu72()
-    raise QemuNotFound(f"unknown QEMU build {name!r}: 10.0 or 7.2")
+    if name == "10.0hw":
+        return qemu_hw()
+    raise QemuNotFound(f"unknown QEMU build {name!r}: {', '.join(BUILDS)}")

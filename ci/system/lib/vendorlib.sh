@@ -1,6 +1,7 @@
-# Shared by ci/system/qpl.sh and ci/system/uadk.sh (sourced, not run): find a vendor library on the
+# Shared by ci/system/qpl.sh, uadk.sh and qemu-hw.sh (sourced, not run): find a vendor library on the
 # host, or build it from ../shared/third_party into a private prefix under /opt/mfdcomp, once.
-# The caller sets NAME (for messages), SONAME, PREFIX, TARBALL_GLOB, DEBS and defines build_into DIR SRC.
+# The caller sets NAME (for messages), SONAME, PREFIX, TARBALL_GLOB, DEBS and defines
+# build_into PREFIX SRC DESTDIR (configure for PREFIX, install under DESTDIR).
 
 die() {
     echo "ci/system/$NAME.sh: $*" >&2
@@ -65,14 +66,15 @@ install_vendor_library() {
     tar -xf "$tarball" -C "$work" || die "cannot unpack $tarball"
     local src
     src=$(find "$work" -mindepth 1 -maxdepth 1 -type d | head -n1)
-    rm -rf "$PREFIX.new"
-    (build_into "$PREFIX.new" "$src") >"$work/build.log" 2>&1 || {
+    # Configured for PREFIX itself (pkg-config files, libtool records and UADK's driver folder name
+    # it), installed into a staging folder, then moved into place in one step.
+    (build_into "$PREFIX" "$src" "$work/stage") >"$work/build.log" 2>&1 || {
         tail -n 30 "$work/build.log" >&2
-        rm -rf "$PREFIX.new"
         die "building $(basename "$tarball") failed (the last lines of its log are above)"
     }
-    echo "$sum" >"$PREFIX.new/SOURCE"
+    echo "$sum" >"$work/stage$PREFIX/SOURCE"
     rm -rf "$PREFIX"
-    mv "$PREFIX.new" "$PREFIX"
+    mkdir -p "$(dirname "$PREFIX")"
+    mv "$work/stage$PREFIX" "$PREFIX"
     echo "$NAME: $SONAME built in $((SECONDS - start)) s"
 }
