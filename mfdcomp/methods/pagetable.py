@@ -21,6 +21,10 @@ from mfdcomp.wire import COMPRESSION_MASK, RamPacket
 
 LENGTH_SIZE = 4
 
+# Decodes one page's stream to exactly the page size, or raises ValueError saying
+# what is wrong with it (decode_pages adds which page): a vendor library's inflate.
+PageInflater = Callable[[memoryview], Buffer]
+
 # zlib window settings for the decoders: the largest window of each format,
 # so streams made with any smaller window (QPL's 4 KiB one included) decode.
 RAW_DEFLATE_WBITS = -15
@@ -64,8 +68,12 @@ def decode_pages(
     pages: Sequence[memoryview],
     page_size: int,
     wbits: int,
+    inflate: PageInflater | None = None,
 ) -> int:
     """Fill ``pages`` from the payload; returns how many pages were compressed.
+
+    Compressed pages go through ``inflate`` when given, else through zlib
+    with ``wbits``.
 
     The whole length table is checked before any page is written, and a
     page is written only once its blob decoded to exactly ``page_size``
@@ -103,7 +111,7 @@ def decode_pages(
             page[:] = blob
             continue
         try:
-            data = _inflate(blob, page_size, wbits)
+            data = _inflate(blob, page_size, wbits) if inflate is None else inflate(blob)
         except zlib.error as exc:
             raise CodecError(f"{_where(codec, packet, index, count)}: corrupt compressed stream: {exc}") from exc
         except ValueError as exc:

@@ -1,38 +1,41 @@
-"""What this host offers the QPL codec: libqpl, and Intel IAA work queues.
+"""What this host offers the QPL codec: libqpl's two paths, and Intel IAA work queues.
 
-Nothing here runs at import time: ``ctypes`` is imported and libqpl loaded
-only inside :func:`probe_host`, which the codec calls once from its probe().
+Nothing here runs at import time: libqpl is loaded only inside
+:func:`probe_host`, which the codec calls once from its probe(). The
+hardware path is available when libqpl initialises a ``qpl_path_hardware``
+job; without IAA that returns 501 or 503, and the probe reason carries the
+status, what it means and what sysfs shows.
 
-This build has no binding to libqpl's job API (its ``qpl_job`` layout could
-not be checked against a real library here), so the hardware path is
-reported unavailable even on a host with libqpl and IAA; the probe still
-says what it found, so the gap is plain on such a host.
+Which implementation writes the software path can be forced with
+``MFDCOMP_QPL_IMPL``: ``libqpl`` (fail rather than fall back) or ``zlib``
+(the zlib writer, libqpl never loaded); unset, libqpl when it loads.
 """
 
 from __future__ import annotations
 
 import os
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mfdcomp.methods import CodecPath, PathProbe
-from mfdcomp.methods.hostprobe import Finder, Finding, Loader, dlopen, find_library, ld_cache, read_text
+from mfdcomp.methods.hostprobe import Finding, read_text
+from mfdcomp_qpl import locate
 
-LIBRARY_STEM = "qpl"
-# Names tried when the loader cache does not know libqpl (a CMake install in /usr/local).
-LIBRARY_NAMES = ("libqpl.so.1", "libqpl.so")
-# Functions every libqpl exports; a library without them is not QPL.
-LIBRARY_SYMBOLS = ("qpl_get_job_size", "qpl_init_job", "qpl_execute_job")
+if TYPE_CHECKING:
+    from mfdcomp_qpl.binding import Library
+
+IMPL_ENV = "MFDCOMP_QPL_IMPL"
+IMPL_LIBQPL = "libqpl"
+IMPL_ZLIB = "zlib"
+IMPLEMENTATIONS = (IMPL_LIBQPL, IMPL_ZLIB)
+
 
 # The idxd driver lists IAA devices (iaxN) and their work queues (wqN.M) here;
 # accel-config configures them, and user-mode queues appear under /dev/iax.
 IDXD_DEVICES = Path("sys/bus/dsa/devices")
 IAX_NODES = Path("dev/iax")
-
-NO_BINDING = (
-    "this build of mfdcomp-qpl has no libqpl job binding, so it cannot drive IAA even where libqpl and a "
-    "work queue exist"
-)
 
 
 def find_iaa(root: Path) -> Finding:
@@ -59,25 +62,100 @@ def find_iaa(root: Path) -> Finding:
     return Finding(True, f"IAA work queue(s) {', '.join(usable)} enabled and accessible", usable[0])
 
 
-def probe_host(root: Path = Path("/"), load: Loader = dlopen, find: Finder = ld_cache) -> list[PathProbe]:
-    """One PathProbe per QPL path: hardware (libqpl on IAA), then software."""
-    library = find_library(LIBRARY_STEM, LIBRARY_NAMES, LIBRARY_SYMBOLS, load, find)
+ZLIB_WRITER = "zlib writer: raw deflate per page from zlib (level 1, 4 KiB window), the same wire format"
+
+
+@dataclass(frozen=True, slots=True)
+class HostProbe:
+    """The two PathProbes, and libqpl when it loaded (the codec's channels use it)."""
+
+    probes: list[PathProbe]
+    library: Library | None
+
+
+def chosen_implementation(forced: str | None = None) -> str | None:
+    """``libqpl``, ``zlib`` or None (whichever works); a ValueError for anything else."""
+    value = forced if forced is not None else os.environ.get(IMPL_ENV, "")
+    if not value:
+        return None
+    if value not in IMPLEMENTATIONS:
+        raise ValueError(f"{IMPL_ENV}={value!r} is not one of {', '.join(IMPLEMENTATIONS)}")
+    return value
+
+
+def load_library() -> tuple[Library | None, str]:
+    """The first candidate of :mod:`mfdcomp_qpl.locate` that loads as libqpl, and where it came from (or why none)."""
+    from mfdcomp_qpl.binding import Library  # ctypes only now, at probe time
+
+    failures: list[str] = []
+    for path, origin in locate.candidates():
+        try:
+            return Library(path), origin
+        except (OSError, AttributeError) as exc:
+            failures.append(f"{path} ({origin}) does not load as libqpl: {exc}")
+    if not failures:
+        return None, f"libqpl not found (no ${locate.ENV_VAR}, none in the loader cache, no {locate.PRIVATE_PREFIX})"
+    return None, "; ".join(failures)
+
+
+def probe_host(root: Path = Path("/"), impl: str | None = None) -> HostProbe:
+    """One PathProbe per QPL path (hardware, then software), and the library they drive."""
     device = find_iaa(root)
-    hardware = PathProbe(
-        CodecPath.HARDWARE,
-        False,
-        f"{library.detail}; {device.detail}; {NO_BINDING}",
-        library=library.name or "libqpl",
-    )
-    if library.found:
-        why = f"{library.detail} but its software path is not driven by this build"
+    try:
+        chosen = chosen_implementation(impl)
+    except ValueError as exc:
+        return HostProbe(
+            [PathProbe(CodecPath.HARDWARE, False, str(exc)), PathProbe(CodecPath.SOFTWARE, False, str(exc))], None
+        )
+    if chosen == IMPL_ZLIB:
+        why = f"{IMPL_ENV}=zlib: libqpl is not loaded"
+        return HostProbe(_without_library(why, device), None)
+    library, origin = load_library()
+    if library is None:
+        if chosen == IMPL_LIBQPL:
+            why = f"{IMPL_ENV}=libqpl but {origin}"
+            hardware = PathProbe(CodecPath.HARDWARE, False, f"{why}; {device.detail}")
+            return HostProbe([hardware, PathProbe(CodecPath.SOFTWARE, False, why)], None)
+        return HostProbe(_without_library(origin, device), None)
+    return HostProbe(_with_library(library, origin, device), library)
+
+
+def _without_library(why: str, device: Finding) -> list[PathProbe]:
+    return [
+        PathProbe(CodecPath.HARDWARE, False, f"needs libqpl, which is not loaded ({why}); {device.detail}", "libqpl"),
+        PathProbe(CodecPath.SOFTWARE, True, f"{ZLIB_WRITER} ({why})", "zlib", zlib.ZLIB_RUNTIME_VERSION),
+    ]
+
+
+def _with_library(library: Library, origin: str, device: Finding) -> list[PathProbe]:
+    from mfdcomp_qpl.binding import INIT_MEANINGS, PATH_HARDWARE, PATH_SOFTWARE, JobInitError
+
+    name = f"libqpl {library.version or '(version unknown)'}"
+    try:
+        library.job(PATH_HARDWARE).close()
+    except JobInitError as exc:
+        meaning = INIT_MEANINGS.get(exc.status, "see qpl/c_api/status.h")
+        hardware = PathProbe(
+            CodecPath.HARDWARE, False, f"{exc}: {meaning}; {device.detail}", library.path, library.version
+        )
     else:
-        why = "libqpl is not installed"
-    software = PathProbe(
-        CodecPath.SOFTWARE,
-        True,
-        f"raw deflate (4 KiB window, level 1) from zlib: {why}",
-        library="zlib",
-        version=zlib.ZLIB_RUNTIME_VERSION,
-    )
+        hardware = PathProbe(
+            CodecPath.HARDWARE,
+            True,
+            f"{name} initialised a qpl_path_hardware job; {device.detail}",
+            library.path,
+            library.version,
+        )
+    try:
+        library.job(PATH_SOFTWARE).close()
+    except JobInitError as exc:
+        software = PathProbe(CodecPath.SOFTWARE, False, str(exc), library.path, library.version)
+    else:
+        software = PathProbe(
+            CodecPath.SOFTWARE,
+            True,
+            f"{name} qpl_path_software from {origin}: fixed-Huffman raw deflate per page, level 1",
+            library.path,
+            library.version,
+        )
     return [hardware, software]

@@ -10,7 +10,6 @@ Search order, the first that exists wins:
 
 from __future__ import annotations
 
-import ctypes.util
 import os
 from pathlib import Path
 
@@ -24,6 +23,8 @@ def candidates() -> list[tuple[str, str]]:
     forced = os.environ.get(ENV_VAR)
     if forced:
         return [(forced, f"${ENV_VAR}")]
+    import ctypes.util  # here: importing the plugin must not import ctypes
+
     found: list[tuple[str, str]] = []
     system = ctypes.util.find_library("qpl")
     if system:

@@ -1,36 +1,32 @@
-"""What this host offers the UADK codec: libwd_comp, and uacce accelerator devices.
+"""What this host offers the UADK codec: libwd_comp's init, and uacce accelerator devices.
 
-Nothing here runs at import time: ``ctypes`` is imported and libwd_comp
-loaded only inside :func:`probe_host`, which the codec calls once from its
-probe().
-
-This build has no binding to libwd_comp's session API (its request and
-session layouts could not be checked against a real library here), so the
-hardware path is reported unavailable even on a host with UADK; the probe
-still says what it found, so the gap is plain on such a host.
+Nothing here runs at import time: libwd and libwd_comp are loaded, and
+``wd_comp_init2("zlib", SCHED_POLICY_RR, TASK_HW)`` called, only inside
+:func:`probe_host`, once per process whatever the number of codec objects
+(an init that succeeded is undone at once; channels init again through the
+:class:`~mfdcomp_uadk.binding.Runtime`). The hardware path is available when
+init returns 0 or -EEXIST; without a device it returns -22 and the probe
+says so, with what sysfs shows.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mfdcomp.methods import CodecPath, PathProbe
-from mfdcomp.methods.hostprobe import Finder, Finding, Loader, dlopen, find_library, ld_cache, read_text
+from mfdcomp.methods.hostprobe import Finding, read_text
+from mfdcomp_uadk import locate
 
-LIBRARY_STEM = "wd_comp"
-# Names tried when the loader cache does not know libwd_comp (an install in /usr/local).
-LIBRARY_NAMES = ("libwd_comp.so.2", "libwd_comp.so")
-# Functions libwd_comp exports; a library without them is not UADK's compression library.
-LIBRARY_SYMBOLS = ("wd_comp_alloc_sess", "wd_do_comp_sync")
+if TYPE_CHECKING:
+    from mfdcomp_uadk.binding import Library, Runtime
 
 # uacce devices (hisi_zip-N on HiSilicon) list their algorithms and free queues here.
 UACCE_CLASS = Path("sys/class/uacce")
-
-NO_BINDING = (
-    "this build of mfdcomp-uadk has no libwd_comp binding, so it cannot drive a device even where the "
-    "library and a device exist"
-)
 
 
 def _free_queues(device: Path) -> int:
@@ -59,19 +55,82 @@ def find_uacce(root: Path) -> Finding:
     return Finding(True, f"uacce device(s) {', '.join(usable)} offer zlib with free queues", usable[0])
 
 
-def probe_host(root: Path = Path("/"), load: Loader = dlopen, find: Finder = ld_cache) -> list[PathProbe]:
-    """One PathProbe per UADK path: hardware (libwd_comp on a uacce device), then raw pages."""
-    library = find_library(LIBRARY_STEM, LIBRARY_NAMES, LIBRARY_SYMBOLS, load, find)
+RAW_REASON = "every page sent raw (length = page size) under the uadk flag, as QEMU does without a UADK device"
+
+
+@dataclass(frozen=True, slots=True)
+class HostProbe:
+    """The two PathProbes, and libwd_comp's runtime when the library loaded."""
+
+    probes: tuple[PathProbe, ...]
+    runtime: Runtime | None
+    init_result: int | None
+
+
+_PROCESS: list[HostProbe] = []  # at most one: the process's probe, under _PROCESS_LOCK
+_PROCESS_LOCK = threading.Lock()
+
+
+def probe_host(root: Path = Path("/")) -> HostProbe:
+    """The process's probe (made on the first call): hardware (libwd_comp's init), then raw pages."""
+    with _PROCESS_LOCK:
+        if not _PROCESS:
+            _PROCESS.append(_probe(root))
+        return _PROCESS[0]
+
+
+def load_library() -> tuple[Library | None, str]:
+    """The first candidate of :mod:`mfdcomp_uadk.locate` that loads as libwd_comp, and its origin (or why none)."""
+    from mfdcomp_uadk.binding import Library  # ctypes only now, at probe time
+
+    failures: list[str] = []
+    for path, origin in locate.candidates():
+        try:
+            return Library(path), origin
+        except (OSError, AttributeError) as exc:
+            failures.append(f"{path} ({origin}) does not load as libwd_comp: {exc}")
+    if not failures:
+        return None, (
+            f"libwd_comp not found (no ${locate.ENV_VAR}, none in the loader cache, no {locate.PRIVATE_PREFIX})"
+        )
+    return None, "; ".join(failures)
+
+
+def _probe(root: Path) -> HostProbe:
+    from mfdcomp_uadk.binding import Runtime, errno_text
+
     device = find_uacce(root)
-    hardware = PathProbe(
-        CodecPath.HARDWARE,
-        False,
-        f"{library.detail}; {device.detail}; {NO_BINDING}",
-        library=library.name or "libwd_comp",
-    )
-    raw = PathProbe(
-        CodecPath.RAW,
-        True,
-        "every page sent raw (length = page size) under the uadk flag, as QEMU does without a UADK device",
-    )
-    return [hardware, raw]
+    raw = PathProbe(CodecPath.RAW, True, RAW_REASON)
+    library, origin = load_library()
+    if library is None:
+        why = f"needs libwd_comp, which is not loaded ({origin}); {device.detail}"
+        hardware = PathProbe(CodecPath.HARDWARE, False, why, "libwd_comp")
+        return HostProbe((hardware, raw), None, None)
+    runtime = Runtime(library)
+    rc = runtime.acquire()
+    runtime.release()  # uninit now if init succeeded: channels init again for their sessions
+    name = f"libwd_comp {library.version or ''}".rstrip()
+    if rc == 0 or rc == -errno.EEXIST:
+        hardware = PathProbe(
+            CodecPath.HARDWARE,
+            True,
+            f"{name} ({origin}): wd_comp_init2 returned {errno_text(rc)}; {device.detail}",
+            library.path,
+            library.version,
+        )
+    else:
+        hardware = PathProbe(
+            CodecPath.HARDWARE,
+            False,
+            f"wd_comp_init2 returned {errno_text(rc)}: no UADK compression device ({_device_why(device)})",
+            library.path,
+            library.version,
+        )
+    return HostProbe((hardware, raw), runtime, rc)
+
+
+def _device_why(device: Finding) -> str:
+    # The common case in the words a person searches for; anything else as find_uacce put it.
+    if device.detail.startswith("no UADK device: /sys/class/uacce is absent"):
+        return f"/{UACCE_CLASS} absent"
+    return device.detail
