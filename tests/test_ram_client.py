@@ -227,7 +227,7 @@ def test_image_size_must_be_whole_pages(tmp_path: Path, size: int, message: str)
         (lambda tmp: RamClient.anonymous([("a", 0)]), "empty"),
         (lambda tmp: RamClient.anonymous([("", PS)]), "ramblock name must be"),
         (lambda tmp: RamClient.anonymous([("n" * 256, PS)]), "ramblock name must be 1-255 bytes"),
-        (lambda tmp: RamClient.create_targets([("a", PS)], lambda name: tmp / "no" / "dir"), "cannot open"),
+        (lambda tmp: RamClient.create_targets([("a", PS)], lambda name: tmp / "no" / "dir"), "cannot use directory"),
         (lambda tmp: RamClient.create_targets([("a", PS), ("a", PS)], lambda name: tmp / name), "'a' given twice"),
     ],
 )

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
+import string
 import sys
+import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from mfdcomp.cli.common import peak_rss, print_json
@@ -12,7 +20,7 @@ from mfdcomp.clients.ram import RamClient
 from mfdcomp.engine import mainchannel as mc
 from mfdcomp.engine.incoming import Incoming, IncomingResult
 from mfdcomp.engine.mappedram import load_from_file
-from mfdcomp.errors import MfdcompError
+from mfdcomp.errors import MfdcompError, SessionError, TargetError
 from mfdcomp.progress import Progress
 from mfdcomp.registry import get_codec
 from mfdcomp.transport.address import parse_address
@@ -30,7 +38,18 @@ file written by `mfdcomp send --to file:PATH` (by --channels threads) and
 checked against the digests stored in it; an unfinished file is refused.
 
 With one block, --out is the image file; with several, --out is a directory
-and each block is written to NAME.img in it.
+and each block is written to NAME.img in it, NAME being the block's name with
+every byte other than letters, digits and -_.+,=@: (and a leading dot) written
+%XX, so distinct blocks always get distinct files inside the directory.
+
+Each file is written as a temporary .NAME.mfdcomp-XXXXXXXX.part beside its
+final name and renamed over it only when the transfer is verified (digests
+equal); any failure, Ctrl-C or SIGTERM removes it, and a file already at the
+final name is left untouched. Only SIGKILL, which allows no clean-up, leaves
+the .part file behind. All blocks' space is allocated before the first page.
+
+With --multifd-compression, a sender using another codec is refused (both
+ends report it); without it, any codec is accepted.
 """
 
 
@@ -59,33 +78,149 @@ def register(commands: Any) -> None:
         help="fail when a connection sends nothing for S seconds, e.g. a peer stalled mid-packet (default: "
         "wait forever, as QEMU); must exceed the longest quiet spell of a good run (a round's preparation)",
     )
+    parser.add_argument(
+        "--multifd-compression",
+        metavar="CODEC",
+        help="accept only a sender using this codec, as QEMU sets it on both ends (default: any codec)",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     parser.set_defaults(run=run)
 
 
+# Kept as they are in a block's file name; any other byte becomes %XX.
+_SAFE = frozenset(string.ascii_letters + string.digits + "-_.+,=@:")
+_NAME_MAX = 255
+
+
+def block_file_name(name: str) -> str:
+    """``NAME.img`` for a block: injective (``%`` is always escaped, so the escapes decode one way only) and safe.
+
+    No ``/``, no NUL, no leading dot (so never ``.``, ``..``, a hidden file or
+    one of the ``.part`` files): a hostile sender cannot name a file outside
+    --out, and blocks such as ``x`` and ``_x`` no longer share one.
+    """
+    encoded = "".join(
+        chr(byte) if chr(byte) in _SAFE and not (index == 0 and byte == ord(".")) else f"%{byte:02X}"
+        for index, byte in enumerate(name.encode())
+    )
+    file_name = encoded + ".img"
+    if len(file_name) > _NAME_MAX:
+        raise TargetError(f"ramblock name {name!r} makes a file name of {len(file_name)} bytes (at most {_NAME_MAX})")
+    return file_name
+
+
 def target_paths(out: Path, blocks: list[tuple[str, int]]) -> dict[str, Path]:
+    """Where each block ends up: ``out`` itself for one block, else one file per block inside ``out``."""
     if len(blocks) == 1:
         return {blocks[0][0]: out}
-    out.mkdir(parents=True, exist_ok=True)
-    return {name: out / (name.replace("/", "_").strip("_") + ".img") for name, _ in blocks}
+    return {name: out / block_file_name(name) for name, _ in blocks}
+
+
+def check_out(out: Path) -> None:
+    """Refuse, before listening, an --out whose directory is missing or cannot take a new file."""
+    if out.is_dir():
+        directory = out  # several blocks go in it; one block is refused with the session's layout
+    elif out.exists() and not out.is_file():
+        raise TargetError(f"--out {out} exists and is neither a regular file nor a directory")
+    else:
+        directory = out.parent
+        if not directory.is_dir():
+            raise TargetError(f"--out {out}: directory {directory} does not exist")
+    # A real new file, as the targets will be: permissions, a read-only mount, no inode left.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mfdcomp-probe-", dir=directory)
+    except OSError as exc:
+        raise TargetError(f"--out {out}: cannot create files in {directory}: {exc.strerror or exc}") from exc
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _make_out_dir(out: Path, blocks: int) -> bool:
+    """The directory of a session of several blocks; True when it was made here (to remove on failure)."""
+    if out.is_dir():
+        return False
+    if out.exists():
+        raise TargetError(f"--out {out} is not a directory, and this session has {blocks} blocks (one file each)")
+    try:
+        out.mkdir()
+    except OSError as exc:
+        raise TargetError(f"cannot create directory {out}: {exc.strerror or exc}") from exc
+    return True
+
+
+def _check_codec(wanted: str | None, session: mc.Session) -> None:
+    if wanted is not None and session.codec != wanted:
+        raise SessionError(
+            f"the source uses multifd compression {session.codec!r}; this destination accepts only {wanted!r}"
+            " (--multifd-compression)",
+            field="codec",
+            value=session.codec,
+            expected=wanted,
+        )
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set by the main thread: leave the caller's
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        # An exception, so the targets are removed as on any other failure; once only, so a
+        # second SIGTERM cannot cut that clean-up short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise MfdcompError("stopped by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends: removing the targets must not be interrupted half-way."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
 def run(args: argparse.Namespace) -> int:
+    with _sigterm_raises():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         address = parse_address(args.listen)
     except ValueError as exc:
         raise MfdcompError(str(exc)) from exc
+    if args.multifd_compression is not None:
+        get_codec(args.multifd_compression)  # an unknown name is refused now, not when a sender arrives
+    check_out(args.out)
     clients: list[RamClient] = []
+    made_dirs: list[Path] = []
     progress = Progress(0, "recv")
 
     def make_targets(session: mc.Session) -> Any:
+        # A typed error raised here reaches the source as the destination's error.
+        _check_codec(args.multifd_compression, session)
         paths = target_paths(args.out, session.blocks)
-        client = RamClient.create_targets(session.blocks, lambda name: paths[name], page_size=session.page_size)
+        if len(session.blocks) > 1 and _make_out_dir(args.out, len(session.blocks)):
+            made_dirs.append(args.out)
+        client = RamClient.create_targets(
+            session.blocks, lambda name: paths[name], page_size=session.page_size, staged=True
+        )
         clients.append(client)
         progress.total = sum(size for _, size in session.blocks)
         return client.blocks
 
     result: IncomingResult
+    committed = False
     try:
         if address.kind == "file":
             assert address.path is not None
@@ -109,10 +244,19 @@ def run(args: argparse.Namespace) -> int:
                 on_progress=progress.update,
             )
             result = incoming.run()
+        if result.ok:
+            for client in clients:
+                client.commit()
+            committed = True
     finally:
-        progress.close()
-        for client in clients:
-            client.close()
+        with _signals_held():
+            progress.close()
+            for client in clients:
+                client.close()  # removes the .part files not committed
+            if not committed:
+                for directory in made_dirs:
+                    with contextlib.suppress(OSError):  # only if empty: never someone else's file
+                        directory.rmdir()
     if args.json:
         print_json(result.as_dict() | {"peak_rss_bytes": peak_rss()})
     else:

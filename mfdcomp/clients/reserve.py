@@ -1,67 +1,71 @@
-"""Reserving a target file's disk space before any page arrives.
+"""Room for the destination's target files, checked and then really taken, before any page arrives.
 
-A page written through a shared mapping onto a full disk ends the process
-with SIGBUS; reserving the whole file first turns that into one clean error
-before the session starts. It also makes each page's first write cheaper: on
-ext4 the blocks are then already allocated (as unwritten extents), so the page
-fault no longer reserves them one page at a time. Measured on 1 GiB over 2
-channels into a file on ext4, alternating, median of 6: mixed image 0.96 ->
-0.86 s; 90%-zero image 0.356 -> 0.374 s (the reservation's own cost).
+A page written through a shared mapping that the filesystem cannot back ends
+the process with SIGBUS in the middle of a copy: no error, no clean-up, a
+full filesystem left behind. Two steps make that impossible:
 
-In-memory filesystems are only checked for room: reserving there would
-allocate and zero every page, including the zero pages a fresh target never
-has to touch. Filesystems without fallocate are left alone (glibc's
-posix_fallocate would write every block instead).
+* :func:`check_room` compares the total size of all targets on each
+  filesystem with its free space before any file is made, so several blocks
+  that fit one by one but not together are one clean error naming both numbers;
+* :func:`reserve` allocates every block of each file with
+  ``posix_fallocate``, on disk filesystems and on tmpfs alike (tmpfs has had
+  fallocate since Linux 3.5 and really allocates the pages), so another writer
+  filling the filesystem later cannot take a page a target still has to write.
+
+On ext4 the blocks become unwritten extents, which also makes each page's
+first write cheaper. On tmpfs every page of the target is allocated (and
+zeroed) at once: a target then holds its whole size in memory from the start,
+including pages that stay zero -- the price of never dying of SIGBUS.
+Where a filesystem has no fallocate, glibc's posix_fallocate writes a zero
+into every block instead (slow, but as safe).
 """
 
 from __future__ import annotations
 
-import ctypes
-import errno
-import functools
 import os
-import struct
+from collections.abc import Iterable
+from pathlib import Path
 
-__all__ = ["reserve"]
+from mfdcomp.errors import NoSpaceError, TargetError
 
-# f_type values of struct statfs (linux/magic.h) for memory-backed filesystems.
-_IN_MEMORY = {0x01021994: "tmpfs", 0x858458F6: "ramfs", 0x958458F6: "hugetlbfs"}
-# struct statfs on 64-bit Linux is 120 bytes and begins with the long f_type.
-_STATFS = struct.Struct("=l112x")
+__all__ = ["check_room", "reserve"]
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    libc.fstatfs.argtypes = [ctypes.c_int, ctypes.c_char_p]
-    return libc
+def check_room(targets: Iterable[tuple[str, Path, int]]) -> None:
+    """Refuse, with the sizes, targets (label, directory, size) that do not fit together on their filesystems."""
+    by_device: dict[int, tuple[Path, list[tuple[str, int]]]] = {}
+    for label, directory, size in targets:
+        try:
+            device = os.stat(directory).st_dev
+        except OSError as exc:
+            raise TargetError(f"cannot use directory {directory}: {exc.strerror or exc}") from exc
+        by_device.setdefault(device, (directory, []))[1].append((label, size))
+    for directory, wanted in by_device.values():
+        try:
+            stats = os.statvfs(directory)
+        except OSError as exc:
+            raise TargetError(f"cannot use directory {directory}: {exc.strerror or exc}") from exc
+        if stats.f_blocks == 0:
+            continue  # ramfs and the like keep no count: nothing to compare with
+        free = stats.f_bavail * stats.f_frsize
+        needed = sum(size for _, size in wanted)
+        if needed > free:
+            if len(wanted) == 1:
+                label, size = wanted[0]
+                what = f"target {label} ({size} bytes)"
+            else:
+                what = "targets " + ", ".join(f"{label} ({size} bytes)" for label, size in wanted)
+            raise NoSpaceError(
+                f"no room for {what}: {needed} bytes needed, {free} bytes free in {directory}",
+                needed=needed,
+                available=free,
+            )
 
 
-def _filesystem_type(fd: int) -> int | None:
-    buffer = ctypes.create_string_buffer(_STATFS.size)
-    if _libc().fstatfs(fd, buffer) != 0:
-        return None
-    kind: int = _STATFS.unpack(buffer.raw)[0]
-    return kind
-
-
-def reserve(fd: int, size: int) -> bool:
-    """Allocate ``size`` bytes of disk for ``fd``'s file; True if it was done, False if only checked.
+def reserve(fd: int, size: int) -> None:
+    """Allocate all ``size`` bytes of ``fd``'s file, reading back as zeros.
 
     Raises OSError (ENOSPC, EDQUOT, EFBIG...) when the filesystem has no room.
     """
-    kind = _filesystem_type(fd)
-    if kind in _IN_MEMORY:
-        stats = os.fstatvfs(fd)
-        free = stats.f_bavail * stats.f_frsize
-        if free < size:
-            raise OSError(errno.ENOSPC, f"{_IN_MEMORY[kind]} has {free} bytes free")
-        return False
-    # Mode 0: allocate, reading back as zeros; the file's size is already ``size``.
-    if _libc().fallocate(fd, 0, 0, size) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EOPNOTSUPP, errno.ENOSYS):
-        return False
-    raise OSError(code, os.strerror(code))
+    # Python retries EINTR itself after running signal handlers (PEP 475), so Ctrl-C still stops it.
+    os.posix_fallocate(fd, 0, size)
