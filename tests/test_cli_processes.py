@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,8 +27,11 @@ def start(*args: str) -> subprocess.Popen[str]:
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_image(tmp_path_factory.mktemp("img") / "src.img", "32M", seed=3)
+def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    folder = tmp_path_factory.mktemp("img")
+    yield make_image(folder / "src.img", "32M", seed=3)
+    # A module's directory outlives its tests' tmp_path (removed as each passes): 32 MiB left per run otherwise.
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def wait_listening(path: Path, proc: subprocess.Popen[str]) -> None:
