@@ -102,6 +102,7 @@ class Peer:
         connect_timeout: float = 5.0,
         opening: bytes | None = None,
         idle_timeout: float | None = None,
+        session_body: bytes | None = None,
     ) -> None:
         self.uuid = uuid if uuid is not None else uuidlib.uuid4().bytes
         self.channels = channels
@@ -132,9 +133,8 @@ class Peer:
             zero_page_detection="multifd",
             blocks=self.blocks,
         )
-        self.main.sendall(
-            (opening if opening is not None else mc.opening()) + mc.encode(mc.Message.SESSION, session.to_json())
-        )
+        body = session.to_json() if session_body is None else session_body
+        self.main.sendall((opening if opening is not None else mc.opening()) + mc.encode(mc.Message.SESSION, body))
 
     def _run(self) -> None:
         try:
@@ -496,3 +496,93 @@ def test_qemu_72_channels_over_real_sockets_are_accepted(tmp_path: Path) -> None
     # The other blocks' digests were not sent: only ram0 is compared, with the QEMU source's RAM.
     assert peer.result.digests["ram0"] == manifest["source_ram_image_sha256"]
     assert ram_packet_size() == manifest["packet_header_bytes"]
+
+
+# --- hostile values in the main channel's JSON bodies ---------------------------------------------
+
+HUGE = "__huge__"  # replaced by the JSON number 1e400 (a float inf to Python's json)
+
+
+def session_body(**changes: Any) -> bytes:
+    """A valid SESSION body with ``changes``; a value of HUGE becomes the raw JSON number 1e400."""
+    fields: dict[str, Any] = {
+        "uuid": "00" * 16,
+        "page_size": PS,
+        "channels": 1,
+        "codec": "none",
+        "level": None,
+        "zero_page_detection": "multifd",
+        "blocks": [["ram0", BLOCK]],
+    }
+    fields.update(changes)
+    return json.dumps(fields).replace(f'"{HUGE}"', "1e400").encode()
+
+
+HOSTILE_SESSIONS = {
+    "page_size 1e400": session_body(page_size=HUGE),
+    "level 1e400": session_body(level=HUGE),
+    "block size 1e400": session_body(blocks=[["ram0", HUGE]]),
+    "page_size 0": session_body(page_size=0),
+    "page_size 3": session_body(page_size=3),
+    "page_size true": session_body(page_size=True),
+    "page_size 4096.0": session_body(page_size=4096.0),
+    "page_size string": session_body(page_size="4096"),
+    "page_size 2**70": session_body(page_size=1 << 70),
+    "channels true": session_body(channels=True),
+    "channels 0": session_body(channels=0),
+    "codec a number": session_body(codec=5),
+    "codec a list": session_body(codec=["none"]),
+    "uuid null": session_body(uuid=None),
+    "zero mode unknown": session_body(zero_page_detection="sometimes"),
+    "blocks a string": session_body(blocks="x"),
+    "blocks empty": session_body(blocks=[]),
+    "block not a pair": session_body(blocks=[["ram0"]]),
+    "block name a number": session_body(blocks=[[7, BLOCK]]),
+    "block name a lone surrogate": b'{"uuid": "00", "page_size": 4096, "channels": 1, "codec": "none", "level": null, '
+    b'"zero_page_detection": "multifd", "blocks": [["\\ud800", 4096]]}',
+    "block name too long": session_body(blocks=[["r" * 256, BLOCK]]),
+    "block size negative": session_body(blocks=[["ram0", -PS]]),
+    "block size not whole pages": session_body(blocks=[["ram0", PS + 1]]),
+    "block size 2**80": session_body(blocks=[["ram0", 1 << 80]]),
+    "block twice": session_body(blocks=[["ram0", PS], ["ram0", PS]]),
+    "a list": b"[]",
+    "a string": b'"x"',
+    "missing field": json.dumps({"uuid": "00" * 16}).encode(),
+    "nested 100000 deep": b"[" * 100000 + b"]" * 100000,
+    "not JSON": b"\xff\xfe",
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_SESSIONS)
+def test_hostile_session_fields_are_wire_errors(case: str) -> None:
+    """Every field is checked for its JSON type and bounds: a WireError, never OverflowError or AttributeError."""
+    with pytest.raises(WireError):
+        mc.Session.from_json(HOSTILE_SESSIONS[case])
+
+
+@pytest.mark.parametrize("case", ["page_size 1e400", "block size 1e400", "a list", "block name a lone surrogate"])
+def test_hostile_session_over_a_socket_is_refused(tmp_path: Path, case: str) -> None:
+    peer = Peer(tmp_path, channels=1, session_body=HOSTILE_SESSIONS[case])
+    refused(peer, WireError)
+
+
+def test_valid_session_bodies_still_parse() -> None:
+    session = mc.Session.from_json(session_body(level=-5, blocks=[["ram0", BLOCK], ["vga", PS]]))
+    assert session.level == -5 and session.blocks == [("ram0", BLOCK), ("vga", PS)]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[]", b'"x"', b"1e400", b'{"digests": []}', b'{"digests": {"ram0": 5}}', b'{"digests": {"ram0": "zz"}}'],
+    ids=["list", "string", "number", "digests a list", "digest a number", "digest not hex"],
+)
+def test_hostile_digests_are_wire_errors(tmp_path: Path, body: bytes) -> None:
+    """The DIGESTS body after EOS: not a JSON object of 64-hex-digit strings is a WireError (was AttributeError)."""
+    peer = Peer(tmp_path, channels=1)
+    sock = peer.channel(0)
+    sock.sendall(RamPacket.sync(0).encode())
+    peer.send_main(mc.Message.FLUSH)
+    sock.shutdown(socket.SHUT_WR)
+    peer.send_main(mc.Message.EOS)
+    peer.main.sendall(mc.encode(mc.Message.DIGESTS, body))
+    refused(peer, WireError, "digests" if body.startswith(b'{"digests"') else "DIGESTS")

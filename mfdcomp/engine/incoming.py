@@ -221,10 +221,7 @@ class Incoming:
             raise RemoteError(f"source: {body.decode(errors='replace')}")
         if kind is not mc.Message.DIGESTS:
             raise WireError(f"expected DIGESTS after EOS, got {kind.name}", field="type", value=kind.name)
-        digests = mc.decode_json(kind, body).get("digests")
-        if not isinstance(digests, dict):
-            raise WireError("DIGESTS message without a digests object", field="digests")
-        return {str(name): str(value) for name, value in digests.items()}
+        return mc.decode_digests(body)
 
     def _wait_channels_connected(self, session: mc.Session) -> None:
         self.state.wait_for(

@@ -15,7 +15,9 @@ import struct
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from mfdcomp.clients.ram import MIN_PAGE_SIZE
 from mfdcomp.errors import WireError
+from mfdcomp.wire.constants import MULTIFD_PACKET_SIZE, RAMBLOCK_NAME_LEN
 
 MAIN_MAGIC = 0x4D46444D  # "MFDM"
 MAIN_VERSION = 2  # 2: READY before the channels connect
@@ -55,22 +57,92 @@ class Session:
 
     @classmethod
     def from_json(cls, body: bytes) -> Session:
+        """A session from a peer or a file: every field checked for its exact JSON type and its bounds."""
+        data = decode_json(Message.SESSION, body)
         try:
-            data = json.loads(body)
-            session = cls(
-                uuid=str(data["uuid"]),
-                page_size=int(data["page_size"]),
-                channels=int(data["channels"]),
-                codec=str(data["codec"]),
-                level=None if data["level"] is None else int(data["level"]),
-                zero_page_detection=str(data["zero_page_detection"]),
-                blocks=[(str(name), int(size)) for name, size in data["blocks"]],
+            page_size = _int(data, "page_size", MIN_PAGE_SIZE, MULTIFD_PACKET_SIZE)
+            if page_size & (page_size - 1):
+                raise WireError(
+                    f"session page_size {page_size} is not a power of two", field="page_size", value=page_size
+                )
+            level = data["level"]
+            return cls(
+                uuid=_text(data, "uuid", MAX_TEXT),
+                page_size=page_size,
+                channels=_int(data, "channels", 1, 255),
+                codec=_text(data, "codec", MAX_TEXT),
+                level=None if level is None else _int(data, "level", -MAX_LEVEL, MAX_LEVEL),
+                zero_page_detection=_choice(data, "zero_page_detection", ZERO_PAGE_MODES),
+                blocks=_blocks(data["blocks"], page_size),
             )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise WireError(f"malformed session message: {exc}", field="session") from exc
-        if not 1 <= session.channels <= 255:
-            raise WireError("channels must be 1-255", field="channels", value=session.channels, limit=255)
-        return session
+        except KeyError as exc:
+            raise WireError(f"malformed session message: no {exc} field", field="session") from exc
+
+
+# Bounds of a session's fields: what any real source sends fits with room to spare.
+MAX_TEXT = 256
+MAX_LEVEL = 1 << 20  # zstd's negative levels reach -131072
+MAX_BLOCK_SIZE = 1 << 52  # 4 PiB
+MAX_BLOCKS = 4096
+ZERO_PAGE_MODES = ("none", "legacy", "multifd")
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+def _int(data: dict[str, Any], key: str, low: int, high: int) -> int:
+    value = data[key]
+    # bool is an int to Python, and 1e400 parses as a float inf: neither is a JSON integer here.
+    if type(value) is not int:
+        raise WireError(f"session {key} must be an integer, got {_describe(value)}", field=key, value=value)
+    if not low <= value <= high:
+        raise WireError(f"session {key} {value} is outside {low}..{high}", field=key, value=value, limit=high)
+    return value
+
+
+def _text(data: dict[str, Any], key: str, most: int) -> str:
+    value = data[key]
+    if type(value) is not str or not 0 < len(value) <= most:
+        raise WireError(f"session {key} must be a string of 1-{most} characters, got {_describe(value)}", field=key)
+    return value
+
+
+def _choice(data: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str:
+    value = data[key]
+    if type(value) is not str or value not in allowed:
+        raise WireError(f"session {key} must be one of {', '.join(allowed)}, got {_describe(value)}", field=key)
+    return value
+
+
+def _blocks(value: object, page_size: int) -> list[tuple[str, int]]:
+    if type(value) is not list or not 0 < len(value) <= MAX_BLOCKS:
+        raise WireError(f"session blocks must be a list of 1-{MAX_BLOCKS} [name, size] pairs", field="blocks")
+    blocks: list[tuple[str, int]] = []
+    for item in value:
+        if type(item) is not list or len(item) != 2:
+            raise WireError(f"session block {_describe(item)} is not a [name, size] pair", field="blocks")
+        name, size = item
+        # The packet's ramblock field is NUL-terminated: 1-255 bytes of UTF-8 without NUL.
+        try:
+            encoded = name.encode() if type(name) is str else b""
+        except UnicodeEncodeError:
+            encoded = b""
+        if not 0 < len(encoded) < RAMBLOCK_NAME_LEN or b"\0" in encoded:
+            raise WireError(f"session block name {_describe(name)} is not 1-255 bytes of UTF-8", field="ramblock")
+        if type(size) is not int or not 0 < size <= MAX_BLOCK_SIZE or size % page_size:
+            raise WireError(
+                f"session block {name!r} size {_describe(size)} is not a positive multiple of {page_size} "
+                f"up to {MAX_BLOCK_SIZE}",
+                field="size",
+                value=size,
+                limit=MAX_BLOCK_SIZE,
+            )
+        if any(name == other for other, _ in blocks):
+            raise WireError(f"session names block {name!r} twice", field="ramblock", value=name)
+        blocks.append((name, size))
+    return blocks
 
 
 def opening() -> bytes:
@@ -132,8 +204,23 @@ def decode_zero(body: bytes) -> tuple[str, tuple[int, ...]]:
     return name, offsets
 
 
-def decode_json(kind: Message, body: bytes) -> Any:
+def decode_json(kind: Message, body: bytes) -> dict[str, Any]:
+    """The JSON object of a SESSION, RESULT or DIGESTS body; anything else is a WireError."""
     try:
-        return json.loads(body)
-    except ValueError as exc:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # RecursionError: thousands of nested brackets
         raise WireError(f"malformed {kind.name} message: {exc}", field=kind.name) from exc
+    if type(data) is not dict:
+        raise WireError(f"{kind.name} message must be a JSON object, got {_describe(data)}", field=kind.name)
+    return data
+
+
+def decode_digests(body: bytes) -> dict[str, str]:
+    """The source's per-block sha256 digests: ``{"digests": {name: 64 hex digits}}``."""
+    digests = decode_json(Message.DIGESTS, body).get("digests")
+    if type(digests) is not dict or len(digests) > MAX_BLOCKS:
+        raise WireError(f"DIGESTS message without a digests object, got {_describe(digests)}", field="digests")
+    for name, value in digests.items():
+        if type(value) is not str or len(value) != 64 or not set(value) <= set("0123456789abcdef"):
+            raise WireError(f"digest of block {name!r} is not 64 hex digits: {_describe(value)}", field="digests")
+    return digests
