@@ -61,6 +61,7 @@ def test_head_in_a_real_shell_pipeline(tmp_path: Path) -> None:
 
 def test_a_broken_pipe_elsewhere_is_not_taken_for_a_closed_stdout() -> None:
     """A socket's EPIPE that escaped translation still shows: only a stdout without reader exits 141."""
+
     @quiet_on_broken_pipe
     def main() -> int:
         raise BrokenPipeError(32, "Broken pipe (a socket)")

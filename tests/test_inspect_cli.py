@@ -274,9 +274,7 @@ def test_replay_of_a_block_absent_from_the_main_stream(
     """With main.bin, its ramblock table is the list of blocks present (pc.rom is there, sent on no channel)."""
     capture = capture_dirs[0]
     image = tmp_path / "img"
-    line = expect_error(
-        capsys, capture / "main.bin", *channel_files(capture), "--replay", image, "--block", "pc.ram"
-    )
+    line = expect_error(capsys, capture / "main.bin", *channel_files(capture), "--replay", image, "--block", "pc.ram")
     assert "pc.ram" in line and "pc.rom" in line and "ram0" in line
     assert not image.exists()
 
