@@ -607,12 +607,9 @@ def hw_matrix() -> list[Case]:
         for channels in (2, 4)
     ]
     cases += [
-        Case(codec=a, transcode=b, zero_page_detection="multifd", source=HW, destination=HW)
-        for a, b in HW_TRANSCODINGS
+        Case(codec=a, transcode=b, zero_page_detection="multifd", source=HW, destination=HW) for a, b in HW_TRANSCODINGS
     ]
-    cases += [
-        Case(codec=codec, source=a, destination=b) for codec in CODECS for a, b in ((HW, "10.0"), ("10.0", HW))
-    ]
+    cases += [Case(codec=codec, source=a, destination=b) for codec in CODECS for a, b in ((HW, "10.0"), ("10.0", HW))]
     return cases
 
 
