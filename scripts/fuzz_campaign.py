@@ -37,7 +37,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-TARGETS = ("reader", "engine", "codecs")
+TARGETS = ("reader", "engine", "codecs", "loader")
+ATHERIS_TARGETS = ("reader", "engine", "codecs")  # the loader's inputs are structured mutations: random only
 
 
 @dataclass
@@ -84,6 +85,13 @@ def _one_input(target: str, rng: random.Random) -> tuple[Callable[[], Any], dict
     from tests import test_fuzz_codecs as fc
     from tests import test_fuzz_wire as fw
 
+    if target == "loader":  # a crafted mapped-ram file (mfdcomp recv --listen file:)
+        from tests import test_fuzz_mappedram as fm
+
+        folder = Path(tempfile.gettempdir()) / f"mfdcomp-fuzz-loader-{os.getpid()}"
+        folder.mkdir(exist_ok=True)
+        file_ops = fm.random_ops(rng)
+        return lambda: fm.check_loader_input(file_ops, folder), {"ops": file_ops}
     if target in ("reader", "engine"):
         seeds = fw.all_seeds()
         index = rng.randrange(len(seeds))
@@ -294,13 +302,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=300.0, help="total time, shared by the targets (300)")
     parser.add_argument("--seed", type=int, default=int(os.environ.get("MFDCOMP_FUZZ_SEED", "1")))
     parser.add_argument("--engine", choices=("random", "atheris"), default="random")
-    parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, of {', '.join(TARGETS)}")
+    parser.add_argument(
+        "--targets",
+        help=f"comma-separated, of {', '.join(TARGETS)} (atheris: {', '.join(ATHERIS_TARGETS)}); default all",
+    )
     parser.add_argument("--crash-dir", type=Path, help="write each failing input here")
     parser.add_argument("--json", type=Path, help="write the campaign's counts here")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    targets = [t for t in args.targets.split(",") if t]
-    unknown = set(targets) - set(TARGETS)
+    default = ATHERIS_TARGETS if args.engine == "atheris" else TARGETS
+    targets = [t for t in (args.targets or ",".join(default)).split(",") if t]
+    unknown = set(targets) - set(default)
     if unknown:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
     if args.engine == "atheris":

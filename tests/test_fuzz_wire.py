@@ -105,7 +105,9 @@ def capture_dirs() -> list[Path]:
 
 
 def _capture_limits(manifest: dict[str, Any]) -> ReceiverLimits:
+    # Every QEMU codec the captures hold (the q10hw-* ones carry qpl, uadk and qatzip).
     flags = {"none": 0, "zlib": int(Flag.ZLIB), "zstd": int(Flag.ZSTD)}
+    flags |= {name: int(Flag[name.upper()]) for name in ("qpl", "uadk", "qatzip")}
     return ReceiverLimits(
         page_size=manifest["page_size"],
         channels=manifest["channels"],

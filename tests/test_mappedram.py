@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +178,63 @@ def test_compression_and_legacy_are_refused(tmp_path: Path) -> None:
             save_to_file(ram, tmp_path / "a", Compressing(), MigrateOptions())  # type: ignore[arg-type]
         with pytest.raises(MfdcompError, match="legacy"):
             save_to_file(ram, tmp_path / "b", get_codec("none"), MigrateOptions(zero_page_detection="legacy"))
+
+
+# --- crafted files: every value of the header and the manifest is checked -------------------------
+
+
+def rewrite(path: Path, session: dict[str, Any] | None = None, raw: bytes | None = None, page_size: int = 4096) -> None:
+    """Replace the file's manifest (its session fields updated, or ``raw`` bytes) and its header's page size."""
+    data = bytearray(path.read_bytes())
+    header = mr.FileHeader.decode(bytes(data[: mr.FILE_HEADER.size]), len(data))
+    manifest = json.loads(data[header.manifest_offset : header.manifest_offset + header.manifest_size])
+    manifest["session"].update(session or {})
+    # 1e400 is what a crafted file can hold and json.dumps never writes.
+    body = raw if raw is not None else json.dumps(manifest).replace('"__huge__"', "1e400").encode()
+    data = data[: header.manifest_offset] + body
+    data[: mr.FILE_HEADER.size] = mr.FileHeader(
+        mr.STATE_COMPLETE, page_size, header.manifest_offset, len(body)
+    ).encode()
+    path.write_bytes(data)
+
+
+CRAFTED: dict[str, tuple[dict[str, Any] | None, bytes | None, int]] = {
+    "page size 0": ({"page_size": 0}, None, 0),
+    "page size 3": ({"page_size": 3}, None, 3),
+    "page size 1e400": ({"page_size": "__huge__"}, None, 4096),
+    "page size true": ({"page_size": True}, None, 1),
+    "block size 1e400": ({"blocks": [["pc.ram", "__huge__"]]}, None, 4096),
+    "block size negative": ({"blocks": [["pc.ram", -4096]]}, None, 4096),
+    "block size 2**80": ({"blocks": [["pc.ram", 1 << 80]]}, None, 4096),
+    "blocks a string": ({"blocks": "x"}, None, 4096),
+    "channels 1e400": ({"channels": "__huge__"}, None, 4096),
+    "manifest a list": (None, b"[]", 4096),
+    "manifest nested": (None, b"[" * 100000, 4096),
+    "digests a list": (None, b'{"session": {}, "digests": []}', 4096),
+}
+
+
+@pytest.mark.parametrize("case", CRAFTED)
+def test_crafted_manifest_is_a_wire_error(tmp_path: Path, case: str) -> None:
+    session, raw, page_size = CRAFTED[case]
+    path, _ = save(tmp_path, rounds=1)
+    rewrite(path, session, raw, page_size)
+    with pytest.raises(WireError):
+        load(path)
+
+
+@pytest.mark.parametrize("case", ["page size 0", "block size 1e400"])
+def test_recv_of_a_crafted_file_prints_an_error_not_a_traceback(tmp_path: Path, case: str) -> None:
+    """`mfdcomp recv --listen file:` on such a file: one error line, exit 1 (was ZeroDivisionError, OverflowError)."""
+    session, raw, page_size = CRAFTED[case]
+    path, _ = save(tmp_path, rounds=1)
+    rewrite(path, session, raw, page_size)
+    done = subprocess.run(
+        [sys.executable, "-m", "mfdcomp", "recv", "--listen", f"file:{path}", "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "internal error" not in done.stderr, done.stderr
+    assert "session" in done.stderr or "manifest" in done.stderr, done.stderr

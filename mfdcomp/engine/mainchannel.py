@@ -217,7 +217,11 @@ def decode_json(kind: Message, body: bytes) -> dict[str, Any]:
 
 def decode_digests(body: bytes) -> dict[str, str]:
     """The source's per-block sha256 digests: ``{"digests": {name: 64 hex digits}}``."""
-    digests = decode_json(Message.DIGESTS, body).get("digests")
+    return check_digests(decode_json(Message.DIGESTS, body).get("digests"))
+
+
+def check_digests(digests: object) -> dict[str, str]:
+    """``digests`` if it maps block names to sha256 hex digests (a peer's DIGESTS, a file's manifest)."""
     if type(digests) is not dict or len(digests) > MAX_BLOCKS:
         raise WireError(f"DIGESTS message without a digests object, got {_describe(digests)}", field="digests")
     for name, value in digests.items():

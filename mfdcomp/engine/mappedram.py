@@ -122,13 +122,15 @@ class FileManifest:
 
     @classmethod
     def decode(cls, data: bytes) -> FileManifest:
+        """The manifest of a file that may have been crafted: every value checked as a peer's would be."""
         try:
             body = json.loads(data)
-            session = mc.Session.from_json(json.dumps(body["session"]).encode())
-            digests = {str(k): str(v) for k, v in body["digests"].items()}
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: deeply nested brackets
             raise WireError(f"file manifest is malformed: {exc}", field="manifest") from exc
-        return cls(session, digests)
+        if type(body) is not dict or type(body.get("session")) is not dict:
+            raise WireError("file manifest is not an object with a session object", field="manifest")
+        session = mc.Session.from_json(json.dumps(body["session"]).encode())
+        return cls(session, mc.check_digests(body.get("digests")))
 
 
 def save_to_file(
