@@ -586,3 +586,46 @@ def test_hostile_digests_are_wire_errors(tmp_path: Path, body: bytes) -> None:
     peer.send_main(mc.Message.EOS)
     peer.main.sendall(mc.encode(mc.Message.DIGESTS, body))
     refused(peer, WireError, "digests" if body.startswith(b'{"digests"') else "DIGESTS")
+
+
+# --- a source whose address answers with another protocol ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n", b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"],
+    ids=["http", "ssh"],
+)
+def test_a_non_mfdcomp_server_is_named_as_such(tmp_path: Path, answer: bytes) -> None:
+    """`mfdcomp send` to an HTTP (or SSH) server: 'not an mfdcomp receiver' and its bytes, not 'type 72'."""
+    import subprocess
+    import sys
+
+    image = tmp_path / "src.img"
+    image.write_bytes(bytes(range(256)) * 64 * 16)
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)  # the source's opening and SESSION
+            conn.sendall(answer)
+            time.sleep(2)  # as a server that waits for more before closing
+
+    thread = threading.Thread(target=serve, name="not-mfdcomp-server")
+    thread.start()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "mfdcomp", "send", str(image), "--to", f"tcp:127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        thread.join(10)
+        server.close()
+    assert done.returncode != 0
+    assert "not an mfdcomp receiver" in done.stderr, done.stderr
+    assert repr(answer[:5].decode())[1:-1] in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "message type 72" not in done.stderr, done.stderr

@@ -173,7 +173,21 @@ def decode_head(data: bytes) -> tuple[Message, int]:
     try:
         message = Message(kind)
     except ValueError as exc:
-        raise WireError(f"unknown main-channel message type {kind}", field="type", value=kind) from exc
+        if all(32 <= b < 127 or b in b"\r\n\t" for b in data):
+            # Text where a message type should be: another protocol's server (HTTP, SSH...) on that address.
+            excerpt = data.decode("ascii").encode("unicode_escape").decode()
+            raise WireError(
+                f"the peer is not an mfdcomp receiver: it did not answer with mfdcomp's main-channel messages, "
+                f"its bytes look like text: '{excerpt}...' (another service listening on that address?)",
+                field="type",
+                value=kind,
+            ) from exc
+        raise WireError(
+            f"unknown main-channel message type {kind} (bytes {data.hex(' ')}): the peer is not an mfdcomp "
+            "of this main-channel version, or not mfdcomp at all",
+            field="type",
+            value=kind,
+        ) from exc
     if length > MAX_BODY:
         raise WireError(
             f"main-channel {message.name} body of {length} bytes exceeds {MAX_BODY}",
