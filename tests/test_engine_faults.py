@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import threading
 import time
@@ -205,13 +206,25 @@ def test_connection_beyond_the_announced_channels_is_refused(tmp_path: Path) -> 
         sock.close()
 
 
-def test_unknown_magic_is_refused(tmp_path: Path) -> None:
-    src = HostileSource(tmp_path)
+def test_unknown_magic_is_dropped_and_the_session_goes_on(tmp_path: Path) -> None:
+    """A stranger's garbage (an HTTP probe) is dropped and counted; it never fails the session (was: WireError)."""
+    src = HostileSource(tmp_path, channels=1)
     stranger = src.open()
     stranger.sendall(b"GET / HTTP/1.1\r\n\r\n")
-    error = src.finish()
-    assert isinstance(error, WireError) and error.field == "magic"
-    stranger.close()
+    stranger.settimeout(DESTINATION_DEADLINE)
+    try:
+        assert stranger.recv(1) == b""  # closed by the destination
+    except ConnectionResetError:
+        pass  # closed with our request unread: a reset
+    channel = src.channel(0)
+    channel.sendall(RamPacket.sync(0).encode())
+    src.main.sendall(mc.encode(mc.Message.FLUSH))
+    channel.close()
+    src.main.sendall(mc.encode(mc.Message.EOS))
+    digest = hashlib.sha256(bytes(1 << 20)).hexdigest()
+    src.main.sendall(mc.encode_json(mc.Message.DIGESTS, {"digests": {"ram0": digest}}))
+    assert src.finish() is None
+    assert src.incoming.dropped and "unknown magic 47455420" in src.incoming.dropped[0]
 
 
 def test_channel_that_never_sends_its_init_packet_ends_in_time(tmp_path: Path) -> None:

@@ -16,9 +16,9 @@ import numpy as np
 
 from mfdcomp.engine.state import RunState
 from mfdcomp.engine.stats import ChannelStats
-from mfdcomp.errors import ChannelError, TruncatedError, WireError
+from mfdcomp.errors import TruncatedError, WireError
 from mfdcomp.methods import Codec, CodecPath, MultiFDMethods, PageViews, choose_path
-from mfdcomp.transport.base import Stream
+from mfdcomp.transport.base import PeerGoneError, Stream
 from mfdcomp.wire import (
     DEVICE_STATE_SIZE,
     HEADER_SIZE,
@@ -115,7 +115,8 @@ class Barrier:
         state.wait_for(lambda: self.arrived == self.channels or bool(self.ended), "FLUSH")
         with state.cond:
             if self.arrived != self.channels:
-                raise ChannelError(f"channel {self.ended[0]} ended before reaching the SYNC point")
+                # The source's own reason, if it failed, follows on the main channel (see RunState.fail).
+                raise PeerGoneError(f"channel {self.ended[0]} ended before reaching the SYNC point")
             self.arrived = 0
             self.epoch += 1
             state.cond.notify_all()

@@ -4,16 +4,29 @@ Connections arrive on one listener in any order. The first 4 bytes, peeked,
 tell the main channel (mfdcomp's MAIN_MAGIC) from multifd channels (the
 multifd magic); channels are mapped by the id in their init packet, checked
 against the session the main channel announced.
+
+Each new connection is classified on its own short-lived thread, within a
+handshake deadline of its own (the main channel's opening and SESSION, a
+channel's init packet). QEMU reads each connection's first bytes in its one
+accept path and would wait on a silent one forever; here a stranger's
+connection costs at most its own deadline: one that stays silent, ends early
+or starts with an unknown magic is dropped, logged and counted in
+:attr:`IncomingResult.dropped_connections`, and never fails the session. A
+connection that presents a complete handshake of our protocol speaks for the
+source: a wrong one (a bad init packet, a second main channel) fails the
+session, as in QEMU.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import struct
 import threading
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mfdcomp.engine import mainchannel as mc
@@ -21,9 +34,9 @@ from mfdcomp.engine.destination import Barrier, RecvChannel, TargetBlock, Target
 from mfdcomp.engine.mainstream import MainStream
 from mfdcomp.engine.state import RemoteError, RunState
 from mfdcomp.engine.stats import ChannelStats
-from mfdcomp.errors import ChannelError, ChannelIdError, WireError
+from mfdcomp.errors import ChannelError, ChannelIdError, MfdcompError, TruncatedError, WireError
 from mfdcomp.methods import Codec, CodecPath, choose_path
-from mfdcomp.transport.base import Listener, Stream
+from mfdcomp.transport.base import AcceptTimeout, Listener, PeerGoneError, Stream
 from mfdcomp.wire import (
     EXTENSION,
     INIT_SIZE,
@@ -33,6 +46,11 @@ from mfdcomp.wire import (
     ReceiverLimits,
     check_init,
 )
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT = 10.0
+"""Seconds a new connection has to present its handshake before it is dropped as a stranger's."""
 
 
 @dataclass
@@ -46,10 +64,13 @@ class IncomingResult:
     main_zero_pages: int
     transfer_cpu_seconds: float = 0.0
     """CPU time of this process (every thread) from the session's start to the end of stream."""
+    dropped_connections: list[str] = field(default_factory=list)
+    """Strangers' connections dropped during the session, each 'NAME: why'."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "dropped_connections": self.dropped_connections,
             "seconds": self.seconds,
             "channels": [c.as_dict() for c in self.channels],
             "main_zero_pages": self.main_zero_pages,
@@ -64,6 +85,18 @@ class IncomingResult:
 
 TargetFactory = Callable[[mc.Session], Mapping[str, TargetBlock]]
 DigestFn = Callable[[], dict[str, str]]
+Message = tuple[mc.Message, bytes]
+
+
+@dataclass(eq=False)
+class _Handshake:
+    """A connection being classified, on its own thread."""
+
+    stream: Stream
+    deadline: float  # monotonic
+    thread: threading.Thread | None = None  # set once, before it starts
+    reading: bool = True  # under state.cond: still reading its handshake, bound by the deadline
+    expired: bool = False  # under state.cond: shut down by the deadline
 
 
 class Incoming:
@@ -71,6 +104,7 @@ class Incoming:
 
     ``make_targets(session)`` returns the zeroed target blocks, ``digests()``
     their sha256s once the transfer ended; ``find_codec(name)`` looks a codec up.
+    ``handshake_timeout`` bounds each new connection's handshake (see the module's text).
     """
 
     def __init__(
@@ -82,6 +116,7 @@ class Incoming:
         find_codec: Callable[[str], Codec],
         connect_timeout: float = 10.0,
         on_progress: Callable[[int], None] | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         self.listener = listener  # set once
         self.state = RunState()
@@ -90,7 +125,12 @@ class Incoming:
         self._find_codec = find_codec
         self._connect_timeout = connect_timeout
         self._on_progress = on_progress
+        self._handshake_timeout = handshake_timeout
         self._main: MainStream | None = None  # under state.cond
+        self._first: Message | None = None  # under state.cond: the main channel's SESSION, read by its handshake
+        self._handshakes: set[_Handshake] = set()  # under state.cond
+        self.dropped: list[str] = []  # under state.cond
+        self._main_busy = False  # main thread only: inside a read of the main channel
         self._session_ready = False  # under state.cond
         self._channels: dict[int, RecvChannel] = {}  # under state.cond
         self._finishing = False  # under state.cond
@@ -109,25 +149,33 @@ class Incoming:
         acceptor = threading.Thread(target=self._accept_loop, name="mfdcomp-accept")
         acceptor.start()
         try:
-            self.state.wait_for(lambda: self._main is not None, "the main channel", None)
-            assert self._main is not None
+            self.state.wait_for(lambda: self._first is not None, "the main channel", None)
+            assert self._main is not None and self._first is not None
             main = self._main
-            session = self._start_session(main)
+            session = self._start_session(main, self._first)
             result = self._follow_main(main, session)
             result.seconds = time.monotonic() - started
+            with self.state.cond:
+                result.dropped_connections = list(self.dropped)
             main.write(mc.encode_json(mc.Message.RESULT, {"ok": result.ok, "digests": result.digests}))
             return result
-        except BaseException as exc:
+        except Exception as exc:
             self.state.fail(exc)
+            self._await_peer_reason()
             error = self.state.first_error()
             assert error is not None
             raise error from exc
+        except BaseException as exc:
+            # Ctrl-C, SIGTERM (mfdcomp.cli): the peer is told, and the exception goes on as it is.
+            self.state.fail(exc)
+            raise
         finally:
             with self.state.cond:
                 self._finishing = True
             self.listener.close()
             acceptor.join()
-            # Only now: the acceptor may have added a channel while this thread was failing.
+            self._end_handshakes()
+            # Only now: a handshake may have added a channel while this thread was failing.
             with self.state.cond:
                 channels = list(self._channels.values())
             for channel in channels:
@@ -135,11 +183,30 @@ class Incoming:
                 channel.stream.close()
             if self._main is not None:
                 self._main.stream.close()
+            self.state.close()
 
-    def _start_session(self, main: MainStream) -> mc.Session:
-        main.read_opening()
+    def _await_peer_reason(self) -> None:
+        """After a failure that only says the source went away: read its ERROR, if it sent one.
+
+        Bounded: the run state's grace ends by shutting the main channel down.
+        """
+        main = self._main
+        if main is None or self._main_busy or not self.state.lingering:
+            return
+        with contextlib.suppress(MfdcompError):
+            while (message := main.read()) is not None:
+                if message[0] is mc.Message.ERROR:
+                    self.state.fail(RemoteError(f"source: {message[1].decode(errors='replace')}"))
+                    return
+
+    def _read_main(self, main: MainStream) -> Message | None:
+        self._main_busy = True  # a failure inside leaves the stream mid-message
         message = main.read()
-        if message is None or message[0] is not mc.Message.SESSION:
+        self._main_busy = False
+        return message
+
+    def _start_session(self, main: MainStream, message: Message) -> mc.Session:
+        if message[0] is not mc.Message.SESSION:
             raise WireError("main channel did not start with a SESSION message", field="type")
         session = mc.Session.from_json(message[1])
         codec = self._find_codec(session.codec)
@@ -175,9 +242,9 @@ class Incoming:
         assert barrier is not None and memory is not None
         main_zero = 0
         while True:
-            message = main.read()
+            message = self._read_main(main)
             if message is None:
-                raise ChannelError("main channel closed before the end of stream")
+                raise PeerGoneError("main channel closed before the end of stream")
             kind, body = message
             if kind is mc.Message.FLUSH:
                 self._wait_channels_connected(session)
@@ -213,9 +280,9 @@ class Incoming:
                 raise WireError(f"unexpected {kind.name} message from the source", field="type", value=kind.name)
 
     def _read_source_digests(self, main: MainStream) -> dict[str, str]:
-        message = main.read()
+        message = self._read_main(main)
         if message is None:
-            raise ChannelError("main channel closed before the source's digests")
+            raise PeerGoneError("main channel closed before the source's digests")
         kind, body = message
         if kind is mc.Message.ERROR:
             raise RemoteError(f"source: {body.decode(errors='replace')}")
@@ -234,42 +301,154 @@ class Incoming:
         try:
             while True:
                 try:
-                    stream = self.listener.accept()
-                except ChannelError:
+                    stream = self.listener.accept(self._reap())
+                except ChannelError as exc:
                     with self.state.cond:
                         if self._finishing or self.state.error is not None:
                             return
+                    if isinstance(exc, AcceptTimeout):  # a handshake's deadline came: _reap() ends it
+                        continue
                     raise
-                self.state.register(stream)
-                try:
-                    self._classify(stream)
-                except BaseException:
-                    # Refused before it became the main channel or a channel thread: nothing else closes it.
-                    stream.close()
-                    raise
+                self._start_handshake(stream)
         except BaseException as exc:
             self.state.fail(exc)
 
-    def _classify(self, stream: Stream) -> None:
-        head = stream.peek(4)
-        magic = struct.unpack(">I", head)[0] if len(head) == 4 else None
-        if magic == mc.MAIN_MAGIC:
-            with self.state.cond:
-                if self._main is not None:
-                    raise ChannelError(f"{stream.name}: a second main channel")
-                self._main = MainStream(stream)
-                # At once, under the lock: a failure right after (a second main channel, a bad
-                # connection) must reach the peer before fail() shuts the streams down.
-                self.state.on_fail(self._main.report_error)
-                self.state.cond.notify_all()
-            return
-        if magic is None:
-            raise ChannelError(f"{stream.name}: connection closed after {len(head)} bytes, before its magic")
-        if magic != MULTIFD_MAGIC:
-            raise WireError(f"{stream.name}: unknown channel magic {head.hex()}", field="magic", value=head.hex())
-        self._add_channel(stream)
+    def _reap(self) -> float | None:
+        """Shut down handshakes past their deadline; seconds until the next deadline (None: none)."""
+        now = time.monotonic()
+        nearest: float | None = None
+        with self.state.cond:
+            for hs in self._handshakes:
+                if not hs.reading or hs.expired:
+                    continue
+                if hs.deadline <= now:
+                    hs.expired = True
+                    with contextlib.suppress(ChannelError):
+                        hs.stream.shutdown()
+                elif nearest is None or hs.deadline < nearest:
+                    nearest = hs.deadline
+        return None if nearest is None else nearest - now
 
-    def _add_channel(self, stream: Stream) -> None:
+    def _start_handshake(self, stream: Stream) -> None:
+        hs = _Handshake(stream, time.monotonic() + self._handshake_timeout)
+        hs.thread = threading.Thread(target=self._handshake, args=(hs,), name="mfdcomp-handshake")
+        with self.state.cond:
+            if self._finishing or self.state.error is not None:
+                stream.close()
+                return
+            self._handshakes.add(hs)
+        hs.thread.start()
+
+    def _end_handshakes(self) -> None:
+        """At the end of the session: stop the connections still in their handshake, and join every thread."""
+        with self.state.cond:
+            pending = list(self._handshakes)
+            for hs in pending:
+                if hs.reading:
+                    with contextlib.suppress(ChannelError):
+                        hs.stream.shutdown()
+        for hs in pending:
+            assert hs.thread is not None
+            hs.thread.join()
+
+    def _drop(self, hs: _Handshake, why: str) -> None:
+        with self.state.cond:
+            if hs.expired:
+                why = f"no complete handshake within {self._handshake_timeout:g} s"
+            finishing = self._finishing
+            if not finishing:
+                self.dropped.append(f"{hs.stream.name}: {why}")
+        hs.stream.close()
+        if not finishing:
+            log.warning("dropped connection %s: %s", hs.stream.name, why)
+
+    def _handshake(self, hs: _Handshake) -> None:
+        """Classify one connection: the main channel, a channel, or a stranger's (dropped)."""
+        stream = hs.stream
+        owned = True  # until the stream is the main channel's or a channel thread's
+        try:
+            try:
+                head = stream.peek(4)
+            except (ChannelError, TruncatedError) as exc:
+                return self._drop(hs, f"no magic: {exc}")
+            if len(head) < 4:
+                return self._drop(hs, f"closed after {len(head)} bytes, before its magic")
+            magic = struct.unpack(">I", head)[0]
+            if magic == mc.MAIN_MAGIC:
+                owned = False  # the main channel's (closed by run()), or closed here below when refused
+                try:
+                    self._take_main(hs)
+                except BaseException:
+                    with self.state.cond:
+                        owned = self._main is None or self._main.stream is not stream
+                    raise
+            elif magic == MULTIFD_MAGIC:
+                owned = not self._add_channel(hs)
+            else:
+                self._drop(hs, f"unknown magic {head.hex()} (neither a multifd channel nor a main channel)")
+                owned = False
+        except BaseException as exc:
+            with self.state.cond:
+                finishing = self._finishing
+            if not finishing:  # a late connection after the session's end is nobody's concern
+                self.state.fail(exc)
+        finally:
+            if owned:
+                stream.close()
+            with self.state.cond:
+                self._handshakes.discard(hs)
+
+    def _take_main(self, hs: _Handshake) -> None:
+        """The main channel's handshake.
+
+        The first connection with the main magic is the main channel at once (it speaks our
+        protocol): the error hook then reaches it whatever fails next, and a failure of the rest
+        of its handshake fails the session.
+        """
+        stream = hs.stream
+        main = MainStream(stream)
+        with self.state.cond:
+            second = self._main is not None
+            if not second:
+                self._main = main
+        if second:
+            error = ChannelError(f"{stream.name}: a second main channel")
+            main.report_error(error)  # the refused one is told why, too
+            raise error
+        # Report first, then register: a failure that came first reaches the peer before the shutdown.
+        self.state.on_fail(main.report_error, keep=stream)
+        self.state.register(stream)
+        try:
+            main.read_opening()
+            first = main.read()
+            if first is None:
+                raise PeerGoneError(f"{stream.name}: main channel closed before its SESSION message")
+        except ChannelError as exc:
+            with self.state.cond:
+                if hs.expired:
+                    raise ChannelError(
+                        f"{stream.name}: main channel sent no SESSION within {self._handshake_timeout:g} s"
+                    ) from exc
+            raise
+        with self.state.cond:
+            hs.reading = False
+            self._first = first
+            self.state.cond.notify_all()
+
+    def _add_channel(self, hs: _Handshake) -> bool:
+        """A channel's handshake: its init packet, checked against the session. True once it runs."""
+        stream = hs.stream
+        buf = bytearray(INIT_SIZE)
+        try:
+            got = stream.recv_exact_into(memoryview(buf))
+        except (ChannelError, TruncatedError) as exc:
+            self._drop(hs, f"init packet not completed: {exc}")
+            return True
+        if got == 0:
+            self._drop(hs, "closed before its init packet")
+            return True
+        with self.state.cond:
+            hs.reading = False
         self.state.wait_for(lambda: self._session_ready, "the session before a channel", self._connect_timeout)
         limits, codec, session, path = self._limits, self._codec, self._session, self._path
         assert limits is not None and codec is not None and session is not None and path is not None
@@ -282,9 +461,6 @@ class Incoming:
                     value=len(self._channels) + 1,
                     limit=session.channels,
                 )
-        buf = bytearray(INIT_SIZE)
-        if stream.recv_exact_into(memoryview(buf)) == 0:
-            raise ChannelError(f"{stream.name}: channel closed before its init packet")
         init = InitPacket.decode(buf)
         check_init(init, limits)
         self._ids.claim(init.id)
@@ -298,9 +474,13 @@ class Incoming:
             on_packet=self._on_progress,
         )
         with self.state.cond:
+            if self._finishing:
+                raise ChannelError(f"{stream.name}: channel connected after the session ended")
             self._channels[init.id] = channel
             self.state.cond.notify_all()
         channel.start()
+        self.state.register(stream)  # after start(): a failure that came first stops the thread at once
+        return True
 
 
 def _check_zero(name: str, offsets: tuple[int, ...], limits: ReceiverLimits | None) -> None:

@@ -6,8 +6,12 @@ import contextlib
 import threading
 
 from mfdcomp.engine import mainchannel as mc
+from mfdcomp.engine.state import describe
 from mfdcomp.errors import ChannelError, TruncatedError
 from mfdcomp.transport.base import Stream
+
+REPORT_TIMEOUT = 2.0
+"""Seconds the error report may take: a peer that stopped reading must not hold up the failing side."""
 
 
 class MainStream:
@@ -19,10 +23,27 @@ class MainStream:
         with self._write_lock:
             self.stream.send_all([data])
 
-    def report_error(self, exc: BaseException) -> None:
-        """Tell the peer about the first error; the peer may already be gone."""
-        with contextlib.suppress(ChannelError):
-            self.write(mc.encode(mc.Message.ERROR, str(exc).encode()[: mc.MAX_BODY]))
+    def report_error(self, exc: BaseException, timeout: float = REPORT_TIMEOUT) -> None:
+        """Tell the peer about the first error, within ``timeout`` seconds; the peer may already be gone.
+
+        A writer blocked on a peer that stopped reading holds the lock, and this write could block
+        the same way: past the deadline the stream is shut down, which ends both.
+        """
+        message = mc.encode(mc.Message.ERROR, describe(exc).encode(errors="replace")[: mc.MAX_BODY])
+        timer = threading.Timer(timeout, self.stream.shutdown)
+        timer.daemon = True
+        timer.start()
+        try:
+            if not self._write_lock.acquire(timeout=timeout):
+                return
+            try:
+                with contextlib.suppress(ChannelError):
+                    self.stream.send_all([message])
+            finally:
+                self._write_lock.release()
+        finally:
+            timer.cancel()
+            timer.join()
 
     def read_opening(self) -> None:
         buf = bytearray(mc.OPENING.size)

@@ -18,7 +18,7 @@ from mfdcomp.engine.state import RemoteError, RunState
 from mfdcomp.engine.stats import ChannelStats, totals
 from mfdcomp.errors import ChannelError, MfdcompError
 from mfdcomp.methods import Codec, PathChoice, choose_path
-from mfdcomp.transport.base import Stream
+from mfdcomp.transport.base import PeerGoneError, Stream
 from mfdcomp.wire import page_count
 from mfdcomp.zeropage import partition, zero_flags
 
@@ -50,6 +50,10 @@ class MigrateOptions:
     page_size: int = 4096
     uuid: bytes = field(default_factory=lambda: uuidlib.uuid4().bytes)
     result_timeout: float = 60.0
+    """Seconds to wait for the destination to accept the session, and for its verdict after the digests."""
+    idle_timeout: float | None = None
+    """Seconds the destination may stay silent before accepting the session (None: result_timeout).
+    Writes are bounded by the connections themselves (``connect(..., send_idle_timeout=S)``)."""
     require_hw: bool = False
     force_sw: bool = False
 
@@ -58,6 +62,8 @@ class MigrateOptions:
             raise MfdcompError(f"multifd-channels must be 1-255, got {self.channels}")
         if self.zero_page_detection not in ZERO_PAGE_MODES:
             raise MfdcompError(f"zero-page-detection must be one of {', '.join(ZERO_PAGE_MODES)}")
+        if self.result_timeout <= 0 or (self.idle_timeout is not None and self.idle_timeout <= 0):
+            raise MfdcompError("timeouts must be positive")
         if self.rounds < 1:
             raise MfdcompError(f"rounds must be at least 1, got {self.rounds}")
         if not 0.0 <= self.dirty_fraction <= 1.0:
@@ -117,8 +123,6 @@ def migrate(
     level = codec.info.check_level(options.level)
     choice = choose_path(codec.info, codec.probe(), require_hw=options.require_hw, force_sw=options.force_sw)
     main = MainStream(connect())
-    state.register(main.stream)
-    state.on_fail(main.report_error)
     outcome: dict[str, Any] = {}
     ready = threading.Event()
     got_result = threading.Event()
@@ -131,17 +135,24 @@ def migrate(
         zero_page_detection=options.zero_page_detection,
         blocks=[(name, block.size) for name, block in ram.blocks.items()],
     )
-    main.write(mc.opening() + mc.encode(mc.Message.SESSION, session.to_json()))
-    reader = threading.Thread(
-        target=_read_main, args=(main, state, outcome, ready, got_result), name="mfdcomp-main-reader", daemon=False
-    )
-    reader.start()
+    reader: threading.Thread | None = None
     engine: SourceEngine | None = None
     streams: list[Stream] = []
     try:
+        state.on_fail(main.report_error, keep=main.stream)
+        state.register(main.stream)
+        # Inside the try: a peer gone before the opening must not leak the socket.
+        main.write(mc.opening() + mc.encode(mc.Message.SESSION, session.to_json()))
+        reader = threading.Thread(
+            target=_read_main, args=(main, state, outcome, ready, got_result), name="mfdcomp-main-reader"
+        )
+        reader.start()
         # A destination that cannot take the session (no room for its target, say)
         # answers ERROR here, before any channel connects to a listener it has closed.
-        state.wait_for(ready.is_set, "the destination to accept the session", options.result_timeout)
+        accept_wait = options.result_timeout
+        if options.idle_timeout is not None:
+            accept_wait = min(accept_wait, options.idle_timeout)
+        state.wait_for(ready.is_set, "the destination to accept the session", accept_wait)
         for _ in range(options.channels):
             streams.append(connect())  # kept in the list at once, so a later failure closes it
         engine = SourceEngine(
@@ -167,10 +178,16 @@ def migrate(
         main.write(mc.encode(mc.Message.EOS))
         digests = ram.digests()
         main.write(mc.encode_json(mc.Message.DIGESTS, {"digests": digests}))
+        # Not the idle timeout: the destination is silent while it hashes its copy.
         state.wait_for(got_result.is_set, "the destination's result", options.result_timeout)
-    except BaseException as exc:
+    except Exception as exc:
         state.fail(exc)
+        state.settle()  # the destination's own reason may follow its vanished channels
         raise _first(state) from exc
+    except BaseException as exc:
+        # Ctrl-C, SIGTERM (mfdcomp.cli): the destination is told, and the exception goes on as it is.
+        state.fail(exc)
+        raise
     finally:
         if engine is not None:
             engine.close()
@@ -178,8 +195,10 @@ def migrate(
             for stream in streams:
                 stream.close()
         main.stream.shutdown()
-        reader.join()
+        if reader is not None:
+            reader.join()
         main.stream.close()
+        state.close()
     return MigrateResult(
         seconds=time.monotonic() - started,
         transfer_seconds=transferred,
@@ -326,7 +345,7 @@ def _read_main(
                 got_result.set()
                 state.cond.notify_all()
             return
-        if state.error is None:
-            raise ChannelError("destination closed the main channel before sending its result")
+        if state.error is None or state.lingering:
+            raise PeerGoneError("destination closed the main channel before sending its result")
     except BaseException as exc:
         state.fail(exc)

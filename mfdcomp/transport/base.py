@@ -13,6 +13,16 @@ from typing import Protocol
 
 from typing_extensions import Buffer
 
+from mfdcomp.errors import ChannelError
+
+
+class PeerGoneError(ChannelError):
+    """The peer's end went away (reset, broken pipe, ended early): the peer may say why on its main channel."""
+
+
+class AcceptTimeout(ChannelError):
+    """No connection arrived within accept()'s timeout."""
+
 
 class ChannelEnd(Protocol):
     """What every channel's end has, a socket or a file: a name, and a way to stop it."""
@@ -48,7 +58,7 @@ class Listener(Protocol):
     """The address actually bound, e.g. with the port the kernel chose for port 0."""
 
     def accept(self, timeout: float | None = None) -> Stream:
-        """The next incoming connection; raises ChannelError on timeout or after close()."""
+        """The next incoming connection; raises AcceptTimeout on timeout, ChannelError after close()."""
 
     def close(self) -> None:
         """Stop listening; a thread blocked in accept() raises ChannelError."""

@@ -26,7 +26,7 @@ from typing_extensions import Buffer
 
 from mfdcomp.errors import ChannelError, TruncatedError
 from mfdcomp.transport.address import Address
-from mfdcomp.transport.base import Listener, Stream
+from mfdcomp.transport.base import AcceptTimeout, Listener, PeerGoneError, Stream
 
 IOV_MAX = os.sysconf("SC_IOV_MAX")
 """Most buffers one sendmsg/recvmsg takes (1024 on Linux); longer lists go in slices."""
@@ -70,20 +70,29 @@ class SocketStream:
 
     name: str
 
-    def __init__(self, sock: socket.socket, name: str, idle_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        name: str,
+        idle_timeout: float | None = None,
+        send_idle_timeout: float | None = None,
+    ) -> None:
         sock.setblocking(True)  # a socket timeout would add a poll() before every call
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if idle_timeout is not None:
             # The kernel's receive timeout (no poll per call): a read that waits longer fails with EAGAIN.
-            seconds = max(idle_timeout, 0.001)
-            timeval = struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(idle_timeout))
+        if send_idle_timeout is not None:
+            # Likewise for writes: a sendmsg that moves no byte for that long fails with EAGAIN; a partial
+            # write returns and the next call waits anew, so this bounds a stall, not a slow peer.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(send_idle_timeout))
         if sock.family == socket.AF_UNIX:
             widen_unix_send_buffer(sock)
         # TCP buffers stay the kernel's: 4 MiB measured no faster on loopback (slower, even),
         # and any fixed size turns TCP's buffer autotuning off, capping the window on real links.
         self.idle_timeout = idle_timeout
+        self.send_idle_timeout = send_idle_timeout
         self.name = name
         self._sock = sock
         self._peeked = bytearray()  # bytes peek() took off the socket, served before the socket's
@@ -106,7 +115,7 @@ class SocketStream:
             while i < len(views):
                 i = _advance(views, i, self._sock.sendmsg(views[i : i + IOV_MAX], (), _SEND_FLAGS))
         except OSError as exc:
-            raise self._error(exc) from exc
+            raise self._error(exc, sending=True) from exc
 
     def recv_exact_into(self, view: memoryview) -> int:
         if self._shut:  # bytes still queued must not be read after shutdown
@@ -200,16 +209,32 @@ class SocketStream:
             return ChannelError(f"{self.name}: shut down")
         return TruncatedError(f"{self.name}: stream ended after {got} of {size} bytes", value=got, limit=size)
 
-    def _error(self, exc: OSError) -> ChannelError:
+    def _error(self, exc: OSError, sending: bool = False) -> ChannelError:
         if self._shut:
             return ChannelError(f"{self.name}: shut down")
         if self._closed:
             return ChannelError(f"{self.name}: closed")
-        if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK) and self.idle_timeout is not None:
-            return ChannelError(
-                f"{self.name}: nothing received for {self.idle_timeout:g} s: the peer stalled (idle timeout)"
-            )
+        if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+            if sending and self.send_idle_timeout is not None:
+                return ChannelError(
+                    f"{self.name}: nothing could be sent for {self.send_idle_timeout:g} s: "
+                    "the peer stopped reading (idle timeout)"
+                )
+            if not sending and self.idle_timeout is not None:
+                return ChannelError(
+                    f"{self.name}: nothing received for {self.idle_timeout:g} s: the peer stalled (idle timeout)"
+                )
+        if exc.errno in _PEER_GONE:
+            return PeerGoneError(f"{self.name}: {_describe(exc)}")
         return ChannelError(f"{self.name}: {_describe(exc)}")
+
+
+_PEER_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED)
+
+
+def _timeval(seconds: float) -> bytes:
+    seconds = max(seconds, 0.001)
+    return struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
 
 
 def _total(buffers: Sequence[Buffer]) -> int:
@@ -262,7 +287,7 @@ class _WakeableListener(abc.ABC):
                 if self._closed:
                     raise ChannelError(f"{self.address}: listener closed")
                 if not ready:
-                    raise ChannelError(f"{self.address}: no connection within {timeout:g} s")
+                    raise AcceptTimeout(f"{self.address}: no connection within {timeout:g} s")
                 stream = self._take()
                 if stream is not None:
                     return stream
@@ -349,9 +374,10 @@ class FdPassingConnector:
     Takes ownership of ``fd``; ``name`` (default 'fd:N') prefixes the names of the streams.
     """
 
-    def __init__(self, fd: int, name: str | None = None) -> None:
+    def __init__(self, fd: int, name: str | None = None, send_idle_timeout: float | None = None) -> None:
         self.name = name or f"fd:{fd}"
         self._sock = _unix_stream_socket(fd, self.name)
+        self._send_idle_timeout = send_idle_timeout
 
     def connect(self) -> Stream:
         mine, theirs = socket.socketpair()
@@ -362,7 +388,7 @@ class FdPassingConnector:
             raise ChannelError(f"{self.name}: passing a connection failed: {_describe(exc)}") from exc
         finally:
             theirs.close()  # the peer holds its own reference now
-        return SocketStream(mine, f"{self.name}#{next(_fd_connections)}")
+        return SocketStream(mine, f"{self.name}#{next(_fd_connections)}", send_idle_timeout=self._send_idle_timeout)
 
     def close(self) -> None:
         self._sock.close()
@@ -453,13 +479,15 @@ def listen(address: Address, backlog: int = 64, idle_timeout: float | None = Non
     return listener
 
 
-def connect(address: Address, timeout: float = 10.0) -> Stream:
+def connect(address: Address, timeout: float = 10.0, send_idle_timeout: float | None = None) -> Stream:
     """A stream to a tcp, unix or vsock ``address``, or a new connection passed over the socket ``fd:N``.
 
     ``timeout`` bounds connecting only (an fd-passed connection does not wait for the peer).
+    ``send_idle_timeout`` (seconds, None for none) ends a write that moves no byte for that long
+    with a ChannelError: a peer that accepted and stopped reading.
     """
     if address.kind == "fd":
-        connector = FdPassingConnector(_dup(address), name=str(address))
+        connector = FdPassingConnector(_dup(address), name=str(address), send_idle_timeout=send_idle_timeout)
         try:
             return connector.connect()
         finally:
@@ -479,7 +507,7 @@ def connect(address: Address, timeout: float = 10.0) -> Stream:
                 raise
     except OSError as exc:
         raise ChannelError(f"{address}: {_describe(exc)}") from exc
-    return SocketStream(sock, str(address))
+    return SocketStream(sock, str(address), send_idle_timeout=send_idle_timeout)
 
 
 def _dup(address: Address) -> int:
