@@ -58,6 +58,22 @@ def register(commands: Any) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the dirty-page choice")
     parser.add_argument("--page-size", type=parse_size, default=4096, help="page size (4096)")
     parser.add_argument("--uuid", type=uuidlib.UUID, help="session uuid (random by default)")
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="S",
+        help="fail when no byte can be sent on a channel or the main channel for S seconds (a destination that "
+        "accepted and stopped reading), or the destination does not accept the session within S seconds "
+        "(default: wait as QEMU does; the session's acceptance still ends after --result-timeout)",
+    )
+    parser.add_argument(
+        "--result-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds to wait for the destination's verdict after the last page (60); the destination hashes "
+        "its copy meanwhile, so allow for its hashing speed on large images",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     parser.set_defaults(run=run)
 
@@ -74,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         page_size=args.page_size,
         require_hw=args.require_hw,
         force_sw=args.force_sw,
+        result_timeout=args.result_timeout,
+        idle_timeout=args.idle_timeout,
         **({"uuid": args.uuid.bytes} if args.uuid else {}),
     )
     try:
@@ -87,7 +105,13 @@ def run(args: argparse.Namespace) -> int:
                 assert address.path is not None
                 result = save_to_file(ram, Path(address.path), codec, options, on_progress=progress.update)
             else:
-                result = migrate(ram, lambda: connect(address), codec, options, on_progress=progress.update)
+                result = migrate(
+                    ram,
+                    lambda: connect(address, send_idle_timeout=args.idle_timeout),
+                    codec,
+                    options,
+                    on_progress=progress.update,
+                )
     summary = result.as_dict()
     total_bytes = sum(block["normal_pages"] + block["zero_pages"] for block in summary["channels"]) * args.page_size
     summary["guest_bytes"] = total_bytes + result.main_zero_pages * args.page_size

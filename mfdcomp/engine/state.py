@@ -111,22 +111,22 @@ class RunState:
             streams = [s for s in self._streams if not any(s is k for k in self._kept)]
             kept = list(self._kept)
             hooks = list(self._on_fail)
-            linger = peer_gone(exc) and bool(kept)
+            # Set with the error: the peer's reason may be read while the hooks still run.
+            self._lingering = peer_gone(exc) and bool(kept)
         for stream in streams:
             stream.shutdown()
         if not isinstance(exc, RemoteError):  # the peer knows its own reason
             for hook in hooks:
                 hook(exc)
-        if linger:
-            with self.cond:
-                if self.error is exc:  # not replaced by a RemoteError meanwhile
-                    self._lingering = True
-                    self._grace = threading.Timer(PEER_REASON_GRACE, self._grace_over)
-                    self._grace.daemon = True
-                    self._grace.start()
-                    return True
-        for stream in kept:
-            stream.shutdown()
+        with self.cond:
+            if self._lingering and self._grace is None:
+                self._grace = threading.Timer(PEER_REASON_GRACE, self._grace_over)
+                self._grace.daemon = True
+                self._grace.start()
+                return True
+        if not self._lingering:
+            for stream in kept:
+                stream.shutdown()
         return True
 
     def _notify(self) -> None:
