@@ -8,9 +8,11 @@ ChannelError that says so; the first such error ends the session.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -61,7 +63,8 @@ def test_a_stalled_main_channel_ends_with_an_idle_timeout(tmp_path: Path) -> Non
 
 
 def test_a_silent_connection_ends_before_the_connect_timeout(tmp_path: Path) -> None:
-    """A connection that never sends its magic would hold the acceptor until the connect timeout."""
+    """A connection that never sends its magic is dropped at its idle timeout (it no longer holds the
+    acceptor); the session then ends on its main channel's own idle timeout."""
     peer = Peer(tmp_path, channels=2, idle_timeout=IDLE, connect_timeout=60)
     peer.open()
     _stalled(peer.finish())
@@ -117,3 +120,86 @@ def test_a_good_session_is_not_cut_by_the_idle_timeout(tmp_path: Path) -> None:
     assert send.returncode == 0, send.stderr
     assert recv.returncode == 0, stderr
     assert stdout.strip().splitlines()[-1].startswith("sha256 ")
+
+
+# --- the source's side: a destination that accepts and never reads, or never answers --------------
+
+
+class SilentDestination:
+    """A real listening socket that accepts every connection and keeps it, reading nothing.
+
+    With ``ready``, it answers the main channel's SESSION with READY first (then reads no more).
+    """
+
+    def __init__(self, path: Path, ready: bool = False) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(str(path))
+        self.sock.listen(16)
+        self.ready = ready
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                self.held.append(conn)
+                if self.ready and len(self.held) == 1:
+                    conn.recv(65536)  # the opening and SESSION
+                    conn.sendall(mc.encode(mc.Message.READY))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(5)
+        for conn in self.held:
+            conn.close()
+
+
+def _send(tmp_path: Path, image: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "mfdcomp", "send", str(image), "--to", f"unix:{tmp_path / 'dst.sock'}", *extra],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    return done, time.monotonic() - started
+
+
+def test_send_with_idle_timeout_ends_on_a_destination_that_never_answers(tmp_path: Path) -> None:
+    image = make_image(tmp_path / "src.img", "4M", seed=1)
+    dest = SilentDestination(tmp_path / "dst.sock")
+    try:
+        done, elapsed = _send(tmp_path, image, "--idle-timeout", "1")
+    finally:
+        dest.close()
+    assert done.returncode == 1, done.stderr
+    assert elapsed < 15
+    assert "waiting for the destination to accept the session" in done.stderr, done.stderr
+
+
+def test_send_with_idle_timeout_ends_on_a_destination_that_never_reads(tmp_path: Path) -> None:
+    image = make_image(tmp_path / "src.img", "32M", seed=2)
+    dest = SilentDestination(tmp_path / "dst.sock", ready=True)
+    try:
+        done, elapsed = _send(tmp_path, image, "--idle-timeout", "1", "--zero-page-detection", "none")
+    finally:
+        dest.close()
+    assert done.returncode == 1, done.stderr
+    assert elapsed < 15
+    assert "nothing could be sent for 1 s: the peer stopped reading (idle timeout)" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_send_result_timeout_is_an_option(tmp_path: Path) -> None:
+    """The source's wait for the verdict: --result-timeout (was fixed at 60 s)."""
+    image = make_image(tmp_path / "src.img", "4M", seed=3)
+    dest = SilentDestination(tmp_path / "dst.sock")
+    try:
+        done, elapsed = _send(tmp_path, image, "--result-timeout", "1")
+    finally:
+        dest.close()
+    assert done.returncode == 1, done.stderr
+    assert elapsed < 15
+    assert "timed out after 1 s waiting for the destination to accept the session" in done.stderr, done.stderr
