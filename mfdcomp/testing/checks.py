@@ -38,6 +38,13 @@ class NotApplicable(Exception):
     """The check does not concern this codec; the message says why."""
 
 
+class NotRun(Exception):
+    """The check concerns this codec but could not run here (no device, say); the message says why.
+
+    Never a pass: a hardware path that did not run proved nothing.
+    """
+
+
 @dataclass(frozen=True)
 class SuiteConfig:
     """What the suite runs with; every field has the embedded default."""
@@ -265,10 +272,78 @@ def check_golden_vectors(codec: Codec, config: SuiteConfig) -> Notes:
             "no vectors directory given (mfdcomp conformance --vectors DIR, pytest --mfdcomp-vectors DIR, "
             "or MFDCOMP_VECTORS)"
         )
-    checked = _golden_captures(codec, config.vectors) + _golden_payloads(codec, config.vectors)
+    checked: list[str] = []
+    # Every implementation the codec has decodes QEMU's and the libraries' bytes.
+    for label, implementation in _implementations(codec):
+        found = (
+            _golden_captures(implementation, config.vectors)
+            + _golden_trimmed(implementation, config.vectors)
+            + _golden_payloads(implementation, config.vectors)
+        )
+        checked += [f"{item} ({label})" for item in found]
     if not checked:
         raise NotApplicable(f"no QEMU capture nor library payload of {codec.info.name} under {config.vectors}")
     return {"vectors": checked}
+
+
+PACKAGED_VECTORS = Path(__file__).resolve().parent / "vectors"
+"""Golden vectors shipped with mfdcomp (package data): a few real packets of each QEMU capture, QATzip payloads."""
+
+
+def _implementations(codec: Codec) -> list[tuple[str, Codec]]:
+    found: list[tuple[str, Codec]] = [(codec.info.name, codec)]
+    if isinstance(codec, HasImplementations):
+        found += list(codec.implementations().items())
+    return found
+
+
+def _golden_trimmed(codec: Codec, vectors: Path) -> list[str]:
+    """Trimmed QEMU captures (tests/vectors/make_packaged.py): each kept packet decodes to QEMU's pages."""
+    import zstandard  # the channels are stored as zstd frames
+
+    from mfdcomp.wire import ChannelReader, RamData
+
+    decoded = []
+    for manifest_path in sorted((vectors / "qemu").glob("*/manifest.json")):
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") != "mfdcomp-trimmed-capture/1" or manifest["codec"] != codec.info.name:
+            continue
+        ps = manifest["page_size"]
+        for key, entry in sorted(manifest["multifd_channels"].items()):
+            data = zstandard.ZstdDecompressor().decompress((manifest_path.parent / entry["file"]).read_bytes())
+            limits = ReceiverLimits(page_size=ps, channels=manifest["channels"], ramblocks=manifest["ramblocks"])
+            reader = ChannelReader(limits)
+            reader.feed(data)
+            reader.feed_eof()
+            expected = {p["packet_num"]: p["sha256"] for p in manifest["multifd_channels"][key]["data_packets"]}
+            receiver = codec.methods(ps, None, choose_path(codec.info, codec.probe()).path)
+            receiver.recv_setup(int(key))
+            seen = 0
+            try:
+                for event in reader:
+                    if not isinstance(event, RamData) or not event.packet.normal_pages:
+                        continue
+                    count = event.packet.normal_pages
+                    pages = bytearray(count * ps)
+                    receiver.recv(
+                        event.packet,
+                        BytesSource(event.payload),
+                        PageViews(memoryview(pages), range(0, len(pages), ps), ps),
+                    )
+                    want = expected.get(event.packet.packet_num)
+                    if want is not None:
+                        if hashlib.sha256(pages).hexdigest() != want:
+                            raise AssertionError(
+                                f"{manifest_path.parent.name} channel {key} packet {event.packet.packet_num}: "
+                                "decoded pages differ from QEMU's RAM"
+                            )
+                        seen += 1
+            finally:
+                receiver.recv_cleanup()
+            if seen != len(expected):
+                raise AssertionError(f"{manifest_path.parent.name} channel {key}: {seen} of {len(expected)} packets")
+        decoded.append(f"qemu/{manifest_path.parent.name} (trimmed)")
+    return decoded
 
 
 def _golden_captures(codec: Codec, vectors: Path) -> list[str]:
@@ -277,7 +352,7 @@ def _golden_captures(codec: Codec, vectors: Path) -> list[str]:
     replayed = []
     for manifest_path in sorted((vectors / "qemu").glob("*/manifest.json")):
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("codec") != codec.info.name:
+        if manifest.get("codec") != codec.info.name or manifest.get("format") == "mfdcomp-trimmed-capture/1":
             continue
         digest = replay_capture(manifest_path.parent, codec)
         expected = manifest["ram0"]["final_sha256"]
@@ -449,6 +524,10 @@ def check_hardware_path(codec: Codec, config: SuiteConfig) -> Notes:
     if CodecPath.HARDWARE not in codec.info.paths:
         raise NotApplicable(f"{codec.info.name} has no hardware path")
     choice = choose_path(codec.info, codec.probe(), require_hw=_require_hw(codec, config))
+    hardware = next((p for p in codec.probe() if p.path is CodecPath.HARDWARE), None)
+    if hardware is None or not hardware.available:
+        reason = hardware.reason if hardware is not None else "the codec offers no hardware probe"
+        raise NotRun(f"{codec.info.name}'s hardware path did not run: {reason} (sends through {choice.path})")
     return {"probes": probes, "sends_through": str(choice.path), "passed_over": list(choice.passed_over)}
 
 

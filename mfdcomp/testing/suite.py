@@ -11,13 +11,14 @@ from typing import Any
 
 from mfdcomp.methods import Codec
 from mfdcomp.registry import Registry
-from mfdcomp.testing.checks import CHECKS, NotApplicable, Notes, SuiteConfig
+from mfdcomp.testing.checks import CHECKS, NotApplicable, Notes, NotRun, SuiteConfig
 
 
 class Status(enum.StrEnum):
     PASSED = "passed"
     FAILED = "failed"
     NOT_APPLICABLE = "not applicable"
+    NOT_RUN = "not run"  # concerns the codec but could not run here (no device): never a pass
 
 
 @dataclass
@@ -50,8 +51,20 @@ class CodecVerdict:
         return sum(1 for r in self.results if r.status is status)
 
     @property
+    def failed(self) -> bool:
+        """A check failed or the plugin did not load: the exit code's business."""
+        return self.load_error is not None or self.count(Status.FAILED) > 0
+
+    @property
+    def verdict(self) -> str:
+        """PASS needs a passed check: a codec whose checks were all n/a or not run proved nothing."""
+        if self.failed:
+            return "FAIL"
+        return "PASS" if self.count(Status.PASSED) else "NOT RUN"
+
+    @property
     def ok(self) -> bool:
-        return self.load_error is None and self.count(Status.FAILED) == 0
+        return self.verdict == "PASS"
 
     def notes(self, check: str) -> Notes:
         for result in self.results:
@@ -64,10 +77,12 @@ class CodecVerdict:
         return {
             "codec": self.codec,
             "ok": self.ok,
+            "verdict": self.verdict,
             "load_error": self.load_error,
             "passed": self.count(Status.PASSED),
             "failed": self.count(Status.FAILED),
             "not_applicable": self.count(Status.NOT_APPLICABLE),
+            "not_run": self.count(Status.NOT_RUN),
             "paths": throughput.get("paths", {}),
             "ratio": throughput.get("ratio"),
             "gb_per_s": throughput.get("gb_per_s"),
@@ -82,6 +97,8 @@ def run_check(codec: Codec, check: str, config: SuiteConfig) -> CheckResult:
         notes = CHECKS[check](codec, config)
     except NotApplicable as exc:
         return CheckResult(check, Status.NOT_APPLICABLE, str(exc), seconds=time.monotonic() - started)
+    except NotRun as exc:
+        return CheckResult(check, Status.NOT_RUN, str(exc), seconds=time.monotonic() - started)
     except Exception as exc:
         where = traceback.extract_tb(exc.__traceback__)[-1]
         detail = f"{type(exc).__name__}: {exc} (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})"
