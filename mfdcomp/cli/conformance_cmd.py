@@ -165,7 +165,7 @@ def _print_table(verdicts: list[CodecVerdict], args: argparse.Namespace) -> None
                 print(f"\n{v.codec} {r.check}: FAILED: {r.detail}")
     not_applicable = [(v.codec, r) for v in verdicts for r in v.results if r.status is Status.NOT_APPLICABLE]
     if not_applicable:
-        print("\nnot applicable (not run, not counted as passed):")
+        print("\nnot applicable (the check does not concern the codec; not counted as passed):")
         for codec, r in not_applicable:
             print(f"  {codec} {r.check}: {r.detail}")
     not_run = [(v.codec, r) for v in verdicts for r in v.results if r.status is Status.NOT_RUN]
