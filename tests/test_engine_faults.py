@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import socket
 import threading
 import time
@@ -299,3 +300,76 @@ def test_a_source_failing_before_it_connects_does_not_leave_the_destination_wait
     assert isinstance(outcome.source_error, MfdcompError) and "no hardware path" in str(outcome.source_error)
     assert isinstance(outcome.destination_error, MfdcompError)
     assert "the source failed" in str(outcome.destination_error)
+
+
+# --- fail() and the main channel's report -------------------------------------------------------
+
+
+def test_fail_wakes_the_channels_even_when_the_peer_stopped_reading_the_main_channel() -> None:
+    """Was: fail() wrote the report (blocking, the peer's buffer full) before shutting any stream down."""
+    from mfdcomp.engine.mainstream import MainStream
+    from mfdcomp.engine.state import RunState
+    from mfdcomp.transport.sockets import SocketStream
+
+    ours, theirs = socket.socketpair()
+    main = MainStream(SocketStream(ours, "main"))  # widens the send buffer: fill it after
+    ours.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            ours.send(bytes(65536))  # the peer never reads: its buffer and ours are full
+    ours.setblocking(True)
+    chan_ours, chan_theirs = socket.socketpair()
+    channel = SocketStream(chan_ours, "channel")
+    state = RunState()
+    state.register(channel)
+    state.register(main.stream)
+    state.on_fail(main.report_error, keep=main.stream)
+    woke: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            channel.recv_exact_into(memoryview(bytearray(4)))
+        except BaseException as exc:
+            woke.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    failer = threading.Thread(target=state.fail, args=(ChannelError("boom"),), daemon=True)
+    started = time.monotonic()
+    failer.start()
+    reader.join(1.0)
+    assert not reader.is_alive(), "a channel thread still blocked while fail() reported the error"
+    failer.join(5)
+    assert not failer.is_alive(), "fail() blocked on the report"
+    assert time.monotonic() - started < 5
+    assert woke and isinstance(woke[0], ChannelError)
+    state.close()
+    for end in (main.stream, channel):
+        end.close()
+    theirs.close()
+    chan_theirs.close()
+
+
+def test_a_failing_session_write_closes_the_main_channel(tmp_path: Path) -> None:
+    """Was: the opening SESSION write was outside try/finally; a peer gone at once leaked the socket."""
+    from mfdcomp.engine.migrate import migrate
+    from mfdcomp.transport.sockets import connect
+
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "d.sock"))
+    listener.listen(4)
+    opened: list[Stream] = []
+
+    def connect_then_lose_the_peer() -> Stream:
+        stream = connect(parse_address(f"unix:{tmp_path / 'd.sock'}"))
+        conn, _ = listener.accept()
+        conn.close()  # gone before the opening: the write fails with EPIPE
+        opened.append(stream)
+        return stream
+
+    fds = len(os.listdir("/proc/self/fd"))
+    with RamClient.anonymous([("ram0", 1 << 20)]) as ram, pytest.raises(MfdcompError, match="broken pipe"):
+        migrate(ram, connect_then_lose_the_peer, get_codec("none"), MigrateOptions(channels=1))
+    listener.close()
+    assert opened
+    assert len(os.listdir("/proc/self/fd")) <= fds - 1, "the main channel's socket was left open"
