@@ -207,7 +207,7 @@ class RecvChannel:
         if normal:
             path = self.method.recv(packet, payload, self.memory.pages(name, normal))
             self.memory.mark_received(name, normal)
-            self.stats.paths[path] += 1
+            self.stats.count(path, self.method.implementation)
         self.stats.normal_pages += len(normal)
         self.stats.zero_pages += len(zero)
         self.stats.payload_bytes += payload.size

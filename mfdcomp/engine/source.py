@@ -205,7 +205,7 @@ class ChannelEngine(abc.ABC, Generic[EndT]):
         stats.payload_bytes += payload.size
         stats.wire_bytes += written
         if normal:
-            stats.paths[payload.path] += 1
+            stats.count(payload.path, method.implementation)
         if self._on_packet is not None:
             self._on_packet(len(offsets) * ps)
 

@@ -17,6 +17,14 @@ class ChannelStats:
     wire_bytes: int = 0
     payload_bytes: int = 0
     paths: Counter[str] = field(default_factory=Counter)
+    # Packets with normal pages by the implementation that encoded or decoded them (isal, zlib, libqpl...).
+    implementations: Counter[str] = field(default_factory=Counter)
+
+    def count(self, path: str, implementation: str) -> None:
+        """One packet with normal pages, through ``path``, by ``implementation`` ("" when the codec does not say)."""
+        self.paths[path] += 1
+        if implementation:
+            self.implementations[implementation] += 1
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -28,13 +36,16 @@ class ChannelStats:
             "wire_bytes": self.wire_bytes,
             "payload_bytes": self.payload_bytes,
             "paths": dict(self.paths),
+            "implementations": dict(self.implementations),
         }
 
 
 def totals(stats: list[ChannelStats]) -> dict[str, Any]:
     paths: Counter[str] = Counter()
+    implementations: Counter[str] = Counter()
     for s in stats:
         paths.update(s.paths)
+        implementations.update(s.implementations)
     return {
         "packets": sum(s.packets for s in stats),
         "sync_packets": sum(s.sync_packets for s in stats),
@@ -43,4 +54,5 @@ def totals(stats: list[ChannelStats]) -> dict[str, Any]:
         "wire_bytes": sum(s.wire_bytes for s in stats),
         "payload_bytes": sum(s.payload_bytes for s in stats),
         "paths": dict(paths),
+        "implementations": dict(implementations),
     }

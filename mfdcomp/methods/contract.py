@@ -191,6 +191,15 @@ class MultiFDMethods(abc.ABC):
         """Release what recv_setup made (default: nothing)."""
 
     @property
+    def implementation(self) -> str:
+        """The library this context encodes and decodes with (``isal``, ``zlib``, ``libqpl``), "" if unsaid.
+
+        The engine counts packets by it, so a run's statistics say which
+        implementation produced (or consumed) each packet.
+        """
+        return ""
+
+    @property
     def flag(self) -> int:
         """Codec bits this codec puts in hdr.flags: QEMU's flag, or EXTENSION for an mfdcomp extension."""
         return EXTENSION if self.info.qemu_flag is None else self.info.qemu_flag

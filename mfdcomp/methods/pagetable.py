@@ -17,6 +17,7 @@ from typing_extensions import Buffer
 
 from mfdcomp.errors import CodecError
 from mfdcomp.methods.contract import CodecInfo, PageViews, PayloadSource
+from mfdcomp.methods.deflate import STDLIB, Deflate
 from mfdcomp.wire import COMPRESSION_MASK, RamPacket
 
 LENGTH_SIZE = 4
@@ -121,12 +122,24 @@ def decode_pages(
     return compressed
 
 
-def _inflate(blob: memoryview, page_size: int, wbits: int) -> bytes:
+def deflate_inflater(lib: Deflate, page_size: int, wbits: int) -> PageInflater:
+    """Pages inflated by ``lib`` (ISA-L, say) with the same checks as zlib's; its errors become ValueErrors."""
+
+    def inflate(blob: memoryview) -> Buffer:
+        try:
+            return _inflate(blob, page_size, wbits, lib)
+        except lib.error as exc:
+            raise ValueError(f"corrupt compressed stream: {exc}") from exc
+
+    return inflate
+
+
+def _inflate(blob: memoryview, page_size: int, wbits: int, lib: Deflate = STDLIB) -> bytes:
     """One page's stream, decoded to at most ``page_size + 1`` bytes and checked to end exactly.
 
     A ValueError names what is wrong with the stream; the caller adds which page.
     """
-    inflate = zlib.decompressobj(wbits)
+    inflate = lib.decompressobj(wbits)
     out = inflate.decompress(blob, page_size + 1)
     if len(out) > page_size:
         raise ValueError(f"compressed stream of {len(blob)} bytes decodes to more than the page size {page_size}")
