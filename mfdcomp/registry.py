@@ -6,19 +6,25 @@ exactly like third-party ones. A plugin that fails to import, to answer the
 hook, or that returns something other than codecs is listed with its error
 and never stops the others; a second codec of an already-taken name is
 refused.
+
+The same plugin may also implement ``mfdcomp_doctor``: what it sees of its own
+hardware, as :class:`~mfdcomp.diagnosis.DoctorSection` records, which
+``mfdcomp doctor`` gathers (:meth:`Registry.implementations`) and renders.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.metadata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pluggy
 
+from mfdcomp.diagnosis import DoctorSection, Identity
 from mfdcomp.errors import PluginError
-from mfdcomp.methods import Codec, CodecInfo
+from mfdcomp.methods import Codec, CodecInfo, PathProbe
 
 ENTRY_POINT_GROUP = "mfdcomp.methods"
 PROJECT = "mfdcomp"
@@ -32,9 +38,28 @@ class MethodsSpec:
     def mfdcomp_methods(self) -> list[Codec]:  # type: ignore[empty-body]
         """The codecs this plugin provides (one Codec per codec name)."""
 
+    @hookspec
+    def mfdcomp_doctor(  # type: ignore[empty-body]
+        self,
+        root: Path,
+        identity: Identity,
+        memlock: int | None,
+        probes: Mapping[str, Sequence[PathProbe]],
+    ) -> list[DoctorSection]:
+        """What this plugin sees of its hardware on the host under ``root``, one section per device family.
+
+        ``identity`` is who would open the device nodes; ``memlock`` the locked-memory limit in bytes (None:
+        this process's own); ``probes`` every registered codec's probe results by codec name. An
+        implementation takes only the arguments it needs (pluggy passes them by name). Read files only:
+        never open a device or load a library here beyond what the codec's own probe did.
+        """
+
+
+HOOK_NAMES = ("mfdcomp_methods", "mfdcomp_doctor")
+
 
 class _Manager(pluggy.PluginManager):
-    """Takes a plain ``mfdcomp_methods`` function as a hook implementation.
+    """Takes a plain ``mfdcomp_methods`` or ``mfdcomp_doctor`` function as a hook implementation.
 
     A plugin module then needs no import of mfdcomp to be found, as pytest
     does for its ``pytest_`` functions.
@@ -42,7 +67,7 @@ class _Manager(pluggy.PluginManager):
 
     def parse_hookimpl_opts(self, plugin: object, name: str) -> pluggy.HookimplOpts | None:
         opts = super().parse_hookimpl_opts(plugin, name)
-        if opts is None and name == "mfdcomp_methods" and callable(getattr(plugin, name, None)):
+        if opts is None and name in HOOK_NAMES and callable(getattr(plugin, name, None)):
             return pluggy.HookimplOpts(
                 wrapper=False, hookwrapper=False, optionalhook=False, tryfirst=False, trylast=False, specname=None
             )
@@ -72,19 +97,48 @@ class Candidate:
     load: Callable[[], object]
 
 
+@dataclass(frozen=True)
+class HookCall:
+    """One plugin's implementation of a hook, to be called on its own (so one that raises harms no other)."""
+
+    plugin: str  # "name (source)", as the reports show it
+    function: Callable[..., object]
+    argnames: tuple[str, ...]
+
+    def __call__(self, **kwargs: object) -> object:
+        # pluggy's calling convention: the implementation takes any subset of the spec's arguments.
+        return self.function(**{name: kwargs[name] for name in self.argnames})
+
+
 @dataclass
 class Registry:
     codecs: dict[str, Codec] = field(default_factory=dict)
     plugins: list[PluginRecord] = field(default_factory=list)
+    # Every plugin object that loaded and registered, in registration order, with its displayed name.
+    loaded: list[tuple[str, object]] = field(default_factory=list)
+    manager: pluggy.PluginManager | None = None
 
     @classmethod
     def from_candidates(cls, candidates: Iterable[Candidate]) -> Registry:
         registry = cls()
         manager = _Manager(PROJECT)
         manager.add_hookspecs(MethodsSpec)
+        registry.manager = manager
         for candidate in candidates:
             registry._register(manager, candidate)
         return registry
+
+    def implementations(self, hook: str) -> list[HookCall]:
+        """The loaded plugins' implementations of ``hook``, in registration order."""
+        if self.manager is None:
+            return []
+        impls = getattr(self.manager.hook, hook).get_hookimpls()
+        return [
+            HookCall(name, i.function, tuple(i.argnames))
+            for name, plugin in self.loaded
+            for i in impls
+            if i.plugin is plugin
+        ]
 
     def _register(self, manager: pluggy.PluginManager, candidate: Candidate) -> None:
         errors: list[str] = []
@@ -92,6 +146,8 @@ class Registry:
         try:
             plugin = candidate.load()
             manager.register(plugin, name=f"{candidate.source}:{candidate.name}")
+            # Kept even if its codecs fail below: its doctor hook may say why.
+            self.loaded.append((f"{candidate.name} ({candidate.source})", plugin))
             impls = [i for i in manager.hook.mfdcomp_methods.get_hookimpls() if i.plugin is plugin]
             if not impls:
                 raise PluginError("it implements no mfdcomp_methods hook")

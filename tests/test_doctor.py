@@ -1,11 +1,11 @@
-"""``mfdcomp doctor`` and ci/hardware-host.sh.
+"""``mfdcomp doctor``, the plugins' ``mfdcomp_doctor`` hooks, and ci/hardware-host.sh.
 
 Two kinds of tests. The real-host ones run the command on this machine and check what it says
 (on a host without accelerators: no device, the software paths that will run, ``--require-hw``
 fails). The fake-tree ones build a small sysfs / dev / proc tree in a temporary folder, with a QAT,
-IAA or HiSilicon device in some broken state, and check the doctor's findings and advice: they test
-how the doctor reads such a tree, not any hardware, and nothing in them proves a real device would
-look exactly like this.
+IAA or HiSilicon device in some broken state, and check the findings and advice of the plugin that
+owns that device (qatzip, qpl, uadk) and of the core doctor: they test how the code reads such a tree,
+not any hardware, and nothing in them proves a real device would look exactly like this.
 """
 
 from __future__ import annotations
@@ -15,29 +15,31 @@ import json
 import os
 import subprocess
 import sys
+import types
 from collections.abc import Sequence
 from pathlib import Path
 
+import mfdcomp_qatzip
+import mfdcomp_qpl
 import pytest
+from mfdcomp_qatzip import diagnosis as qat_diagnosis
+from mfdcomp_qatzip.diagnosis import QAT, qat_findings
+from mfdcomp_qpl import diagnosis as iaa_diagnosis
+from mfdcomp_qpl.diagnosis import IAA, iaa_findings
+from mfdcomp_uadk import diagnosis as uadk_diagnosis
+from mfdcomp_uadk.diagnosis import UADK, uadk_findings
 
 from mfdcomp.cli.doctor_cmd import render
 from mfdcomp.doctor import (
     CODECS,
-    IAA,
     IOMMU,
     PLUGINS,
-    QAT,
-    UADK,
     Finding,
     Identity,
     Status,
-    accelerators,
     diagnose,
-    iaa_findings,
     iommu_findings,
     locate_library,
-    qat_findings,
-    uadk_findings,
 )
 from mfdcomp.methods import CodecInfo, CodecPath, MultiFDMethods, PathProbe
 from mfdcomp.registry import Candidate, Registry, default_registry
@@ -128,12 +130,12 @@ def test_real_host_report_says_what_will_run() -> None:
     out = " ".join(result.stdout.split())  # the text is wrapped; compare it unwrapped
     assert "Summary (" in out
     registry = default_registry()
-    if not accelerators():
+    diagnosis = diagnose()
+    if not diagnosis.accelerators:
         assert "No accelerator device is present on this host" in out
         assert "These paths will run, without hardware:" in out
     else:
         assert "Accelerator devices here:" in out
-    diagnosis = diagnose()
     for report in diagnosis.codecs:
         if not report.hardware_available:
             assert f"{report.name} ({report.sends_text()})" in out
@@ -147,6 +149,9 @@ def test_real_host_json_parses() -> None:
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert set(data) >= {"accelerators", "hardware_codecs", "findings", "codecs", "plugins", "summary", "counts"}
+    # The bundled plugins each report their own section, in plugin order.
+    titles = [s["title"] for s in data["sections"]]
+    assert [t for t in titles if t in {QAT, IAA, UADK}] == [QAT, IAA, UADK]
     assert data["codecs"], "no codec is registered"
     summary = " ".join(data["summary"])
     for codec in data["codecs"]:
@@ -155,7 +160,7 @@ def test_real_host_json_parses() -> None:
         assert codec["sends_through"] in {"hardware", "software", "raw", None}
     for finding in data["findings"]:
         assert finding["status"] in {"ok", "missing", "problem", "info"}
-        assert finding["area"] in {QAT, IAA, UADK, IOMMU, CODECS, PLUGINS}
+        assert finding["area"] in {*titles, IOMMU, CODECS, PLUGINS}
     if not data["accelerators"]:
         assert data["summary"][0].startswith("No accelerator device is present")
 
@@ -179,9 +184,13 @@ def test_real_host_require_hw() -> None:
 def test_empty_tree_has_no_device(host: FakeHost) -> None:
     findings = qat_findings(host.root, STRANGER, memlock=0)
     assert find(findings, QAT, "PCI devices").status is Status.MISSING
-    assert accelerators(host.root) == []
-    diagnosis = diagnose(host.root, Registry(), STRANGER)
+    diagnosis = diagnose(host.root, default_registry(), STRANGER)
+    assert diagnosis.accelerators == []
     assert diagnosis.summary()[0].startswith("No accelerator device is present")
+    assert "(no Intel QAT, no Intel IAA, no HiSilicon UADK device)" in diagnosis.summary()[0]
+    # Without any plugin that reports, the doctor still runs and says so.
+    bare = diagnose(host.root, Registry(), STRANGER)
+    assert bare.summary()[0] == "No accelerator device is present on this host (no installed plugin looks for one)."
 
 
 def test_qat_device_without_driver(host: FakeHost) -> None:
@@ -195,7 +204,7 @@ def test_qat_device_without_driver(host: FakeHost) -> None:
     access = find(findings, QAT, "user-space access")
     assert access.status is Status.PROBLEM
     assert "systemctl enable --now qat" in access.advice
-    assert [a.text for a in accelerators(host.root)] == ["Intel QAT 4xxx PF at 0000:6b:00.0"]
+    assert [a.text for a in qat_diagnosis.accelerators(host.root)] == ["Intel QAT 4xxx PF at 0000:6b:00.0"]
 
 
 def test_qat_pf_bound_but_crypto_only_and_no_vfs(host: FakeHost) -> None:
@@ -408,7 +417,7 @@ def test_uacce_device_busy_and_node_not_openable(host: FakeHost) -> None:
     assert node.status is Status.PROBLEM
     assert "udev rule" in node.advice
     assert find(findings, UADK, "usable devices").status is Status.PROBLEM
-    assert [a.text for a in accelerators(host.root)] == ["HiSilicon UADK hisi_zip-0"]
+    assert [a.text for a in uadk_diagnosis.accelerators(host.root)] == ["HiSilicon UADK hisi_zip-0"]
 
 
 def test_uacce_device_usable_and_not_sva(host: FakeHost) -> None:
@@ -425,39 +434,46 @@ def test_uacce_device_usable_and_not_sva(host: FakeHost) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Fake trees: IOMMU
+# Fake trees: IOMMU (the core's shared check, told by the plugins how their devices use it)
+
+USES = [qat_diagnosis.IOMMU_USE, iaa_diagnosis.IOMMU_USE, uadk_diagnosis.IOMMU_USE]
 
 
 def test_no_iommu_when_a_device_needs_one(host: FakeHost) -> None:
     host.write("proc/cmdline", "console=ttyS0 quiet")
-    findings = iommu_findings(host.root, [IAA])
+    findings = iommu_findings(host.root, [IAA], USES)
     units = find(findings, IOMMU, "IOMMU units")
     assert units.status is Status.PROBLEM
     assert "intel_iommu=on,sm_on" in units.advice
+    assert "IAA shares the process's memory through the IOMMU (SVA)" in units.advice
     cmdline = find(findings, IOMMU, "kernel command line")
     assert cmdline.status is Status.INFO
     assert "scalable mode" in cmdline.detail
-    assert find(iommu_findings(host.root), IOMMU, "IOMMU units").status is Status.INFO
+    assert "IAA's shared work queues" in cmdline.detail
+    assert find(iommu_findings(host.root, (), USES), IOMMU, "IOMMU units").status is Status.INFO
 
 
 def test_iommu_on_with_scalable_mode(host: FakeHost) -> None:
     (host.root / "sys/class/iommu/dmar0").mkdir(parents=True)
     host.write("proc/cmdline", "intel_iommu=on,sm_on iommu=pt")
-    findings = iommu_findings(host.root, [IAA])
+    findings = iommu_findings(host.root, [IAA], USES)
     assert find(findings, IOMMU, "IOMMU units").status is Status.OK
     assert find(findings, IOMMU, "kernel command line").status is Status.OK
 
 
 def test_iommu_turned_off(host: FakeHost) -> None:
     host.write("proc/cmdline", "intel_iommu=off")
-    off = find(iommu_findings(host.root, [QAT]), IOMMU, "kernel command line")
+    off = find(iommu_findings(host.root, [QAT], USES), IOMMU, "kernel command line")
     assert off.status is Status.PROBLEM
     assert "intel_iommu=on,sm_on" in off.advice
+    # Only an Intel device needing it makes it a problem.
+    arm = find(iommu_findings(host.root, [UADK], USES), IOMMU, "kernel command line")
+    assert arm.status is Status.INFO
 
 
 def test_diagnosis_marks_iommu_needed_by_present_devices(host: FakeHost) -> None:
     host.iax(1)
-    diagnosis = diagnose(host.root, Registry(), STRANGER)
+    diagnosis = diagnose(host.root, plugins_registry(mfdcomp_qpl), STRANGER)
     assert find(diagnosis.findings, IOMMU, "IOMMU units").status is Status.PROBLEM
     assert diagnosis.summary()[0] == "Accelerator devices here: Intel IAA iax1."
     assert diagnosis.summary()[1] == "No codec's hardware path is available yet: see the problems above."
@@ -493,11 +509,23 @@ class StandIn:
         raise NotImplementedError
 
 
-def registry_of(*codecs: StandIn, broken: bool = False) -> Registry:
+def registry_of(*codecs: StandIn, broken: bool = False, doctors: Sequence[object] = ()) -> Registry:
+    """Stand-in codecs, then plugins that only diagnose (each given as its ``mfdcomp_doctor`` function)."""
     candidates = [Candidate(c.info.name, "tests", lambda c=c: _plugin(c)) for c in codecs]
+    candidates += [
+        Candidate(
+            f"doctor{i}", "tests", lambda d=d: types.SimpleNamespace(mfdcomp_methods=lambda: [], mfdcomp_doctor=d)
+        )
+        for i, d in enumerate(doctors)
+    ]
     if broken:
         candidates.append(Candidate("broken", "tests", _fail))
     return Registry.from_candidates(candidates)
+
+
+def plugins_registry(*modules: types.ModuleType) -> Registry:
+    """A registry of the real plugin packages given, as their entry points would register them."""
+    return Registry.from_candidates(Candidate(m.__name__, "tests", lambda m=m: m) for m in modules)
 
 
 def _plugin(codec: StandIn) -> object:
@@ -529,7 +557,9 @@ def test_hardware_codec_in_summary(host: FakeHost) -> None:
             PathProbe(CodecPath.SOFTWARE, True, "zlib raw deflate", "zlib", "1.2.13"),
         ],
     )
-    diagnosis = diagnose(host.root, registry_of(hw, sw), STRANGER, memlock=-1)
+    # The real qatzip and qpl plugins' doctor hooks, beside stand-in codecs of the same names.
+    registry = registry_of(hw, sw, doctors=[mfdcomp_qatzip.mfdcomp_doctor, mfdcomp_qpl.mfdcomp_doctor])
+    diagnosis = diagnose(host.root, registry, STRANGER, memlock=-1)
     assert diagnosis.hardware_codecs == ["qatzip"]
     assert diagnosis.summary() == [
         "Accelerator devices here: Intel QAT 4xxx VF at 0000:6b:00.1.",

@@ -8,7 +8,7 @@ import textwrap
 from typing import Any
 
 from mfdcomp.cli.common import print_json
-from mfdcomp.doctor import AREAS, Diagnosis, Finding, Status, diagnose
+from mfdcomp.doctor import Diagnosis, Finding, Status, diagnose
 
 LABELS = {Status.OK: "ok", Status.MISSING: "MISSING", Status.PROBLEM: "PROBLEM", Status.INFO: "info"}
 WIDTH = 100
@@ -18,9 +18,10 @@ def register(commands: Any) -> None:
     parser = commands.add_parser(
         "doctor",
         help="diagnose this host for hardware-offload compression",
-        description="Look at this host for Intel QAT, Intel IAA and HiSilicon UADK: PCI devices and their "
-        "drivers, device nodes and whether this user can open them, work queues, the IOMMU, the vendor "
-        "libraries; then probe every registered codec and say which path a default send takes. Each finding "
+        description="Ask every installed plugin what it sees of its hardware (with the bundled plugins: Intel "
+        "QAT, Intel IAA and HiSilicon UADK): PCI devices and their drivers, device nodes and whether this user "
+        "can open them, work queues, the vendor libraries; check the IOMMU; then probe every registered codec "
+        "and say which path a default send takes. Each finding "
         "is ok, missing, problem or info, with what to do when it is not ok. Exits 0 once the diagnosis ran, "
         "whatever it found.",
     )
@@ -46,9 +47,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render(diagnosis: Diagnosis) -> str:
-    """The report as text: one block per area, then the counts and the summary."""
+    """The report as text: one block per plugin section, then the IOMMU, codecs, plugins, counts and summary."""
     lines = [f"mfdcomp doctor: hardware-offload compression on this host, as {diagnosis.identity.describe()}"]
-    for area in AREAS:
+    for area in diagnosis.areas:
         findings = [f for f in diagnosis.findings if f.area == area]
         if findings:
             lines += ["", area]

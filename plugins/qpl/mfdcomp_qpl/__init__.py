@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mfdcomp.methods import CodecInfo, CodecPath, MultiFDMethods, PathProbe, PayloadSource, SendPayload
@@ -36,10 +37,11 @@ from mfdcomp_qpl import host
 from mfdcomp_qpl.host import probe_host
 
 if TYPE_CHECKING:
+    from mfdcomp.diagnosis import DoctorSection, Identity
     from mfdcomp_qpl.binding import Library
     from mfdcomp_qpl.jobs import ChannelJobs
 
-__all__ = ["QPL_INFO", "QplCodec", "QplMethods", "mfdcomp_methods"]
+__all__ = ["QPL_INFO", "QplCodec", "QplMethods", "mfdcomp_doctor", "mfdcomp_methods"]
 
 QPL_INFO = CodecInfo(
     name="qpl",
@@ -169,3 +171,10 @@ class QplCodec(ProbedCodec):
 def mfdcomp_methods() -> list[QplCodec]:
     """Hook implementation, found through the ``mfdcomp.methods`` entry point."""
     return [QplCodec()]
+
+
+def mfdcomp_doctor(root: Path, identity: Identity) -> list[DoctorSection]:
+    """Hook implementation for ``mfdcomp doctor``: the Intel IAA section (devices, work queues, nodes, libraries)."""
+    from mfdcomp_qpl.diagnosis import doctor_sections  # only when the doctor runs
+
+    return doctor_sections(root, identity)

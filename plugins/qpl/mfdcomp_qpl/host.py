@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mfdcomp.methods import CodecPath, PathProbe
-from mfdcomp.methods.hostprobe import Finding, read_text
+from mfdcomp.methods.hostprobe import Finding
 from mfdcomp_qpl import locate
+
+# The IAA sysfs reading lives with the doctor's, so the probe and the doctor read the work queues alike.
+from mfdcomp_qpl.diagnosis import find_iaa
 
 if TYPE_CHECKING:
     from mfdcomp_qpl.binding import Library
@@ -30,36 +33,6 @@ IMPL_ENV = "MFDCOMP_QPL_IMPL"
 IMPL_LIBQPL = "libqpl"
 IMPL_ZLIB = "zlib"
 IMPLEMENTATIONS = (IMPL_LIBQPL, IMPL_ZLIB)
-
-
-# The idxd driver lists IAA devices (iaxN) and their work queues (wqN.M) here;
-# accel-config configures them, and user-mode queues appear under /dev/iax.
-IDXD_DEVICES = Path("sys/bus/dsa/devices")
-IAX_NODES = Path("dev/iax")
-
-
-def find_iaa(root: Path) -> Finding:
-    """An enabled user-mode IAA work queue that this process can open."""
-    devices = root / IDXD_DEVICES
-    if not devices.is_dir():
-        return Finding(False, f"no IAA device: /{IDXD_DEVICES} is absent (no idxd driver loaded)")
-    iaa = sorted(d.name for d in devices.glob("iax*"))
-    if not iaa:
-        return Finding(False, f"no IAA device: no iax* in /{IDXD_DEVICES}")
-    ids = {name.removeprefix("iax") for name in iaa}
-    queues = sorted(
-        wq.name
-        for wq in devices.glob("wq*.*")
-        if wq.name.removeprefix("wq").split(".")[0] in ids
-        and read_text(wq / "state") == "enabled"
-        and read_text(wq / "type") == "user"
-    )
-    if not queues:
-        return Finding(False, f"IAA device(s) {', '.join(iaa)} have no enabled user work queue (see accel-config)")
-    usable = [wq for wq in queues if os.access(root / IAX_NODES / wq, os.R_OK | os.W_OK)]
-    if not usable:
-        return Finding(False, f"IAA work queue(s) {', '.join(queues)} are enabled but not accessible in /{IAX_NODES}")
-    return Finding(True, f"IAA work queue(s) {', '.join(usable)} enabled and accessible", usable[0])
 
 
 ZLIB_WRITER = "zlib writer: raw deflate per page from zlib (level 1, 4 KiB window), the same wire format"

@@ -16,6 +16,7 @@ is one, else with zlib.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mfdcomp.methods import CodecInfo, CodecPath, MultiFDMethods, PathProbe, PayloadSource, SendPayload
@@ -25,10 +26,11 @@ from mfdcomp.wire import Flag, RamPacket
 from mfdcomp_uadk.host import probe_host
 
 if TYPE_CHECKING:
+    from mfdcomp.diagnosis import DoctorSection, Identity
     from mfdcomp_uadk.binding import Runtime
     from mfdcomp_uadk.sessions import ChannelSession
 
-__all__ = ["UADK_INFO", "UadkCodec", "UadkMethods", "mfdcomp_methods"]
+__all__ = ["UADK_INFO", "UadkCodec", "UadkMethods", "mfdcomp_doctor", "mfdcomp_methods"]
 
 UADK_INFO = CodecInfo(
     name="uadk",
@@ -120,3 +122,10 @@ class UadkCodec(ProbedCodec):
 def mfdcomp_methods() -> list[UadkCodec]:
     """Hook implementation, found through the ``mfdcomp.methods`` entry point."""
     return [UadkCodec()]
+
+
+def mfdcomp_doctor(root: Path, identity: Identity) -> list[DoctorSection]:
+    """Hook implementation for ``mfdcomp doctor``: the HiSilicon UADK section (devices, uacce, nodes, libraries)."""
+    from mfdcomp_uadk.diagnosis import doctor_sections  # only when the doctor runs
+
+    return doctor_sections(root, identity)
