@@ -34,6 +34,7 @@ from mfdcomp_uadk import host as uadk_host
 from mfdcomp.errors import CodecError
 from mfdcomp.imagegen import generate_image
 from mfdcomp.methods import CodecPath, MultiFDMethods, PageViews, PathProbe, SendPayload
+from mfdcomp.methods import deflate as deflate_libs
 from mfdcomp.methods.pagetable import encode_pages
 from mfdcomp.registry import default_registry
 from mfdcomp.wire import Flag, RamPacket, page_count
@@ -61,13 +62,26 @@ def _raw_deflate(page: bytes, level: int, bits: int) -> bytes:
 QPL = Case("qpl", QplCodec(), Flag.QPL, CodecPath.SOFTWARE, _raw_deflate, (9, 12, 15))
 QPL_ZLIB = Case("qpl", QplCodec(impl="zlib"), Flag.QPL, CodecPath.SOFTWARE, _raw_deflate, (9, 12, 15))
 UADK = Case("uadk", UadkCodec(), Flag.UADK, CodecPath.RAW, lambda p, lvl, w: zlib.compress(p, lvl, w), (9, 12, 15))
-QPLS = [pytest.param(QPL, id="qpl"), pytest.param(QPL_ZLIB, id="qpl-zlib")]
+QPL_ISAL = Case("qpl", QplCodec(impl="isal"), Flag.QPL, CodecPath.SOFTWARE, _raw_deflate, (9, 12, 15))
+HAS_ISAL = isinstance(deflate_libs.isal(), deflate_libs.Deflate)
+QPLS = [
+    pytest.param(QPL, id="qpl"),
+    pytest.param(QPL_ZLIB, id="qpl-zlib"),
+    pytest.param(QPL_ISAL, id="qpl-isal", marks=pytest.mark.skipif(not HAS_ISAL, reason="no python-isal")),
+]
 CASES = [*QPLS, pytest.param(UADK, id="uadk")]
 
 
 def through_libqpl(case: Case) -> bool:
     """Whether this case's qpl contexts decode with libqpl (installed, and not forced to zlib)."""
     return isinstance(case.codec, QplCodec) and case.codec.probe() and case.codec.library is not None
+
+
+def through_isal(case: Case) -> bool:
+    """Whether this case decodes with ISA-L (the qpl ISA-L writer's contexts; uadk without a device)."""
+    if isinstance(case.codec, QplCodec):
+        return case.codec.implementation == "isal"
+    return deflate_libs.fastest().name == "isal"
 
 
 # ---------------------------------------------------------------- helpers
@@ -395,7 +409,8 @@ def test_hostile_payload(case: Case, name: str) -> None:
     libqpl = through_libqpl(case)
     assert (bad.libqpl_message if libqpl and bad.libqpl_message else bad.message) in str(caught.value)
     if bad.cause is not None:
-        assert isinstance(caught.value.__cause__, ValueError if libqpl else bad.cause)
+        # libqpl's and ISA-L's errors come through the inflater as a ValueError.
+        assert isinstance(caught.value.__cause__, ValueError if libqpl or through_isal(case) else bad.cause)
     assert target.gaps_untouched()
     assert [target.page(i) for i in range(bad.first_bad)] == expected_pages[: bad.first_bad]
     assert all(target.untouched(i) for i in range(bad.first_bad, COUNT))
@@ -419,9 +434,11 @@ def test_uadk_checks_the_adler32_of_each_page() -> None:
     text = image("text", PS, 1, seed=3)
     blob = bytearray(zlib.compress(text, 1))
     blob[-1] ^= 0x01
-    with pytest.raises(CodecError, match=r"page 0 of 1.*corrupt compressed stream.*incorrect data check") as caught:
+    check = "Incorrect checksum" if through_isal(UADK) else "incorrect data check"  # ISA-L's words, zlib's
+    with pytest.raises(CodecError, match=rf"page 0 of 1.*corrupt compressed stream.*{check}") as caught:
         receive(UADK, assemble([len(blob)], [bytes(blob)]), 1, PS)
-    assert isinstance(caught.value.__cause__, zlib.error)
+    cause = caught.value.__cause__
+    assert isinstance(cause.__cause__ if through_isal(UADK) else cause, deflate_libs.fastest().error)
 
 
 @pytest.mark.parametrize("case", QPLS)
@@ -511,7 +528,9 @@ def test_probes_on_this_host() -> None:
         assert qpl[1].library == QPL.codec.library.path and "qpl_path_software" in qpl[1].reason
     else:
         assert "needs libqpl, which is not loaded" in qpl[0].reason
-        assert qpl[1] == PathProbe(CodecPath.SOFTWARE, True, qpl[1].reason, "zlib", zlib.ZLIB_RUNTIME_VERSION)
+        # Without libqpl the fastest deflate writes the pages: ISA-L when python-isal imports, else zlib.
+        writer = deflate_libs.fastest()
+        assert qpl[1] == PathProbe(CodecPath.SOFTWARE, True, qpl[1].reason, writer.name, writer.version)
     if UadkCodec().probe() and uadk[0].library != "libwd_comp" and not Path("/sys/class/uacce").exists():
         assert uadk[0].reason == (
             "wd_comp_init2 returned -22 (EINVAL): no UADK compression device (/sys/class/uacce absent)"
@@ -526,7 +545,7 @@ def test_qpl_zlib_writer_is_forced_by_the_environment(monkeypatch: pytest.Monkey
     assert software.available and software.library == "zlib" and software.reason.startswith("zlib writer")
     monkeypatch.setenv(qpl_host.IMPL_ENV, "lz4")
     hardware, software = QplCodec().probe()
-    assert not software.available and "MFDCOMP_QPL_IMPL='lz4' is not one of libqpl, zlib" in software.reason
+    assert not software.available and "MFDCOMP_QPL_IMPL='lz4' is not one of libqpl, isal, zlib" in software.reason
     with pytest.raises(CodecError, match="software path cannot run here: MFDCOMP_QPL_IMPL='lz4'"):
         QplCodec().methods(PS, None, CodecPath.SOFTWARE)
 

@@ -12,11 +12,13 @@ Two implementations write that format:
   The hardware path runs ``qpl_path_hardware`` jobs (a page whose queue
   stays busy, or whose submission fails, goes through the software job);
   the software path runs ``qpl_path_software`` jobs.
-* the zlib writer: zlib at level 1 with a 4 KiB window, used when libqpl is
-  absent or ``MFDCOMP_QPL_IMPL=zlib``.
+* the ISA-L writer (python-isal): ISA-L at level 1 with a 4 KiB window, used
+  when libqpl is absent and python-isal imports, or ``MFDCOMP_QPL_IMPL=isal``.
+* the zlib writer: zlib at level 1 with a 4 KiB window, used when neither
+  loads or ``MFDCOMP_QPL_IMPL=zlib``.
 
-Receivers inflate with libqpl when it is loaded, else with zlib; both check
-every page decodes to exactly the page size.
+Receivers inflate with what writes (libqpl, ISA-L or zlib); every one
+checks each page decodes to exactly the page size.
 
 Importing this module loads no library and touches no device: the host is
 looked at only by :meth:`QplCodec.probe`.
@@ -24,13 +26,20 @@ looked at only by :meth:`QplCodec.probe`.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mfdcomp.methods import CodecInfo, CodecPath, MultiFDMethods, PathProbe, PayloadSource, SendPayload
-from mfdcomp.methods.pagetable import RAW_DEFLATE_WBITS, decode_pages, encode_pages
+from mfdcomp.methods import deflate as libs
+from mfdcomp.methods.deflate import Deflate
+from mfdcomp.methods.pagetable import (
+    RAW_DEFLATE_WBITS,
+    PageInflater,
+    decode_pages,
+    deflate_inflater,
+    encode_pages,
+)
 from mfdcomp.methods.probed import ProbedCodec
 from mfdcomp.wire import Flag, RamPacket
 from mfdcomp_qpl import host
@@ -53,17 +62,19 @@ QPL_INFO = CodecInfo(
 )
 
 # IAA keeps only 4 KiB of history and QEMU asks QPL for level 1: the zlib
-# writer keeps both, so whatever it sends an IAA decoder can take.
+# and ISA-L writers keep both, so whatever they send an IAA decoder can take.
+# (A 4 KiB page can never reach further back than 4 KiB anyway: for such
+# pages any window gives the same bytes; it matters for larger pages.)
 DEFLATE_LEVEL = 1
 DEFLATE_WBITS = -12
 
 
-def deflate_page(page: memoryview) -> bytes:
-    return zlib.compress(page, DEFLATE_LEVEL, DEFLATE_WBITS)
+def deflate_page(page: memoryview, writer: Deflate = libs.STDLIB) -> bytes:
+    return writer.compress(page, DEFLATE_LEVEL, DEFLATE_WBITS)
 
 
 class QplMethods(MultiFDMethods):
-    """One channel of qpl, one direction: libqpl jobs when the library is loaded, else zlib.
+    """One channel of qpl, one direction: libqpl jobs when the library is loaded, else ``writer`` (ISA-L or zlib).
 
     ``page_paths`` counts, over the channel's life, the pages compressed or
     inflated by the hardware job, by the software (libqpl's software job or
@@ -74,18 +85,24 @@ class QplMethods(MultiFDMethods):
     info = QPL_INFO
 
     def __init__(
-        self, page_size: int, level: int | None, path: CodecPath = CodecPath.SOFTWARE, library: Library | None = None
+        self,
+        page_size: int,
+        level: int | None,
+        path: CodecPath = CodecPath.SOFTWARE,
+        library: Library | None = None,
+        writer: Deflate = libs.STDLIB,
     ) -> None:
         super().__init__(page_size, level)
         self.path = path
         self._library = library
+        self._writer = writer
         self._jobs: ChannelJobs | None = None
         self.page_paths = {CodecPath.HARDWARE: 0, CodecPath.SOFTWARE: 0, CodecPath.RAW: 0}
 
     @property
     def implementation(self) -> str:
-        """``libqpl`` or ``zlib``: what writes and reads this context's pages."""
-        return host.IMPL_ZLIB if self._library is None else host.IMPL_LIBQPL
+        """``libqpl``, ``isal`` or ``zlib``: what writes and reads this context's pages."""
+        return self._writer.name if self._library is None else host.IMPL_LIBQPL
 
     def _open_jobs(self) -> None:
         if self._library is not None:
@@ -116,7 +133,8 @@ class QplMethods(MultiFDMethods):
         self.owner.check()
         counts = self.page_paths
         if self._jobs is None:
-            buffers, size = encode_pages(pages, self.page_size, deflate_page)
+            writer = self._writer
+            buffers, size = encode_pages(pages, self.page_size, lambda page: deflate_page(page, writer))
             raw = sum(1 for b in buffers[1:] if memoryview(b).nbytes == self.page_size)
             counts[CodecPath.SOFTWARE] += len(pages) - raw
             counts[CodecPath.RAW] += raw
@@ -132,7 +150,13 @@ class QplMethods(MultiFDMethods):
         self.owner.check()
         jobs = self._jobs
         before = 0 if jobs is None else jobs.inflated_on_hardware
-        inflate = None if jobs is None else jobs.inflate
+        inflate: PageInflater | None
+        if jobs is not None:
+            inflate = jobs.inflate
+        elif self._writer is not libs.STDLIB:
+            inflate = deflate_inflater(self._writer, self.page_size, RAW_DEFLATE_WBITS)
+        else:
+            inflate = None  # decode_pages' own zlib
         compressed = decode_pages(self.info, packet, source, pages, self.page_size, RAW_DEFLATE_WBITS, inflate)
         on_hardware = 0 if jobs is None else jobs.inflated_on_hardware - before
         self.page_paths[CodecPath.RAW] += len(pages) - compressed
@@ -144,28 +168,44 @@ class QplMethods(MultiFDMethods):
 
 
 class QplCodec(ProbedCodec):
-    """The registered codec. ``impl`` forces an implementation (``libqpl`` or ``zlib``) over ``MFDCOMP_QPL_IMPL``."""
+    """The registered codec. ``impl`` forces ``libqpl``, ``isal`` or ``zlib`` over ``MFDCOMP_QPL_IMPL``."""
 
     info = QPL_INFO
+    impls = host.QPL_IMPLS
 
     def __init__(self, impl: str | None = None) -> None:
         super().__init__()
         self.impl = impl
         self.library: Library | None = None
+        self.writer: Deflate = libs.STDLIB
 
     def _probe(self) -> list[PathProbe]:
         found = probe_host(impl=self.impl)
         self.library = found.library
+        self.writer = found.writer
         return found.probes
 
+    @property
+    def implementation(self) -> str | None:
+        """``libqpl``, ``isal`` or ``zlib`` (what the channels run), None when the software path cannot run."""
+        if not self.probe()[1].available:
+            return None
+        return host.IMPL_LIBQPL if self.library is not None else self.writer.name
+
     def implementations(self) -> dict[str, QplCodec]:
-        """The zlib writer as a second implementation of the format, when libqpl is the first."""
-        self.probe()
-        return {"zlib writer": QplCodec(impl=host.IMPL_ZLIB)} if self.library is not None else {}
+        """Every other implementation that runs here (libqpl, the ISA-L writer, the zlib writer), by label."""
+        mine = self.implementation
+        others = {}
+        for name in host.IMPLEMENTATIONS:
+            if name != mine and name != self.impl:
+                other = QplCodec(impl=name)
+                if other.probe()[1].available:
+                    others[name if name == host.IMPL_LIBQPL else f"{name} writer"] = other
+        return others
 
     def methods(self, page_size: int, level: int | None, path: CodecPath) -> QplMethods:
         self.require_path(path)
-        return QplMethods(page_size, level, path, self.library)
+        return QplMethods(page_size, level, path, self.library, self.writer)
 
 
 def mfdcomp_methods() -> list[QplCodec]:

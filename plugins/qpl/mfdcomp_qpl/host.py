@@ -7,20 +7,23 @@ job; without IAA that returns 501 or 503, and the probe reason carries the
 status, what it means and what sysfs shows.
 
 Which implementation writes the software path can be forced with
-``MFDCOMP_QPL_IMPL``: ``libqpl`` (fail rather than fall back) or ``zlib``
-(the zlib writer, libqpl never loaded); unset, libqpl when it loads.
+``MFDCOMP_QPL_IMPL``: ``libqpl`` (fail rather than fall back), ``isal`` (the
+ISA-L writer) or ``zlib`` (the zlib writer; libqpl is never loaded for
+either); unset, the fastest that runs: libqpl when it loads, else ISA-L when
+python-isal imports, else zlib.
 """
 
 from __future__ import annotations
 
-import os
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mfdcomp.methods import CodecPath, PathProbe
+from mfdcomp.methods import deflate as libs
+from mfdcomp.methods.deflate import Deflate
 from mfdcomp.methods.hostprobe import Finding
+from mfdcomp.methods.impls import Implementations
 from mfdcomp_qpl import locate
 
 # The IAA sysfs reading lives with the doctor's, so the probe and the doctor read the work queues alike.
@@ -31,29 +34,30 @@ if TYPE_CHECKING:
 
 IMPL_ENV = "MFDCOMP_QPL_IMPL"
 IMPL_LIBQPL = "libqpl"
-IMPL_ZLIB = "zlib"
-IMPLEMENTATIONS = (IMPL_LIBQPL, IMPL_ZLIB)
+IMPL_ISAL = libs.ISAL
+IMPL_ZLIB = libs.ZLIB
+IMPLEMENTATIONS = (IMPL_LIBQPL, IMPL_ISAL, IMPL_ZLIB)
+QPL_IMPLS = Implementations(env=IMPL_ENV, names=IMPLEMENTATIONS)
 
 
-ZLIB_WRITER = "zlib writer: raw deflate per page from zlib (level 1, 4 KiB window), the same wire format"
+WRITERS = {
+    IMPL_ZLIB: "zlib writer: raw deflate per page from zlib (level 1, 4 KiB window), the same wire format",
+    IMPL_ISAL: "ISA-L writer: raw deflate per page from ISA-L (level 1, 4 KiB window), the same wire format",
+}
 
 
 @dataclass(frozen=True, slots=True)
 class HostProbe:
-    """The two PathProbes, and libqpl when it loaded (the codec's channels use it)."""
+    """The two PathProbes, and libqpl when it loaded (the codec's channels use it), else the deflate writer."""
 
     probes: list[PathProbe]
     library: Library | None
+    writer: Deflate = libs.STDLIB
 
 
 def chosen_implementation(forced: str | None = None) -> str | None:
-    """``libqpl``, ``zlib`` or None (whichever works); a ValueError for anything else."""
-    value = forced if forced is not None else os.environ.get(IMPL_ENV, "")
-    if not value:
-        return None
-    if value not in IMPLEMENTATIONS:
-        raise ValueError(f"{IMPL_ENV}={value!r} is not one of {', '.join(IMPLEMENTATIONS)}")
-    return value
+    """``libqpl``, ``isal``, ``zlib`` or None (whichever works); a ValueError for anything else."""
+    return QPL_IMPLS.forced(forced)
 
 
 def load_library() -> tuple[Library | None, str]:
@@ -80,23 +84,29 @@ def probe_host(root: Path = Path("/"), impl: str | None = None) -> HostProbe:
         return HostProbe(
             [PathProbe(CodecPath.HARDWARE, False, str(exc)), PathProbe(CodecPath.SOFTWARE, False, str(exc))], None
         )
-    if chosen == IMPL_ZLIB:
-        why = f"{IMPL_ENV}=zlib: libqpl is not loaded"
-        return HostProbe(_without_library(why, device), None)
+    if chosen in (IMPL_ZLIB, IMPL_ISAL):
+        writer = libs.named(chosen)
+        if not isinstance(writer, Deflate):
+            why = f"{IMPL_ENV}={chosen} but {writer}"
+            hardware = PathProbe(CodecPath.HARDWARE, False, f"{why}; {device.detail}")
+            return HostProbe([hardware, PathProbe(CodecPath.SOFTWARE, False, why, chosen)], None)
+        why = f"{IMPL_ENV}={chosen}: libqpl is not loaded"
+        return HostProbe(_without_library(why, device, writer), None, writer)
     library, origin = load_library()
     if library is None:
         if chosen == IMPL_LIBQPL:
             why = f"{IMPL_ENV}=libqpl but {origin}"
             hardware = PathProbe(CodecPath.HARDWARE, False, f"{why}; {device.detail}")
             return HostProbe([hardware, PathProbe(CodecPath.SOFTWARE, False, why)], None)
-        return HostProbe(_without_library(origin, device), None)
+        writer = libs.fastest()  # ISA-L when python-isal imports
+        return HostProbe(_without_library(origin, device, writer), None, writer)
     return HostProbe(_with_library(library, origin, device), library)
 
 
-def _without_library(why: str, device: Finding) -> list[PathProbe]:
+def _without_library(why: str, device: Finding, writer: Deflate) -> list[PathProbe]:
     return [
         PathProbe(CodecPath.HARDWARE, False, f"needs libqpl, which is not loaded ({why}); {device.detail}", "libqpl"),
-        PathProbe(CodecPath.SOFTWARE, True, f"{ZLIB_WRITER} ({why})", "zlib", zlib.ZLIB_RUNTIME_VERSION),
+        PathProbe(CodecPath.SOFTWARE, True, f"{WRITERS[writer.name]} ({why})", writer.name, writer.version),
     ]
 
 

@@ -10,7 +10,7 @@ its init once per process. Where init succeeds, the hardware path compresses
 each page with a libwd_comp session (one per channel and direction). With no
 device QEMU sends every page raw under the uadk flag, and so does this codec;
 compressed pages from a peer with hardware decode with the device when there
-is one, else with zlib.
+is one, else with ISA-L (python-isal) when it imports, else with zlib.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mfdcomp.methods import CodecInfo, CodecPath, MultiFDMethods, PathProbe, PayloadSource, SendPayload
-from mfdcomp.methods.pagetable import ZLIB_WBITS, decode_pages, raw_pages
+from mfdcomp.methods import deflate as libs
+from mfdcomp.methods.pagetable import ZLIB_WBITS, PageInflater, decode_pages, deflate_inflater, raw_pages
 from mfdcomp.methods.probed import ProbedCodec
 from mfdcomp.wire import Flag, RamPacket
 from mfdcomp_uadk.host import probe_host
@@ -47,7 +48,7 @@ class UadkMethods(MultiFDMethods):
     """One channel of uadk: a libwd_comp session on the hardware path, else every page raw.
 
     Received compressed pages go through the channel's decompress session
-    when the hardware path runs, else through zlib.
+    when the hardware path runs, else through ISA-L (or zlib without python-isal).
     """
 
     info = UADK_INFO
@@ -59,6 +60,16 @@ class UadkMethods(MultiFDMethods):
         self.path = path
         self._runtime = runtime if path is CodecPath.HARDWARE else None
         self._session: ChannelSession | None = None
+        # Without a device: the fastest software inflate (any zlib stream decodes with any).
+        self._inflater = libs.fastest()
+        self._receiving = False
+
+    @property
+    def implementation(self) -> str:
+        """``libwd_comp`` on the device; receiving without one, ``isal`` or ``zlib``; sending raw pages, ""."""
+        if self._runtime is not None:
+            return "libwd_comp"
+        return self._inflater.name if self._receiving else ""
 
     def _open(self, *, compress: bool) -> None:
         if self._runtime is not None:
@@ -80,6 +91,7 @@ class UadkMethods(MultiFDMethods):
 
     def recv_setup(self, channel: int) -> None:
         super().recv_setup(channel)
+        self._receiving = True
         self._open(compress=False)
 
     def recv_cleanup(self) -> None:
@@ -95,7 +107,13 @@ class UadkMethods(MultiFDMethods):
 
     def recv(self, packet: RamPacket, source: PayloadSource, pages: Sequence[memoryview]) -> CodecPath:
         self.owner.check()
-        inflate = None if self._session is None else self._session.inflate
+        inflate: PageInflater | None
+        if self._session is not None:
+            inflate = self._session.inflate
+        elif self._inflater is not libs.STDLIB:
+            inflate = deflate_inflater(self._inflater, self.page_size, ZLIB_WBITS)
+        else:
+            inflate = None  # decode_pages' own zlib
         compressed = decode_pages(self.info, packet, source, pages, self.page_size, ZLIB_WBITS, inflate)
         if not compressed:
             return CodecPath.RAW
