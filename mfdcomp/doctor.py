@@ -315,6 +315,17 @@ def diagnose(
     needed_by = list(dict.fromkeys(a.area for a in devices if a.needs_iommu))
     uses: list[IommuUse] = [s.iommu for s in sections if s.iommu is not None]
     areas = {s.title: i for i, s in enumerate(sections)}
+    if not sections:
+        # Device knowledge comes from the plugins: without any, say so instead of a report that looks clean.
+        failures.append(
+            Finding(
+                PLUGINS,
+                "hardware diagnosis",
+                Status.INFO,
+                "no installed plugin reports on accelerator hardware (none implements mfdcomp_doctor)",
+                "install the accelerator plugins into this Python (`bash ci/setup.sh`) to have their devices checked",
+            )
+        )
     findings = (
         [f for s in sections for f in s.findings]
         + iommu_findings(root, sorted(needed_by), uses)

@@ -13,14 +13,16 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import mfdcomp_qatzip
 import mfdcomp_qpl
+import mfdcomp_uadk
 import pytest
 from mfdcomp_qatzip import diagnosis as qat_diagnosis
 from mfdcomp_qatzip.diagnosis import QAT, qat_findings
@@ -30,6 +32,7 @@ from mfdcomp_uadk import diagnosis as uadk_diagnosis
 from mfdcomp_uadk.diagnosis import UADK, uadk_findings
 
 from mfdcomp.cli.doctor_cmd import render
+from mfdcomp.diagnosis import Accelerator, DoctorSection, IommuUse
 from mfdcomp.doctor import (
     CODECS,
     IOMMU,
@@ -42,7 +45,7 @@ from mfdcomp.doctor import (
     locate_library,
 )
 from mfdcomp.methods import CodecInfo, CodecPath, MultiFDMethods, PathProbe
-from mfdcomp.registry import Candidate, Registry, default_registry
+from mfdcomp.registry import Candidate, Registry, default_registry, hookimpl
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "ci" / "hardware-host.sh"
@@ -191,6 +194,7 @@ def test_empty_tree_has_no_device(host: FakeHost) -> None:
     # Without any plugin that reports, the doctor still runs and says so.
     bare = diagnose(host.root, Registry(), STRANGER)
     assert bare.summary()[0] == "No accelerator device is present on this host (no installed plugin looks for one)."
+    assert "none implements mfdcomp_doctor" in find(bare.findings, PLUGINS, "hardware diagnosis").detail
 
 
 def test_qat_device_without_driver(host: FakeHost) -> None:
@@ -590,6 +594,151 @@ def test_broken_plugin_and_failing_probe_are_problems(host: FakeHost) -> None:
     assert "no path of codec yy can run here" in cannot.detail
     assert diagnosis.no_hardware_reason() == "no hardware path of any codec is available (yy: no device)"
     assert json.loads(json.dumps(diagnosis.as_dict()))["counts"]["problem"] >= 3
+
+
+# ---------------------------------------------------------------------------------------------------
+# A third-party plugin's own section, and plugins whose doctor hook is broken
+
+
+ACME = "Acme ZIP"
+
+
+class AcmePlugin:
+    """A third-party accelerator plugin, registered at run time: its codec and its own doctor section.
+
+    Its device is a fake sysfs class, ``/sys/class/acme``; the doctor knows nothing of it but what the
+    hook returns. The hook takes only the arguments it needs (pluggy passes them by name).
+    """
+
+    codec = StandIn("acme", [PathProbe(CodecPath.HARDWARE, False, "no acme device")])
+
+    @hookimpl
+    def mfdcomp_methods(self) -> list[StandIn]:
+        return [self.codec]
+
+    @hookimpl
+    def mfdcomp_doctor(self, root: Path) -> list[DoctorSection]:
+        devices = sorted(p.name for p in (root / "sys/class/acme").glob("acme*"))
+        findings = [Finding(ACME, d, Status.PROBLEM, f"{d} has no firmware", "install acme-firmware") for d in devices]
+        if not devices:
+            findings.append(Finding(ACME, "devices", Status.MISSING, "no Acme ZIP card", "plug one in"))
+        return [
+            DoctorSection(
+                ACME,
+                tuple(findings),
+                codecs=("acme",),
+                accelerators=tuple(Accelerator(ACME, f"Acme ZIP {d}", True) for d in devices),
+                iommu=IommuUse(ACME, "Acme ZIP cards DMA through the IOMMU"),
+            )
+        ]
+
+
+def hook_plugin(name: str, doctor: Callable[..., object]) -> Candidate:
+    return Candidate(name, "tests", lambda: types.SimpleNamespace(mfdcomp_methods=lambda: [], mfdcomp_doctor=doctor))
+
+
+def test_third_party_plugin_adds_its_own_section(host: FakeHost) -> None:
+    (host.root / "sys/class/acme/acme0").mkdir(parents=True)
+    registry = Registry.from_candidates(
+        [Candidate("mfdcomp_qpl", "tests", lambda: mfdcomp_qpl), Candidate("acme", "acme-dist", AcmePlugin)]
+    )
+    diagnosis = diagnose(host.root, registry, STRANGER)
+    # Sections come in plugin order, before the core's own areas.
+    assert diagnosis.areas == [IAA, ACME, IOMMU, CODECS, PLUGINS]
+    problem = find(diagnosis.findings, ACME, "acme0")
+    assert (problem.status, problem.advice) == (Status.PROBLEM, "install acme-firmware")
+    # The codec table points to the plugin's section; the IOMMU check counts its device and its reason.
+    assert find(diagnosis.findings, CODECS, "acme hardware").advice == "see the Acme ZIP findings above"
+    units = find(diagnosis.findings, IOMMU, "IOMMU units")
+    assert units.status is Status.PROBLEM
+    assert "Acme ZIP need one" in units.detail
+    assert units.advice.startswith("Acme ZIP cards DMA through the IOMMU: ")
+    assert diagnosis.summary()[0] == "Accelerator devices here: Acme ZIP acme0."
+    text = render(diagnosis)
+    assert text.index("\nIntel IAA\n") < text.index("\nAcme ZIP\n") < text.index("\nIOMMU\n")
+    data = json.loads(json.dumps(diagnosis.as_dict()))
+    assert {"title": ACME, "plugin": "acme (acme-dist)", "codecs": ["acme"], "accelerators": ["Acme ZIP acme0"]} in (
+        data["sections"]
+    )
+    assert not [f for f in diagnosis.findings if f.area == PLUGINS]
+
+
+def test_broken_doctor_hooks_are_reported_and_the_rest_still_print(host: FakeHost) -> None:
+    def raising(root: Path) -> list[DoctorSection]:
+        raise RuntimeError("sysfs walk exploded")
+
+    def wrong_type() -> str:
+        return "all good"
+
+    def taken_title() -> list[DoctorSection]:
+        return [DoctorSection(IAA, (Finding(IAA, "x", Status.OK, "impostor"),))]
+
+    def misfiled() -> list[DoctorSection]:
+        # A finding filed under another area is shown in its own section.
+        return [DoctorSection("Tidy", (Finding(CODECS, "t", Status.INFO, "filed wrong"),))]
+
+    registry = Registry.from_candidates(
+        [
+            hook_plugin("raising", raising),
+            Candidate("mfdcomp_qpl", "tests", lambda: mfdcomp_qpl),
+            hook_plugin("wrong", wrong_type),
+            hook_plugin("taken", taken_title),
+            hook_plugin("misfiled", misfiled),
+        ]
+    )
+    diagnosis = diagnose(host.root, registry, STRANGER)
+    raised = find(diagnosis.findings, PLUGINS, "raising (tests) doctor")
+    assert raised.status is Status.PROBLEM
+    assert raised.detail == "its mfdcomp_doctor hook raised RuntimeError: sysfs walk exploded"
+    assert "returned str, not a list of DoctorSection" in find(diagnosis.findings, PLUGINS, "wrong (tests)").detail
+    assert "has the title of another section" in find(diagnosis.findings, PLUGINS, "taken (tests)").detail
+    assert find(diagnosis.findings, "Tidy", "t").detail == "filed wrong"
+    # The IAA section is qpl's own, whole, and the report renders with every block.
+    assert find(diagnosis.findings, IAA, "devices").status is Status.MISSING
+    assert not [f for f in diagnosis.findings if f.detail == "impostor"]
+    assert diagnosis.areas == [IAA, "Tidy", IOMMU, CODECS, PLUGINS]
+    text = render(diagnosis)
+    assert "\nIntel IAA\n" in text and "sysfs walk exploded" in text
+
+
+def test_the_bundled_plugins_report_through_the_hook(host: FakeHost) -> None:
+    host.pci("0000:6b:00.0", 0x8086, 0x4940)
+    host.iax(1)
+    host.uacce("hisi_zip-0")
+    registry = plugins_registry(mfdcomp_qatzip, mfdcomp_qpl, mfdcomp_uadk)
+    diagnosis = diagnose(host.root, registry, STRANGER, memlock=0)
+    assert [(s.title, s.codecs) for s in diagnosis.sections] == [(QAT, ("qatzip",)), (IAA, ("qpl",)), (UADK, ("uadk",))]
+    assert [a.text for a in diagnosis.accelerators] == [
+        "Intel QAT 4xxx PF at 0000:6b:00.0",
+        "Intel IAA iax1",
+        "HiSilicon UADK hisi_zip-0",
+    ]
+    needed = find(diagnosis.findings, IOMMU, "IOMMU units").detail
+    assert needed.endswith("HiSilicon UADK, Intel IAA, Intel QAT need one")
+
+
+def test_plugins_diagnose_without_loading_a_library(tmp_path: Path) -> None:
+    """The qpl and uadk hooks read files only: ctypes is never imported (qatzip's locate imports it anyway)."""
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import mfdcomp_qpl, mfdcomp_uadk\n"
+        "from mfdcomp.diagnosis import Identity\n"
+        f"root = Path({str(tmp_path)!r})\n"
+        "who = Identity(12345, frozenset())\n"
+        "sections = mfdcomp_qpl.mfdcomp_doctor(root, who) + mfdcomp_uadk.mfdcomp_doctor(root, who)\n"
+        "print(len(sections), 'ctypes' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.stdout.split() == ["2", "False"], done.stderr
+
+
+def test_core_doctor_knows_no_accelerator() -> None:
+    """Vendor knowledge lives in the plugins; the core doctor and command speak only of sections."""
+    for path in (REPO / "mfdcomp/doctor.py", REPO / "mfdcomp/diagnosis.py"):
+        words = re.findall(r"qat|iaa|iax|idxd|uacce|hisi|4xxx", path.read_text(), re.IGNORECASE)
+        allowed = {"qat", "iaa"} if path.name == "diagnosis.py" else set()  # docstring examples only
+        assert {w.lower() for w in words} <= allowed, (path, words)
 
 
 # ---------------------------------------------------------------------------------------------------
