@@ -7,6 +7,10 @@ library produced and consumed each packet.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -24,6 +28,7 @@ from mfdcomp.testing.loopback import run_loopback
 
 pytestmark = pytest.mark.skipif(not isinstance(libs.isal(), libs.Deflate), reason="python-isal is not installed")
 PS = 4096
+CONFORMANCE = [sys.executable, "-m", "mfdcomp", "conformance", "--json"]
 
 
 def test_zlib_levels_map_to_isal_levels() -> None:
@@ -202,3 +207,35 @@ def test_uadk_decodes_device_pages_with_isal() -> None:
     packet = RamPacket.data(flags=Flag.UADK, ramblock="r", normal=offsets, next_packet_size=len(payload), packet_num=0)
     assert receiver.recv(packet, _Source(payload), PageViews(memoryview(out), offsets, PS)) is CodecPath.SOFTWARE
     assert out == data and receiver.implementation == "isal"
+
+
+def test_conformance_cross_decodes_isal_with_the_others(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*CONFORMANCE, "--check", "cross_decode", "--codec", "zlib", "--codec", "qpl"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    pairs = {v["codec"]: set(v["checks"][0]["notes"]["pairs"]) for v in json.loads(done.stdout)["verdicts"]}
+    assert {"zlib (isal)/software -> zlib (zlib)", "zlib (zlib)/software -> zlib (isal)"} <= pairs["zlib"]
+    writers = ["qpl (isal writer)", "qpl (zlib writer)"]
+    if any(p.startswith("qpl (libqpl)") for p in pairs["qpl"]):
+        writers.append("qpl (libqpl)")
+    assert {f"{a}/software -> {b}" for a in writers for b in writers} <= pairs["qpl"]
+
+
+@pytest.mark.parametrize("forced", ["", "isal", "zlib"])
+def test_codecs_says_which_library_runs_and_how_to_force_another(forced: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MFDCOMP_ZLIB_IMPL"} | {"MFDCOMP_ZLIB_IMPL": forced}
+    command = [sys.executable, "-m", "mfdcomp", "codecs"]
+    listed = subprocess.run([*command, "--json"], env=env, capture_output=True, text=True, timeout=120, check=True)
+    (zlib_codec,) = [c for c in json.loads(listed.stdout)["codecs"] if c["name"] == "zlib"]
+    expected = forced or "isal"
+    assert zlib_codec["implementation"] == expected
+    assert zlib_codec["other_implementations"] == [{"isal": "zlib", "zlib": "isal"}[expected]]
+    assert zlib_codec["implementation_env"] == "MFDCOMP_ZLIB_IMPL"
+    assert zlib_codec["paths"][0]["library"] == expected
+    text = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert f"    implementation: {expected} (also runs here:" in text

@@ -8,6 +8,7 @@ from typing import Any
 from mfdcomp.cli.common import print_json
 from mfdcomp.errors import MfdcompError
 from mfdcomp.methods import Codec, PathProbe, choose_path
+from mfdcomp.methods.impls import ChoosesImplementation
 from mfdcomp.registry import default_registry
 
 
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
                 "sends_through": sends,
                 "description": info.description,
             }
+            | _implementations(codec)
         )
     plugins = [
         {"name": p.name, "source": p.source, "codecs": list(p.codecs), "errors": list(p.errors)}
@@ -59,6 +61,12 @@ def run(args: argparse.Namespace) -> int:
             mark = "yes" if p["available"] else "NO "
             lib = f" [{' '.join(filter(None, (p['library'], p['version'])))}]" if p["library"] else ""
             print(f"    {p['path']:<9} {mark} {p['reason']}{lib}")
+        if c.get("implementation_env"):
+            others = ", ".join(c["other_implementations"]) or "none"
+            print(
+                f"    implementation: {c['implementation'] or 'NONE'} (also runs here: {others}; "
+                f"{c['implementation_env']}={'|'.join(c['implementation_choices'])} forces one)"
+            )
     broken = [p for p in plugins if p["errors"]]
     for p in broken:
         print(f"plugin {p['name']} ({p['source']}) FAILED: {'; '.join(p['errors'])}")
@@ -76,6 +84,22 @@ def _probe(codec: Codec) -> tuple[list[PathProbe], str]:
     except MfdcompError as exc:
         return probes, f"NOTHING: {exc}"
     return probes, str(choice.path)
+
+
+def _implementations(codec: Codec) -> dict[str, Any]:
+    """Which implementation of its wire format the codec runs (isal, zlib, libqpl), for codecs with several."""
+    if not isinstance(codec, ChoosesImplementation):
+        return {}
+    try:
+        current, others = codec.implementation, list(codec.implementations())
+    except Exception as exc:  # a broken plugin is reported, not fatal to the listing
+        current, others = None, [f"FAILED: {type(exc).__name__}: {exc}"]
+    return {
+        "implementation": current,
+        "other_implementations": others,
+        "implementation_env": codec.impls.env,
+        "implementation_choices": list(codec.impls.names),
+    }
 
 
 def _probe_dict(probe: PathProbe) -> dict[str, Any]:

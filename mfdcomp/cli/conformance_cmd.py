@@ -136,8 +136,11 @@ def _progress(codec: str, result: CheckResult) -> None:
 
 
 def _paths(verdict: CodecVerdict) -> str:
-    paths = verdict.notes("throughput").get("paths", {})
-    return " ".join(f"{k}:{v}" for k, v in sorted(paths.items())) or "-"
+    notes = verdict.notes("throughput")
+    paths = notes.get("paths", {})
+    text = " ".join(f"{k}:{v}" for k, v in sorted(paths.items())) or "-"
+    impls = notes.get("implementations", {})  # which library produced them
+    return text + (" by " + " ".join(f"{k}:{v}" for k, v in sorted(impls.items())) if impls else "")
 
 
 def _print_table(verdicts: list[CodecVerdict], args: argparse.Namespace) -> None:

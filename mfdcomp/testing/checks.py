@@ -92,6 +92,7 @@ def _migrate(codec: Codec, config: SuiteConfig, ram: RamClient, options: Migrate
         "payload_bytes": total["payload_bytes"],
         "normal_pages": total["normal_pages"],
         "paths": {str(k): v for k, v in total["paths"].items()},
+        "implementations": dict(total.get("implementations", {})),  # packets by library (isal, zlib, libqpl)
         "seconds": outcome.source.transfer_seconds,
     }
 
@@ -232,7 +233,8 @@ def check_cross_decode(codec: Codec, config: SuiteConfig) -> Notes:
         codecs.append(codec)
     family: list[tuple[str, Codec]] = []
     for member in codecs:
-        family.append((member.info.name, member))
+        impl = getattr(member, "implementation", None)  # which library, where a codec has several
+        family.append((f"{member.info.name} ({impl})" if impl else member.info.name, member))
         if isinstance(member, HasImplementations):
             family += [(f"{member.info.name} ({label})", other) for label, other in member.implementations().items()]
     encoders = [(label, c, p) for label, c in family for p in _send_paths(c)]
