@@ -27,7 +27,8 @@ Options:
 
 Environment:
   MFDCOMP        the command to run (default: `mfdcomp` if on PATH, else
-                 `python3 -m mfdcomp`), e.g. MFDCOMP="python3 -m mfdcomp"
+                 the checkout's .venv/bin/mfdcomp that ci/setup.sh made),
+                 e.g. MFDCOMP=".venv/bin/python -m mfdcomp"
 
 Exit codes:
   0  the doctor ran; every hardware codec passed conformance (or there was
@@ -73,8 +74,12 @@ if [[ -n "${MFDCOMP:-}" ]]; then
     read -r -a mfdcomp <<<"$MFDCOMP"
 elif command -v mfdcomp >/dev/null; then
     mfdcomp=(mfdcomp)
+elif [[ -x "$(dirname "$0")/../.venv/bin/mfdcomp" ]]; then
+    # Where ci/setup.sh installed it, in this checkout.
+    mfdcomp=("$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/mfdcomp")
 else
-    mfdcomp=(python3 -m mfdcomp)
+    echo "hardware-host.sh: no mfdcomp: run 'bash ci/setup.sh' first (or set MFDCOMP)" >&2
+    exit 2
 fi
 
 host=$(hostname -s 2>/dev/null || echo host)

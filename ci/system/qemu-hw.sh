@@ -22,6 +22,8 @@ UADK=$(constant PRIVATE_PREFIX plugins/uadk/mfdcomp_uadk/locate.py)
 QATZIP=$(constant PRIVATE_DIR plugins/qatzip/mfdcomp_qatzip/locate.py)/root
 [[ "$PREFIX" == /* && "$QPL" == /* && "$UADK" == /* ]] || die "cannot read the install paths from the locate modules"
 UNAVAILABLE="$PREFIX.UNAVAILABLE"
+# Raised when the configure line or the steps below change, so a cached build is redone.
+RECIPE=2
 DEBS=(ninja-build libglib2.0-dev flex bison pkg-config libpixman-1-dev libzstd-dev zlib1g-dev
     libslirp-dev libfdt-dev liblz4-dev libnuma-dev bzip2 seabios python3-venv gcc make xz-utils)
 
@@ -48,6 +50,7 @@ pc_path() {
 
 # Everything the build depends on, in one line: a change in any of them means a rebuild.
 inputs() {
+    echo "recipe $RECIPE"
     echo "$(basename "$1") $(sha256sum "$1" | cut -d' ' -f1)"
     cat "$QPL/SOURCE" "$UADK/SOURCE" 2>/dev/null
     cat "$QATZIP/../packages" 2>/dev/null | grep -E '^(Package|Version):' | tr '\n' ' '
@@ -98,10 +101,13 @@ build() { # TARBALL PKG_CONFIG_PATH
     (cd "$build" && PKG_CONFIG_PATH="$2" ../configure --prefix="$PREFIX.new" --python="$work/tools/bin/python3" \
         --target-list=x86_64-softmmu --disable-docs --without-default-features --enable-tcg --enable-zstd \
         --enable-qpl --enable-uadk --enable-qatzip --enable-slirp --enable-fdt=system --disable-install-blobs \
-        --extra-ldflags="-Wl,-rpath,$QPL/lib:$UADK/lib:$qatzip_lib -L$qatzip_lib")
+        --extra-ldflags="-Wl,--disable-new-dtags,-rpath,$QPL/lib:$UADK/lib:$qatzip_lib -L$qatzip_lib")
     nice -n 19 ninja -C "$build" -j"$(nproc)" qemu-system-x86_64
     mkdir -p "$PREFIX.new/bin"
     cp "$build/qemu-system-x86_64" "$PREFIX.new/bin/"
+    # It must start: libwd.so.2, libqat.so.4 and libusdm.so.0 are found only through this binary's
+    # RPATH (an old-style DT_RPATH, which, unlike RUNPATH, also serves its libraries' dependencies).
+    "$PREFIX.new/bin/qemu-system-x86_64" --version
 }
 
 [[ -f "$QPL/SOURCE" || -n "$(ldconfig -p | grep -F libqpl.so)" ]] || skip "no libqpl (ci/system/qpl.sh built none)"
@@ -116,7 +122,7 @@ if [[ -z "$tarball" ]]; then
     tarball=$(debian_source) || skip "no QEMU 10.0 source: none in ../shared/third_party and Debian's source package could not be fetched"
 fi
 stamp=$(inputs "$tarball")
-if [[ -x "$PREFIX/bin/qemu-system-x86_64" && "$(cat "$PREFIX/SOURCE" 2>/dev/null)" == "$stamp" ]]; then
+if [[ "$(cat "$PREFIX/SOURCE" 2>/dev/null)" == "$stamp" ]] && "$PREFIX/bin/qemu-system-x86_64" --version >/dev/null 2>&1; then
     exit 0
 fi
 apt_install "${DEBS[@]}"
