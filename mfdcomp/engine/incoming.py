@@ -343,8 +343,11 @@ class Incoming:
         """At the end of the session: stop the connections still in their handshake, and join every thread."""
         with self.state.cond:
             pending = list(self._handshakes)
+            main = self._main.stream if self._main is not None else None
             for hs in pending:
-                if hs.reading:
+                # Not the main channel's: the failure's report may still be on its way to it, and the
+                # run state shuts it down right after (see RunState.fail).
+                if hs.reading and hs.stream is not main:
                     with contextlib.suppress(ChannelError):
                         hs.stream.shutdown()
         for hs in pending:
