@@ -165,3 +165,26 @@ def test_a_silent_connection_is_closed_at_its_handshake_deadline(tmp_path: Path,
         assert send(dest, ram).ok
         result = dest.join()
     assert any("no complete handshake within 0.5 s" in why for why in result.dropped_connections)
+
+
+def test_a_failure_after_verification_reaches_the_source_not_an_ok(tmp_path: Path, ram: RamClient) -> None:
+    """recv renames its targets in on_verified: if that fails, the source must not have been told 'ok'."""
+    from mfdcomp.errors import MfdcompError, TargetError
+
+    def refuse() -> None:
+        raise TargetError("cannot rename the target into place")
+
+    dest = Destination(tmp_path, on_verified=refuse)
+    with pytest.raises(MfdcompError, match="destination: cannot rename the target into place"):
+        send(dest, ram)
+    with pytest.raises(TargetError):
+        dest.join()
+
+
+def test_on_verified_runs_once_before_the_source_hears_ok(tmp_path: Path, ram: RamClient) -> None:
+    calls: list[float] = []
+    dest = Destination(tmp_path, on_verified=lambda: calls.append(time.monotonic()))
+    result = send(dest, ram)
+    told = time.monotonic()
+    assert result.ok and dest.join().ok
+    assert len(calls) == 1 and calls[0] <= told

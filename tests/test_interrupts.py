@@ -53,15 +53,9 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_image(tmp_path_factory.mktemp("img") / "src.img", "64M", seed=3)
 
 
-RECV_OWN_SIGTERM = pytest.mark.xfail(
-    reason="recv_cmd installs its own SIGTERM handler (MfdcompError 'stopped by SIGTERM', exit 1) over main()'s",
-    strict=False,
-)
-
-
 @pytest.mark.parametrize(("signum", "code", "text"), [
     (signal.SIGINT, 130, "interrupted"),
-    pytest.param(signal.SIGTERM, 143, "interrupted by SIGTERM", marks=RECV_OWN_SIGTERM),
+    (signal.SIGTERM, 143, "interrupted by SIGTERM"),
 ])  # fmt: skip
 def test_an_idle_recv_is_interrupted(tmp_path: Path, signum: int, code: int, text: str) -> None:
     sock = tmp_path / "mfd.sock"

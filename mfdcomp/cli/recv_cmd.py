@@ -9,16 +9,14 @@ import signal
 import string
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from mfdcomp.cli.common import peak_rss, print_json
 from mfdcomp.clients.ram import RamClient
 from mfdcomp.engine import mainchannel as mc
-from mfdcomp.engine.incoming import Incoming, IncomingResult
+from mfdcomp.engine.incoming import HANDSHAKE_TIMEOUT, Incoming, IncomingResult
 from mfdcomp.engine.mappedram import load_from_file
 from mfdcomp.errors import MfdcompError, SessionError, TargetError
 from mfdcomp.progress import Progress
@@ -77,6 +75,14 @@ def register(commands: Any) -> None:
         metavar="S",
         help="fail when a connection sends nothing for S seconds, e.g. a peer stalled mid-packet (default: "
         "wait forever, as QEMU); must exceed the longest quiet spell of a good run (a round's preparation)",
+    )
+    parser.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=HANDSHAKE_TIMEOUT,
+        metavar="S",
+        help="seconds a new connection has to say what it is (main or multifd channel) before it is dropped; "
+        f"a stranger's idle or garbage connection costs only that, never the session (default {HANDSHAKE_TIMEOUT:g})",
     )
     parser.add_argument(
         "--multifd-compression",
@@ -160,25 +166,6 @@ def _check_codec(wanted: str | None, session: mc.Session) -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set by the main thread: leave the caller's
-        return
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        # An exception, so the targets are removed as on any other failure; once only, so a
-        # second SIGTERM cannot cut that clean-up short.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise MfdcompError("stopped by SIGTERM")
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
     """SIGINT and SIGTERM wait until the block ends: removing the targets must not be interrupted half-way."""
     held = {signal.SIGINT, signal.SIGTERM}
@@ -190,11 +177,7 @@ def _signals_held() -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    with _sigterm_raises():
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
+    # Ctrl-C and SIGTERM arrive as KeyboardInterrupt (mfdcomp.cli.main): the finally below removes the targets.
     try:
         address = parse_address(args.listen)
     except ValueError as exc:
@@ -221,6 +204,14 @@ def _run(args: argparse.Namespace) -> int:
 
     result: IncomingResult
     committed = False
+
+    def commit() -> None:
+        # Before the source hears "ok": a rename that fails reaches it as this side's error.
+        nonlocal committed
+        for client in clients:
+            client.commit()
+        committed = True
+
     try:
         if address.kind == "file":
             assert address.path is not None
@@ -242,12 +233,12 @@ def _run(args: argparse.Namespace) -> int:
                 find_codec=get_codec,
                 connect_timeout=args.connect_timeout,
                 on_progress=progress.update,
+                handshake_timeout=args.handshake_timeout,
+                on_verified=commit,
             )
             result = incoming.run()
-        if result.ok:
-            for client in clients:
-                client.commit()
-            committed = True
+        if result.ok and not committed:
+            commit()
     finally:
         with _signals_held():
             progress.close()

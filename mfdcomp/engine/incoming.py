@@ -105,6 +105,8 @@ class Incoming:
     ``make_targets(session)`` returns the zeroed target blocks, ``digests()``
     their sha256s once the transfer ended; ``find_codec(name)`` looks a codec up.
     ``handshake_timeout`` bounds each new connection's handshake (see the module's text).
+    ``on_verified()`` runs once the digests matched and before the source is told so
+    (``mfdcomp recv`` renames its targets there).
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class Incoming:
         connect_timeout: float = 10.0,
         on_progress: Callable[[int], None] | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        on_verified: Callable[[], None] | None = None,
     ) -> None:
         self.listener = listener  # set once
         self.state = RunState()
@@ -126,6 +129,7 @@ class Incoming:
         self._connect_timeout = connect_timeout
         self._on_progress = on_progress
         self._handshake_timeout = handshake_timeout
+        self._on_verified = on_verified
         self._main: MainStream | None = None  # under state.cond
         self._first: Message | None = None  # under state.cond: the main channel's SESSION, read by its handshake
         self._handshakes: set[_Handshake] = set()  # under state.cond
@@ -157,6 +161,8 @@ class Incoming:
             result.seconds = time.monotonic() - started
             with self.state.cond:
                 result.dropped_connections = list(self.dropped)
+            if result.ok and self._on_verified is not None:
+                self._on_verified()  # an error here is the session's, and the source is told it
             main.write(mc.encode_json(mc.Message.RESULT, {"ok": result.ok, "digests": result.digests}))
             return result
         except Exception as exc:
