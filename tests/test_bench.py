@@ -22,6 +22,7 @@ from mfdcomp.bench.scaling import GiB, ScalingResult
 from mfdcomp.bench.targets import FAIL, NOT_EVALUATED, PASS, Verdict, evaluate_targets
 from mfdcomp.bench.transfer import CodecChoice, TransferRun
 from mfdcomp.cli import main
+from mfdcomp.registry import default_registry
 
 MiB = 1 << 20
 NONE = CodecChoice("none")
@@ -472,3 +473,27 @@ def test_kib_field_reads_proc_lines_and_says_none_otherwise(tmp_path: Path) -> N
     assert kib_field(str(status), "VmHWM") == 2 * MiB
     assert kib_field(str(status), "VmSwap") is None
     assert kib_field(str(tmp_path / "absent"), "VmHWM") is None
+
+
+def test_library_only_lists_every_installed_deflate_implementation(
+    cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`mfdcomp bench --library-only`: per wire format, each installed implementation with its MB/s and ratio."""
+    from mfdcomp.methods import deflate as libs
+
+    assert main(["bench", "--library-only", "--size", "8M", "--repeats", "1", "--cache-dir", str(cache), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    measured = {(row["wire_format"], row["implementation"].split()[0]) for row in rows if row["not_run"] is None}
+    installed = ["zlib"] + (["isal"] if isinstance(libs.isal(), libs.Deflate) else [])
+    for wire_format in ("zlib-stream", "qpl-page-deflate", "uadk-page-zlib"):
+        for name in installed:
+            assert (wire_format, name) in measured, (wire_format, name, rows)
+    qpl = default_registry().get("qpl")
+    if "libqpl" in {getattr(qpl, "implementation", None), *getattr(qpl, "implementations", dict)()}:
+        assert ("qpl-page-deflate", "libqpl") in measured
+    for row in rows:
+        if row["not_run"] is None:
+            assert row["compress_mb_per_s"] > 0 and row["decompress_mb_per_s"] > 0 and 0 < row["ratio"] < 1.2
+    assert main(["bench", "--library-only", "--size", "8M", "--repeats", "1", "--cache-dir", str(cache)]) == 0
+    text = capsys.readouterr().out
+    assert "wire format" in text and "decompress" in text and "zlib-stream" in text

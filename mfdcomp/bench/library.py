@@ -9,6 +9,11 @@ to, with no threads, sockets, headers or statistics. Rates count guest bytes
 
 What each reference measures is said in its class docstring and in
 ``Reference.measures`` (shown in the reports).
+
+:func:`measure_implementations` (``mfdcomp bench --library-only``) sets the
+implementations of each deflate wire format side by side on the same pages:
+libqpl's software path, ISA-L and zlib for qpl's per-page raw deflate, ISA-L
+and zlib for the zlib codec's stream and for uadk's per-page zlib.
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ import numpy as np
 import zstandard
 
 from mfdcomp.bench.procs import MFDCOMP, Child, ChildFailed
-from mfdcomp.methods import PageViews
+from mfdcomp.methods import Codec, CodecPath, MultiFDMethods, PageViews
+from mfdcomp.methods import deflate as libs
 from mfdcomp.registry import default_registry
-from mfdcomp.wire import MULTIFD_PACKET_SIZE
+from mfdcomp.wire import MULTIFD_PACKET_SIZE, RamPacket
 from mfdcomp.zeropage import zero_page_mask
 
 __all__ = ["LibraryResult", "Packet", "Reference", "image_packets", "measure", "measure_apart", "reference_for"]
@@ -119,12 +125,18 @@ class UadkReference(MemcpyReference):
 
 
 class ZlibReference(Reference):
-    """zlib: stdlib zlib, one compressobj(level) stream, every packet's pages then Z_SYNC_FLUSH; one decompressobj."""
+    """zlib: one compressobj(level) stream, every packet's pages then Z_SYNC_FLUSH; one decompressobj.
 
-    measures = "stdlib zlib, one deflate stream, Z_SYNC_FLUSH per 512 KiB packet"
+    The library is the zlib codec's default (ISA-L where python-isal imports, else stdlib zlib) or ``lib``.
+    """
+
+    def __init__(self, level: int | None, page_size: int, lib: libs.Deflate | None = None) -> None:
+        super().__init__(level, page_size)
+        self.lib = lib or libs.fastest()
+        self.measures = f"{self.lib.label}, one deflate stream, Z_SYNC_FLUSH per 512 KiB packet"
 
     def compress(self, packets: Sequence[Packet]) -> list[bytes]:
-        deflate = zlib.compressobj(self.level if self.level is not None else 1)
+        deflate = self.lib.compressobj(self.level if self.level is not None else 1)
         payloads = []
         for packet in packets:
             chunks = [deflate.compress(span) for span in packet.spans]
@@ -133,7 +145,7 @@ class ZlibReference(Reference):
         return payloads
 
     def decompress(self, payloads: Sequence[bytes], packets: Sequence[Packet]) -> int:
-        inflate = zlib.decompressobj()
+        inflate = self.lib.decompressobj()
         return sum(len(inflate.decompress(payload)) for payload in payloads)
 
 
@@ -184,7 +196,10 @@ class Lz4Reference(Reference):
 
 
 class QplReference(Reference):
-    """qpl: every normal page alone as raw deflate, level 1, wbits=-12 (IAA's 4 KiB window), as zlib makes it."""
+    """qpl: every normal page alone as raw deflate, level 1, wbits=-12 (IAA's 4 KiB window), as zlib makes it.
+
+    (libqpl's and ISA-L's rates are in :func:`measure_implementations`.)
+    """
 
     measures = "zlib raw deflate (wbits=-12, level 1) of every page on its own"
 
@@ -248,6 +263,211 @@ class QatzipReference(Reference):
             )
         finally:
             session.close()
+
+
+class PageDeflateReference(Reference):
+    """qpl (raw deflate, wbits -12) or uadk (zlib, wbits 12) pages: every normal page alone, level 1, by ``lib``."""
+
+    def __init__(self, level: int | None, page_size: int, lib: libs.Deflate, wbits: int) -> None:
+        super().__init__(1, page_size)  # QEMU's qpl and uadk have no level: 1, as they ask their libraries
+        self.lib, self.wbits = lib, wbits
+        kind = "raw deflate" if wbits < 0 else "zlib"
+        self.measures = f"{lib.label}: {kind} (wbits={wbits}, level 1) of every page on its own"
+
+    def compress(self, packets: Sequence[Packet]) -> list[bytes]:
+        lib, wbits, size = self.lib, self.wbits, self.page_size
+        return [lib.compress(page, 1, wbits) for packet in packets for page in packet.pages(size)]
+
+    def decompress(self, payloads: Sequence[bytes], packets: Sequence[Packet]) -> int:
+        lib, wbits, size = self.lib, self.wbits, self.page_size
+        return sum(len(lib.decompress(blob, wbits, size)) for blob in payloads)
+
+
+class _Payload:
+    """A recorded payload as a codec's ``recv`` reads it."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.size = data, len(data)
+
+    def read(self) -> memoryview:
+        return memoryview(self.data)
+
+    def read_into(self, views: Sequence[memoryview]) -> None:
+        at = 0
+        for view in views:
+            view[:] = self.data[at : at + len(view)]
+            at += len(view)
+
+
+class CodecContextReference(Reference):
+    """A codec implementation driven through its own contexts: send_prepare per packet, recv per payload.
+
+    For libqpl, whose jobs only the plugin drives: the payloads carry the
+    length table (4 bytes a page) besides the library's blobs.
+    """
+
+    def __init__(self, level: int | None, page_size: int, codec: Codec, label: str) -> None:
+        super().__init__(level, page_size)
+        self.codec = codec
+        self.measures = f"{label} through the codec's send_prepare/recv (per-page jobs, length table)"
+
+    def _context(self) -> MultiFDMethods:
+        return self.codec.methods(self.page_size, self.level, CodecPath.SOFTWARE)
+
+    def compress(self, packets: Sequence[Packet]) -> list[bytes]:
+        sender = self._context()
+        sender.send_setup(0)
+        try:
+            return [
+                b"".join(bytes(memoryview(b)) for b in sender.send_prepare(packet.pages(self.page_size)).buffers)
+                for packet in packets
+            ]
+        finally:
+            sender.send_cleanup()
+
+    def decompress(self, payloads: Sequence[bytes], packets: Sequence[Packet]) -> int:
+        receiver = self._context()
+        receiver.recv_setup(0)
+        flag = self.codec.info.qemu_flag or 0
+        target = memoryview(bytearray(MULTIFD_PACKET_SIZE))
+        decoded = 0
+        try:
+            for number, (payload, packet) in enumerate(zip(payloads, packets, strict=True)):
+                count = packet.size // self.page_size
+                offsets = [i * self.page_size for i in range(count)]
+                header = RamPacket.data(
+                    flags=flag, ramblock="ram0", normal=offsets, next_packet_size=len(payload), packet_num=number
+                )
+                receiver.recv(header, _Payload(payload), PageViews(target, offsets, self.page_size))
+                decoded += packet.size
+        finally:
+            receiver.recv_cleanup()
+        return decoded
+
+
+@dataclass(frozen=True)
+class ImplementationRow:
+    """One implementation of one wire format: its result, or why it did not run."""
+
+    wire_format: str
+    implementation: str
+    result: LibraryResult | None = None
+    not_run: str | None = None
+
+    @property
+    def compress_mb_per_s(self) -> float | None:
+        """MB/s of the normal pages' bytes (what the library was given), best of the repeats."""
+        r = self.result
+        return r.normal_bytes / min(r.compress_seconds) / 1e6 if r else None
+
+    @property
+    def decompress_mb_per_s(self) -> float | None:
+        r = self.result
+        return r.normal_bytes / min(r.decompress_seconds) / 1e6 if r else None
+
+    @property
+    def ratio(self) -> float | None:
+        """Output bytes over the normal pages' bytes."""
+        r = self.result
+        return r.output_bytes / r.normal_bytes if r else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "wire_format": self.wire_format,
+            "implementation": self.implementation,
+            "compress_mb_per_s": self.compress_mb_per_s,
+            "decompress_mb_per_s": self.decompress_mb_per_s,
+            "ratio": self.ratio,
+            "not_run": self.not_run,
+            "result": self.result.as_dict() if self.result else None,
+        }
+
+
+def _deflate_libraries() -> list[tuple[str, libs.Deflate | str]]:
+    return [(libs.ISAL, libs.isal()), (libs.ZLIB, libs.STDLIB)]
+
+
+def _libqpl() -> tuple[str, Codec | str]:
+    """The qpl codec on libqpl (its software path), found through the registry, or why it cannot run."""
+    try:
+        codec = default_registry().get("qpl")
+    except Exception as exc:  # no qpl plugin: a row that says so
+        return "libqpl (software)", f"no qpl codec: {exc}"
+    candidates: list[Codec] = [codec]
+    others = getattr(codec, "implementations", None)
+    if callable(others):
+        candidates += list(others().values())
+    for candidate in candidates:
+        if getattr(candidate, "implementation", None) == "libqpl":
+            software = next(p for p in candidate.probe() if p.path is CodecPath.SOFTWARE)
+            return f"libqpl {software.version or ''} (software)".replace("  ", " "), candidate
+    probe = next((p for p in codec.probe() if p.path is CodecPath.SOFTWARE), None)
+    return "libqpl (software)", f"libqpl is not loaded: {probe.reason if probe else 'no probe'}"
+
+
+def implementation_references(level: int | None, page_size: int = 4096) -> list[tuple[str, str, Reference | str]]:
+    """(wire format, implementation, reference or why it cannot run) for each deflate format's implementations."""
+    rows: list[tuple[str, str, Reference | str]] = []
+    for name, lib in _deflate_libraries():
+        label = lib.label if isinstance(lib, libs.Deflate) else name
+        rows.append(
+            ("zlib-stream", label, ZlibReference(level, page_size, lib) if isinstance(lib, libs.Deflate) else lib)
+        )
+    label, libqpl = _libqpl()
+    rows.append(
+        (
+            "qpl-page-deflate",
+            label,
+            CodecContextReference(None, page_size, libqpl, label) if not isinstance(libqpl, str) else libqpl,
+        )
+    )
+    for wire_format, wbits in (("qpl-page-deflate", -12), ("uadk-page-zlib", 12)):
+        for name, lib in _deflate_libraries():
+            if isinstance(lib, libs.Deflate):
+                rows.append((wire_format, lib.label, PageDeflateReference(None, page_size, lib, wbits)))
+            else:
+                rows.append((wire_format, name, lib))
+    return rows
+
+
+def measure_implementations(image: Path, repeats: int, level: int | None = None) -> list[ImplementationRow]:
+    """Every implementation of every deflate wire format on the pages of ``image``, in this process."""
+    rows = []
+    for wire_format, label, reference in implementation_references(level):
+        if isinstance(reference, str):
+            rows.append(ImplementationRow(wire_format, label, not_run=reference))
+            continue
+        try:
+            result = measure(reference, wire_format, image, repeats)
+        except RuntimeError as exc:
+            rows.append(ImplementationRow(wire_format, label, not_run=str(exc)))
+        else:
+            rows.append(ImplementationRow(wire_format, label, result))
+    return rows
+
+
+def implementations_text(rows: Sequence[ImplementationRow]) -> str:
+    """The side-by-side table: MB/s of the normal pages' bytes, best of the repeats; ratio = output / normal bytes."""
+    lines = [
+        "deflate wire formats, implementation by implementation (one thread, the same normal pages;",
+        "MB/s of normal-page bytes in, best of the repeats; ratio = output bytes / normal-page bytes)",
+        f"{'wire format':<18} {'implementation':<26} {'compress':>10} {'decompress':>11} {'ratio':>7}",
+    ]
+    for row in rows:
+        if row.result is None:
+            lines.append(f"{row.wire_format:<18} {row.implementation:<26} NOT RUN: {row.not_run}")
+            continue
+        lines.append(
+            f"{row.wire_format:<18} {row.implementation:<26} {row.compress_mb_per_s:>10.1f} "
+            f"{row.decompress_mb_per_s:>11.1f} {row.ratio:>7.3f}"
+        )
+    measured = [row for row in rows if row.result is not None]
+    if measured:
+        lines += ["", "what each row measures:"]
+        lines += [
+            f"  {row.wire_format} / {row.implementation}: {row.result.measures}" for row in measured if row.result
+        ]
+    return "\n".join(lines)
 
 
 _REFERENCES: dict[str, Callable[[int | None, int], Reference]] = {

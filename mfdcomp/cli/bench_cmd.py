@@ -52,6 +52,13 @@ and zero90 ({KIND_MIXES["zero90"]}), made once per kind and size with
 
 --check-targets judges the issue's targets on the mixed and zero90 cells, e.g.
   mfdcomp bench --size 1G --codecs none,zstd,zlib --channels 2 --kinds mixed,zero90 --check-targets
+--library-only: no transfer, no QEMU: the deflate wire formats' implementations
+side by side on the --kinds image (mixed by default), one thread: libqpl's
+software path, ISA-L and zlib for qpl's per-page raw deflate; ISA-L and zlib
+for the zlib codec's stream and for uadk's per-page zlib. Compress and
+decompress MB/s of the normal pages' bytes and the output ratio of each;
+an implementation not installed is listed as NOT RUN with the reason, e.g.
+  mfdcomp bench --library-only --size 64M --repeats 3
 --scaling: nocomp and zstd over 2 channels at --sizes, a least-squares line of
 seconds over GiB. --link-sweep: the codecs over a veth pair between two network
 namespaces, tc-limited to --link-rates Gbit/s (root).
@@ -80,6 +87,11 @@ def register(commands: Any) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--scaling", action="store_true", help="time over image size instead of the matrix")
     mode.add_argument("--link-sweep", action="store_true", help="rate-limited links instead of the matrix")
+    mode.add_argument(
+        "--library-only",
+        action="store_true",
+        help="only the deflate implementations side by side (libqpl, ISA-L, zlib)",
+    )
     parser.add_argument("--sizes", default=DEFAULT_SIZES, metavar="LIST", help=f"--scaling sizes ({DEFAULT_SIZES})")
     parser.add_argument(
         "--link-rates", default=DEFAULT_RATES, metavar="LIST", help=f"--link-sweep rates, Gbit/s ({DEFAULT_RATES})"
@@ -137,8 +149,8 @@ def _default_codecs(names: tuple[str, ...] | None = None) -> list[CodecChoice]:
 def run(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise MfdcompError("--repeats must be at least 1")
-    if args.check_targets and (args.scaling or args.link_sweep):
-        raise MfdcompError("--check-targets judges the matrix: leave out --scaling and --link-sweep")
+    if args.check_targets and (args.scaling or args.link_sweep or args.library_only):
+        raise MfdcompError("--check-targets judges the matrix: leave out --scaling, --link-sweep and --library-only")
     largest = max(_sizes(args.sizes)) if args.scaling else args.size
     with (
         tempfile.TemporaryDirectory(prefix="mfdcomp-bench-images-") as images,
@@ -152,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
             return _scaling(args, cache, workdir)
         if args.link_sweep:
             return _link_sweep(args, cache, workdir)
+        if args.library_only:
+            return _library_only(args, cache)
         return _matrix(args, cache, workdir)
 
 
@@ -209,6 +223,19 @@ def _matrix(args: argparse.Namespace, cache: Path, workdir: Path) -> int:
         _say(f"plot written to {args.plot}")
     failed = any(not cell.ok for cell in result.cells) or any(v.status == FAIL for v in verdicts)
     return 1 if failed else 0
+
+
+def _library_only(args: argparse.Namespace, cache: Path) -> int:
+    from mfdcomp.bench.images import ensure_image
+    from mfdcomp.bench.library import implementations_text, measure_implementations
+
+    kind = _one(_kinds(args.kinds or "mixed"), "--kinds", "--library-only")
+    image = ensure_image(cache, kind, args.size)
+    _say(f"deflate implementations on the {kind} image of {args.size >> 20} MiB, {args.repeats} repeats")
+    rows = measure_implementations(Path(image.path), args.repeats)
+    data = {"mode": "library-only", "kind": kind, "size": args.size, "rows": [row.as_dict() for row in rows]}
+    _emit(args, data, implementations_text(rows))
+    return 0
 
 
 def _scaling(args: argparse.Namespace, cache: Path, workdir: Path) -> int:

@@ -81,6 +81,11 @@ class Deflate:
         out: bytes = self.module.compress(data, self.level_of(level), wbits)
         return out
 
+    def decompress(self, data: Buffer, wbits: int, bufsize: int) -> bytes:
+        """One complete stream of ``data``, decoded (``bufsize``: the expected size, a hint)."""
+        out: bytes = self.module.decompress(data, wbits, bufsize)
+        return out
+
     @property
     def label(self) -> str:
         return f"{self.name} {self.version}"
