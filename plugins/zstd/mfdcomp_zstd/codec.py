@@ -37,6 +37,16 @@ FRAME_MAGIC = b"\x28\xb5\x2f\xfd"
 # more memory is refused instead of being given it.
 MAX_WINDOW = 1 << 25
 
+
+def window_for(level: int) -> int:
+    """The window a streaming zstd sender at ``level`` uses (size unknown, as QEMU's ZSTD_initCStream).
+
+    A receiver that knows the session's level allows no more: a source that
+    announces level 1 (512 KiB) cannot make each of 255 channels hold 32 MiB.
+    """
+    return min(MAX_WINDOW, 1 << zstandard.ZstdCompressionParameters.from_level(level).window_log)
+
+
 # The decompressor's output buffer, larger than any packet's pages: a packet's
 # output then leaves the decoder within its write() (none is held back for the
 # next packet), and a payload that fills the buffer has decoded to too much.
@@ -99,6 +109,9 @@ class ZstdMethods(MultiFDMethods):
 
     def __init__(self, page_size: int, level: int | None) -> None:
         super().__init__(page_size, level)
+        # A session's level bounds the decoder's window; with none (the tap, a capture: QEMU's level is
+        # not on the wire) any QEMU level's window is allowed.
+        self._max_window = MAX_WINDOW if level is None else window_for(level)
         self._compress: zstandard.ZstdCompressionObj | None = None
         self._decompress: zstandard.ZstdDecompressionWriter | None = None
         self._sink = _PageSink()
@@ -132,7 +145,7 @@ class ZstdMethods(MultiFDMethods):
 
     def recv_setup(self, channel: int) -> None:
         super().recv_setup(channel)
-        decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+        decompressor = zstandard.ZstdDecompressor(max_window_size=self._max_window)
         self._decompress = decompressor.stream_writer(
             cast(IO[bytes], self._sink), write_size=_OUTPUT_SIZE, closefd=False
         )
