@@ -497,3 +497,17 @@ def test_library_only_lists_every_installed_deflate_implementation(
     assert main(["bench", "--library-only", "--size", "8M", "--repeats", "1", "--cache-dir", str(cache)]) == 0
     text = capsys.readouterr().out
     assert "wire format" in text and "decompress" in text and "zlib-stream" in text
+
+
+def test_matrix_says_which_implementation_encoded_the_packets(
+    cache: Path, mixed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mfdcomp.methods import deflate as libs
+
+    args = ["bench", "--size", "8M", "--codecs", "zlib", "--channels", "1", "--kinds", "mixed", "--repeats", "1"]
+    assert main([*args, "--no-qemu", "--json", "--cache-dir", str(cache)]) == 0
+    (cell,) = json.loads(capsys.readouterr().out)["cells"]
+    (run,) = cell["runs"]
+    assert run["implementations"] == {libs.fastest().name: run["paths"]["software"]}
+    assert main([*args, "--no-qemu", "--cache-dir", str(cache)]) == 0
+    assert f"implementations that encoded the packets: zlib-1: {libs.fastest().name}" in capsys.readouterr().out

@@ -73,6 +73,17 @@ def matrix_text(result: MatrixResult) -> str:
             if qemu.kind == kind and qemu.not_run:
                 not_run[f"QEMU: {qemu.not_run}"].append(f"{qemu.codec.label}×{qemu.channels}")
         lines += [f"NOT RUN ({', '.join(where)}): {why}" for why, where in not_run.items()]
+    # Which library encoded the packets of each codec (send side), where the codec says: isal, zlib, libqpl.
+    used: dict[str, set[str]] = defaultdict(set)
+    for cell in result.cells:
+        for run in cell.runs:
+            used[cell.codec.label].update(run.implementations)
+    if any(used.values()):
+        lines += [
+            "",
+            "implementations that encoded the packets: "
+            + "; ".join(f"{label}: {', '.join(sorted(names))}" for label, names in used.items() if names),
+        ]
     measures = {b.codec.label: b.result.measures for b in result.library if b.result is not None}
     if measures:
         lines += ["", "raw-library references (one thread, the same packets of pages, rates in guest bytes):"]

@@ -93,6 +93,7 @@ class TransferRun:
     send_peak_rss: int
     recv_peak_rss: int
     paths: dict[str, int] = field(default_factory=dict)
+    implementations: dict[str, int] = field(default_factory=dict)  # packets by library (isal, zlib, libqpl)
 
     @property
     def gb_per_s(self) -> float:
@@ -209,6 +210,7 @@ def _run_of(summary: dict[str, Any], destination: dict[str, Any], sent: Finished
         send_peak_rss=summary["peak_rss_bytes"],
         recv_peak_rss=destination["peak_rss_bytes"],
         paths=dict(totals["paths"]),
+        implementations=dict(totals.get("implementations", {})),
     )
 
 
