@@ -36,6 +36,7 @@ import numpy as np
 import zstandard
 
 from mfdcomp.bench.procs import MFDCOMP, Child, ChildFailed
+from mfdcomp.errors import PluginError
 from mfdcomp.methods import Codec, CodecPath, MultiFDMethods, PageViews
 from mfdcomp.methods import deflate as libs
 from mfdcomp.registry import default_registry
@@ -124,6 +125,16 @@ class UadkReference(MemcpyReference):
     measures = "memcpy of the normal pages (uadk sends raw pages without a device, as QEMU does)"
 
 
+def _zlib_codec_library() -> libs.Deflate:
+    """The library the registered zlib codec runs (MFDCOMP_ZLIB_IMPL is honoured), else the fastest installed."""
+    try:
+        name = getattr(default_registry().get("zlib"), "implementation", None)
+    except PluginError:  # no zlib plugin: the reference still runs
+        name = None
+    found = libs.named(name) if isinstance(name, str) else libs.fastest()
+    return found if isinstance(found, libs.Deflate) else libs.fastest()
+
+
 class ZlibReference(Reference):
     """zlib: one compressobj(level) stream, every packet's pages then Z_SYNC_FLUSH; one decompressobj.
 
@@ -132,7 +143,7 @@ class ZlibReference(Reference):
 
     def __init__(self, level: int | None, page_size: int, lib: libs.Deflate | None = None) -> None:
         super().__init__(level, page_size)
-        self.lib = lib or libs.fastest()
+        self.lib = lib or _zlib_codec_library()
         self.measures = f"{self.lib.label}, one deflate stream, Z_SYNC_FLUSH per 512 KiB packet"
 
     def compress(self, packets: Sequence[Packet]) -> list[bytes]:
@@ -391,7 +402,7 @@ def _libqpl() -> tuple[str, Codec | str]:
     """The qpl codec on libqpl (its software path), found through the registry, or why it cannot run."""
     try:
         codec = default_registry().get("qpl")
-    except Exception as exc:  # no qpl plugin: a row that says so
+    except PluginError as exc:  # no qpl plugin: a row that says so
         return "libqpl (software)", f"no qpl codec: {exc}"
     candidates: list[Codec] = [codec]
     others = getattr(codec, "implementations", None)
