@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import re
 import shutil
 import subprocess
 import tempfile
@@ -52,7 +53,8 @@ class MigrationError(MfdcompError):
 
 def _older(a: QemuBuild, b: QemuBuild) -> QemuBuild:
     def version(x: QemuBuild) -> tuple[int, ...]:
-        return tuple(int(part) for part in x.name.split("."))
+        # "10.0", "7.2", "10.0hw": the build's QEMU version leads its name.
+        return tuple(int(part) for part in re.findall(r"\d+", x.name)[:2])
 
     return a if version(a) <= version(b) else b
 
