@@ -239,3 +239,13 @@ def test_codecs_says_which_library_runs_and_how_to_force_another(forced: str) ->
     assert zlib_codec["paths"][0]["library"] == expected
     text = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=True).stdout
     assert f"    implementation: {expected} (also runs here:" in text
+
+
+@pytest.mark.parametrize("forced", ["isal", "zlib"])
+def test_the_bench_reference_runs_the_library_the_codec_runs(forced: str) -> None:
+    env = os.environ | {"MFDCOMP_ZLIB_IMPL": forced}
+    code = "from mfdcomp.bench.library import reference_for; print(reference_for('zlib', 1).measures)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.startswith(f"{forced} ")
