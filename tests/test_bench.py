@@ -373,6 +373,9 @@ def test_qemu_baseline(cache: Path, mixed: Path) -> None:
     why = qemu_unavailable()
     if why is not None:
         pytest.skip(f"QEMU: {why}")
+    # /proc counts CPU in 10 ms ticks: 8 MiB took one side 0-2 ticks (a destination read 0.0 once); 64 MiB is
+    # about 10 of them on each side.
+    image = ensure_image(cache, "mixed", 64 * MiB)
     baseline = qemu_baseline(image, ZSTD, 1)
     for transport in ("unix", "tcp"):
         add_qemu_run(baseline, image, transport)  # the harness's guest RAM is checked to be this image

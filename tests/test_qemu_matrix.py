@@ -46,8 +46,13 @@ def test_migration_through_the_tap(case: Case) -> None:
     totals = result.tap.totals()
     if case.codec == "none":
         assert totals["ratio_in"] == 1.0
+    elif case.codec == "uadk":
+        # No HiSilicon device: QEMU sends every page raw, plus a 4-byte length per page.
+        assert totals["ratio_in"] == pytest.approx(1.0, abs=0.002)
     else:
-        assert totals["ratio_in"] < 0.7  # the image compresses to about 0.58 (zstd) and 0.63 (zlib)
+        # The image compresses to about 0.58 (zstd), 0.63 (zlib), 0.64 (qatzip-1), 0.61 (qatzip-9), and 0.73
+        # (qpl: each page alone, fixed Huffman, its length in front).
+        assert totals["ratio_in"] < (0.8 if case.codec == "qpl" else 0.7)
     if case.transcode is not None:
         assert result.transcoded_replay_sha256 == result.migration.image_sha256
     mains = [c for c in result.tap.connections if c.kind == "main"]

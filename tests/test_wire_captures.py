@@ -39,7 +39,14 @@ from mfdcomp.wire import (
     read_channel,
 )
 
-CODEC_FLAGS = {"none": 0, "zlib": Flag.ZLIB, "zstd": Flag.ZSTD}
+CODEC_FLAGS = {
+    "none": 0,
+    "zlib": Flag.ZLIB,
+    "zstd": Flag.ZSTD,
+    "qpl": Flag.QPL,
+    "uadk": Flag.UADK,
+    "qatzip": Flag.QATZIP,
+}
 PACKET = ram_packet_size()  # 1344 bytes for 4 KiB pages
 # Byte-at-a-time costs about 1 s per MB (several times that under coverage): the legacy capture's
 # channels are fed byte by byte whole, the others' first BYTEWISE_PREFIX bytes and windows of

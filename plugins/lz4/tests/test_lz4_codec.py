@@ -118,7 +118,7 @@ def test_a_block_made_by_liblz4_decodes() -> None:
 def test_the_golden_payloads_decode(tmp_path: Path) -> None:
     # The suite's golden_vectors check on this plugin's own vectors (liblz4 1.9.4 output, levels 1 and 9).
     notes = check_golden_vectors(default_registry().get("lz4"), SuiteConfig(workdir=tmp_path, vectors=VECTORS))
-    assert notes["vectors"] == ["lz4/mixed-16p/output.l1.bin", "lz4/mixed-16p/output.l9.bin"]
+    assert notes["vectors"] == ["lz4/mixed-16p/output.l1.bin (lz4)", "lz4/mixed-16p/output.l9.bin (lz4)"]
 
 
 @pytest.mark.parametrize("level", [1, 2, 9, 12])
