@@ -8,13 +8,20 @@ Runs, each bounded:
 
 1. the fuzz campaign (scripts/fuzz_campaign.py): random mutations of the golden
    captures and of every codec's packets, through the wire reader, a real
-   channel thread and every codec's decoder; then the same targets under atheris
-   (libFuzzer) when it is installed;
-2. the CI fuzz tests (hypothesis), counting their examples;
-3. the hostile-peer cases (tests/test_hostile_peer.py and the hostile cases of
-   tests/test_engine_faults.py) and the fault cases (tests/test_faults_*.py,
-   the broken-channel and early-failure cases of test_engine_faults.py, the
-   killed peers of test_cli_processes.py), through pytest with JUnit XML output.
+   channel thread and every codec's decoder, and of mapped-ram files through
+   the loader; then the same targets but the loader under atheris (libFuzzer)
+   when it is installed;
+2. the CI fuzz tests (hypothesis: wire, codecs, mapped-ram loader), counting
+   their examples;
+3. the hostile-peer cases (tests/test_hostile_peer.py, strangers' connections
+   of tests/test_accept_loop.py, zstd windows beyond the session's level, the
+   hostile cases of tests/test_engine_faults.py, crafted mapped-ram manifests)
+   and the fault cases (tests/test_faults_*.py, the receiver's targets of
+   tests/test_recv_targets.py, Ctrl-C and SIGTERM of tests/test_interrupts.py,
+   the ended-channel flushes and packet numbering of
+   tests/test_engine_numbering.py, the broken-channel, early-failure and
+   fail-ordering cases of test_engine_faults.py, the killed peers of
+   test_cli_processes.py), through pytest with JUnit XML output.
 
 Writes reports/RELIABILITY.md and reports/reliability.json: inputs fuzzed,
 hostile cases tried, faults injected, failures found, and the table of bugs
@@ -43,30 +50,61 @@ REPO = Path(__file__).resolve().parent.parent
 REPORTS = REPO / "reports"
 BUGS = Path(__file__).resolve().parent / "reliability_bugs.json"
 
-HOSTILE = ["tests/test_hostile_peer.py", "tests/test_engine_faults.py", "-k", "refused or never_sends or test_hostile"]
-FAULTS = [
-    "tests/test_faults_channels.py",
-    "tests/test_faults_stall.py",
-    "tests/test_faults_processes.py",
-    "tests/test_faults_disk.py",
-    "tests/test_faults_leaks.py",
-    "tests/test_faults_regressions.py",
+# Each group is one or more pytest runs (a -k expression applies to every file of its run).
+HOSTILE = [
+    [
+        "tests/test_hostile_peer.py",
+        "tests/test_accept_loop.py",  # strangers' idle, silent and garbage connections
+        "tests/codecs/test_zstd_window.py",  # a source's zstd window beyond the session's level
+    ],
+    # Hostile cases that other test files hold: refused connections, crafted mapped-ram manifests.
+    ["tests/test_engine_faults.py", "-k", "refused or never_sends or dropped"],
+    ["tests/test_mappedram.py", "-k", "crafted"],
 ]
-# Fault cases that other test files hold: a broken channel, a source failing early, a killed peer.
-MORE_FAULTS = ["tests/test_engine_faults.py", "tests/test_cli_processes.py", "-k", "broken or failing or killed"]
-FUZZ_TESTS = ["tests/test_fuzz_wire.py", "tests/test_fuzz_codecs.py"]
+FAULTS = [
+    [
+        "tests/test_faults_channels.py",
+        "tests/test_faults_stall.py",
+        "tests/test_faults_processes.py",
+        "tests/test_faults_disk.py",
+        "tests/test_faults_target_disk.py",
+        "tests/test_faults_leaks.py",
+        "tests/test_faults_regressions.py",
+        "tests/test_recv_targets.py",  # targets beside --out, block file names, space in total, no SIGBUS
+        "tests/test_interrupts.py",  # Ctrl-C and SIGTERM on either side
+        "tests/test_engine_numbering.py",  # channels ending before their SYNC, the shared packet counter
+    ],
+    # Fault cases that other test files hold: a broken channel, a source failing early, fail() while the
+    # peer stopped reading, a killed peer.
+    ["tests/test_engine_faults.py", "tests/test_cli_processes.py", "-k", "broken or failing or killed or fail_wakes"],
+]
+FUZZ_TESTS = [["tests/test_fuzz_wire.py", "tests/test_fuzz_codecs.py", "tests/test_fuzz_mappedram.py"]]
 NOT_DONE = [
     "QAT, IAA and UADK hardware: no device on this host, so the hardware decode paths were not fuzzed "
-    "(libqatzip's software path and the software twins were).",
-    "The source has no send timeout: a destination that stops reading (SIGSTOP) blocks the source in "
-    "sendmsg until TCP gives up, as QEMU; the idle timeout is on the receiving side only.",
-    "The idle timeout is per read call: a peer trickling a byte just under every S seconds keeps a "
-    "channel alive, and a stall right after a partial read takes up to 2 x S to be noticed.",
-    "Found, not fixed: the destination maps targets of whatever size the source's SESSION announces "
-    "(no cap); an impossible size ends as 'internal error: OSError: [Errno 12] Cannot allocate memory' "
-    "(typed, but the RAM client does not translate the OSError), a large possible one is simply allocated.",
-    "Found, not fixed: without --idle-timeout a connection that never sends its first 4 bytes holds the "
-    "(single) acceptor until the connect timeout, so other channels wait behind it.",
+    "(libqatzip's software path and the software twins were); the loader target runs in the random "
+    "campaign only (its inputs are structured mutations of a file).",
+    "send --idle-timeout and recv --idle-timeout are off by default, as in QEMU: without them a destination "
+    "that stops reading (SIGSTOP) blocks the source in sendmsg until TCP gives up, and a source that stops "
+    "sending mid-packet holds the destination.",
+    "The idle timeouts are per socket call (SO_RCVTIMEO, SO_SNDTIMEO): a peer trickling a byte just under "
+    "every S seconds keeps a channel alive, and a stall right after a partial read takes up to 2 x S to "
+    "be noticed.",
+    "By design, a connection that presents a complete handshake of the protocol speaks for the source: a "
+    "wrong one (a bad init packet, a second main channel) fails the session, as in QEMU; only strangers' "
+    "connections (silent, ended early, unknown magic) are dropped at their handshake deadline.",
+    "The destination takes any block size up to 4 PiB that a SESSION announces: into files the total is "
+    "checked against the free space, then allocated; in anonymous memory (RamClient.anonymous, library "
+    "use) a size that cannot be mapped is a typed error naming the block, a large possible one is simply "
+    "allocated (no cap).",
+    "recv always writes its targets to new temporary files renamed over --out; RamClient.create_targets "
+    "without staged=True (library use) still opens the final files with O_TRUNC, so two such writers must "
+    "not share a file. No test runs two receivers on one --out at once: the fix is shown by the staged "
+    "targets' tests (a fresh O_EXCL file beside --out, --out untouched until verified).",
+    "Flaky test, not fixed here: tests/test_faults_channels.py::test_source_side_channel_closed_or_reset_mid_packet "
+    "lets channel 1's first 5 writes through and cuts the next one longer than the cut; idle channels take "
+    "batches themselves, so with codec none channel 1 sometimes writes only 6-7 times, the later ones short "
+    "(SYNCs): no fault is injected, the session rightly succeeds and the test fails (6 of 40 sessions of "
+    "the none/mid-payload/close case here). The test does not check that its fault fired.",
 ]
 LEAK_SESSIONS = int(os.environ.get("MFDCOMP_LEAK_SESSIONS", "200"))
 
@@ -90,6 +128,18 @@ class Group:
 
     def count(self, outcome: str) -> int:
         return sum(case.outcome == outcome for case in self.cases)
+
+
+def run_group(name: str, runs: list[list[str]], extra: list[str] | None = None) -> Group:
+    """One group of cases from one or more pytest runs."""
+    group = Group(name, [])
+    for args in runs:
+        part = run_pytest(name, args, extra)
+        group.command += [*part.command, ";"] if len(runs) > 1 else part.command
+        group.seconds += part.seconds
+        group.cases += part.cases
+        group.output += part.output
+    return group
 
 
 def run_pytest(name: str, args: list[str], extra: list[str] | None = None) -> Group:
@@ -185,7 +235,10 @@ def render(data: dict[str, Any]) -> str:
         _table(
             [
                 ["inputs fuzzed (all)", totals["inputs_fuzzed"]],
-                ["- random campaign (wire reader, channel thread, codec decoders)", totals["campaign_inputs"]],
+                [
+                    "- random campaign (wire reader, channel thread, codec decoders, mapped-ram loader)",
+                    totals["campaign_inputs"],
+                ],
                 ["- atheris / libFuzzer campaign", totals["atheris_inputs"]],
                 ["- CI fuzz tests (hypothesis examples and exhaustive edge values)", totals["ci_fuzz_inputs"]],
                 ["hostile-peer cases tried", totals["hostile_cases"]],
@@ -237,10 +290,22 @@ def render(data: dict[str, Any]) -> str:
             "",
         ]
     out += ["## Bugs found and fixed", ""]
+    review = [bug["id"] for bug in data["bugs"] if bug.get("found_by", "").startswith("independent review")]
+    if review:
+        out += [
+            f"Bugs {review[0]}-{review[-1]} are the findings of an independent review (issue 20, points 1-7, "
+            "each finding on its own row; 'tests' in the where column marks a test that could not catch a "
+            "regression); the others were found by the project's own fault and hostile tests.",
+            "",
+        ]
     rows = [[bug["id"], bug["title"], bug["component"], bug["commit"], bug["regression_test"]] for bug in data["bugs"]]
     out += [_table(rows, ["#", "bug", "where", "commit", "regression test"]), ""]
     for bug in data["bugs"]:
-        out += [f"{bug['id']}. **{bug['title']}** ({bug['commit']}): {bug['what_was_wrong']} Fix: {bug['fix']}", ""]
+        out += [
+            f"{bug['id']}. **{bug['title']}**. Commit {bug['commit']}. Found by {bug['found_by']}. "
+            f"{bug['what_was_wrong']} Fix: {bug['fix']}",
+            "",
+        ]
     load = data.get("load_test")
     out += ["## Load test", ""]
     if load:
@@ -297,17 +362,16 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     campaigns = [run_campaign("random", args.fuzz_seconds, REPORTS / "fuzz_random.json")]
     not_done: list[str] = []
-    if args.atheris_seconds > 0:
+    if args.atheris_seconds <= 0:
+        not_done.append("atheris campaign not run here (--atheris-seconds 0): the random campaign only")
+    else:
         if importlib.util.find_spec("atheris") is None:
             not_done.append("atheris is not installed here (pip install atheris): no coverage-guided campaign")
         else:
             campaigns.append(run_campaign("atheris", args.atheris_seconds, REPORTS / "fuzz_atheris.json"))
-    fuzz = run_pytest("fuzz", FUZZ_TESTS, ["--hypothesis-show-statistics"])
-    hostile = run_pytest("hostile", HOSTILE)
-    faults = run_pytest("faults", FAULTS)
-    more = run_pytest("faults", MORE_FAULTS)
-    faults.cases += more.cases
-    faults.seconds += more.seconds
+    fuzz = run_group("fuzz", FUZZ_TESTS, ["--hypothesis-show-statistics"])
+    hostile = run_group("hostile", HOSTILE)
+    faults = run_group("faults", FAULTS)
     exhaustive = 0
     if any(c.name == "test_every_field_of_every_record_at_every_edge_value" and c.outcome == "passed"
            for c in fuzz.cases):  # fmt: skip
