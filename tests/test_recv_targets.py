@@ -438,3 +438,30 @@ def test_a_staged_target_that_is_never_committed_is_removed(tmp_path: Path) -> N
         )
         assert not final.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_two_receivers_on_one_out_never_share_a_file(tmp_path: Path) -> None:
+    """Issue 20.2: a second recv to the same --out truncated the first one's mapped file (SIGBUS).
+
+    Each receiver now writes its own .part file: while the first holds its session, the second's
+    transfer completes and replaces --out, and the first's file is untouched, then removed when its
+    source goes away.
+    """
+    image = make_image(tmp_path / "src.img", "8M", seed=21)
+    out = tmp_path / "dst" / "out.img"
+    out.parent.mkdir()
+    first = Recv(tmp_path, out)
+    source = Source(first.sock, [("ram0", 8 * MiB)])
+    assert source.read() == (mc.Message.READY, b"")  # the first receiver's target exists now
+    held = leftovers(out.parent)
+    assert len(held) == 1 and held[0].endswith(".part"), held
+    second = Recv(tmp_path, out)
+    sent = send(second.sock, str(image))
+    code, _, err = second.finish()
+    assert code == 0 and sent.returncode == 0, err + sent.stderr
+    assert sha(out) == sha(image)
+    assert leftovers(out.parent) == held  # the first receiver's file is its own, still there
+    source.close()
+    code, _, err = first.finish()
+    assert code == 1 and "Traceback" not in err, err  # its source went away: an error, not a signal
+    assert sha(out) == sha(image) and leftovers(out.parent) == []
