@@ -98,13 +98,7 @@ NOT_DONE = [
     "allocated (no cap).",
     "recv always writes its targets to new temporary files renamed over --out; RamClient.create_targets "
     "without staged=True (library use) still opens the final files with O_TRUNC, so two such writers must "
-    "not share a file. No test runs two receivers on one --out at once: the fix is shown by the staged "
-    "targets' tests (a fresh O_EXCL file beside --out, --out untouched until verified).",
-    "Flaky test, not fixed here: tests/test_faults_channels.py::test_source_side_channel_closed_or_reset_mid_packet "
-    "lets channel 1's first 5 writes through and cuts the next one longer than the cut; idle channels take "
-    "batches themselves, so with codec none channel 1 sometimes writes only 6-7 times, the later ones short "
-    "(SYNCs): no fault is injected, the session rightly succeeds and the test fails (6 of 40 sessions of "
-    "the none/mid-payload/close case here). The test does not check that its fault fired.",
+    "not share a file.",
 ]
 LEAK_SESSIONS = int(os.environ.get("MFDCOMP_LEAK_SESSIONS", "200"))
 
