@@ -53,7 +53,8 @@ def plot_matrix(result: MatrixResult, path: Path) -> None:
 
     Dashed lines: the loopback pump over as many connections (colour of the
     channel count). Black bars' caps: min(cores, channels) × the raw library,
-    one thread. Stars: QEMU's own migration.
+    one thread. Stars: QEMU's own migration. Rings: mfdcomp's whole session
+    (connect to verified end) over the same guest bytes.
     """
     from matplotlib.artist import Artist
     from matplotlib.axes import Axes
@@ -82,6 +83,9 @@ def plot_matrix(result: MatrixResult, path: Path) -> None:
                     axis.text(x, 0.02, "failed", rotation=90, ha="center", va="bottom", fontsize=7, color="red")
                     continue
                 axis.bar(x, cell.gb_per_s, width, color=colours[count])
+                # The whole session (connect to verified end) as a rate: what the user waits for.
+                session = cell.guest_bytes / cell.session_seconds / 1e9
+                axis.plot([x], [session], marker="o", markersize=6, color="black", markerfacecolor="none")
                 library = result.find_library(kind, cell.codec)
                 if library is not None and library.result is not None:
                     ideal = min(result.cores, count) * library.result.compress_gb_per_s
@@ -105,7 +109,8 @@ def plot_matrix(result: MatrixResult, path: Path) -> None:
     handles += [
         Line2D([], [], color="grey", linestyle="--", label="loopback pump, same connections"),
         Line2D([], [], color="black", linewidth=2, label="raw library × min(cores, channels)"),
-        Line2D([], [], marker="*", color="gold", markeredgecolor="k", linestyle="", label="QEMU 10"),
+        Line2D([], [], marker="*", color="gold", markeredgecolor="k", linestyle="", label="QEMU 10 (total-time)"),
+        Line2D([], [], marker="o", color="black", markerfacecolor="none", linestyle="", label="mfdcomp whole session"),
     ]
     figure.legend(handles=handles, loc="outside lower center", ncols=min(6, len(handles)), fontsize=8)
     figure.suptitle(f"mfdcomp bench: best of {result.repeats}, {result.cores} cores", fontsize=11)

@@ -14,9 +14,9 @@ __all__ = ["link_sweep_text", "matrix_text", "scaling_text", "targets_text"]
 MiB = 1 << 20
 
 _HEADER = (
-    f"{'codec':<9} {'ch':>2} {'GB/s best (med)':>16} {'s best':>7} {'wire MiB':>9} {'ratio':>7} "
+    f"{'codec':<9} {'ch':>2} {'GB/s best (med)':>16} {'s best':>7} {'session s':>9} {'wire MiB':>9} {'ratio':>7} "
     f"{'CPU s snd/rcv':>13} {'RSS MiB snd/rcv':>15} {'lib 1-thr c/d GB/s':>18} {'/lib×n':>6} "
-    f"{'pump GB/s':>9} {'/pump':>5} {'QEMU GB/s':>9} {'QEMU CPU s snd/rcv':>18}"
+    f"{'pump GB/s':>9} {'/pump':>5} {'QEMU GB/s':>9} {'QEMU s':>7} {'/QEMU xfer/sess':>15} {'QEMU CPU s snd/rcv':>18}"
 )
 
 
@@ -25,7 +25,8 @@ def _row(result: MatrixResult, cell: Cell) -> str:
     if not cell.ok:
         return head + f"FAILED: {cell.error}"
     text = (
-        head + f"{cell.gb_per_s:>7.3f} ({cell.gb_per_s_median:>6.3f}) {cell.seconds:>7.3f} "
+        head
+        + f"{cell.gb_per_s:>7.3f} ({cell.gb_per_s_median:>6.3f}) {cell.seconds:>7.3f} {cell.session_seconds:>9.3f} "
         f"{cell.wire_bytes / MiB:>9.1f} {cell.ratio:>7.2f} "
         f"{cell.send_cpu_seconds:>6.2f}/{cell.recv_cpu_seconds:<6.2f} "
         f"{cell.send_peak_rss / MiB:>7.0f}/{cell.recv_peak_rss / MiB:<7.0f} "
@@ -45,7 +46,8 @@ def _row(result: MatrixResult, cell: Cell) -> str:
     qemu = result.find_qemu(cell.kind, cell.codec, cell.channels)
     if qemu is None or not qemu.seconds_runs:
         return text + f"{'not run':>9}"
-    text += f"{qemu.gb_per_s:>9.3f} "
+    text += f"{qemu.gb_per_s:>9.3f} {qemu.seconds:>7.3f} "
+    text += f"{cell.seconds / qemu.seconds:>7.2f}/{cell.session_seconds / qemu.seconds:<7.2f} "
     send, recv = qemu.send_cpu_seconds, qemu.recv_cpu_seconds
     text += f"{send:>11.2f}/{recv:.2f}" if send is not None and recv is not None else f"{'-':>18}"
     return text
@@ -57,7 +59,9 @@ def matrix_text(result: MatrixResult) -> str:
         f"best (median) of {result.repeats} run(s); GB/s of guest RAM (10^9 B/s); ratio = guest/wire bytes",
         "lib 1-thr c/d: the raw library, one thread, compress/decompress on the same pages; "
         "/lib×n: GB/s over min(cores, channels) × lib compress; /pump: over the loopback pump's GB/s; "
-        "CPU s: medians, mfdcomp's over its transfer, QEMU's from /proc around its migration",
+        "CPU s: medians, mfdcomp's over its transfer, QEMU's from /proc around its migration; "
+        "s best: the transfer (connect to the last packet); session s: connect to the verified end, as the user "
+        "waits; QEMU s: its total-time; /QEMU: mfdcomp's transfer and session time over QEMU's total-time",
     ]
     for kind, image in result.images.items():
         lines += ["", f"{kind} ({image.mix})", _HEADER]

@@ -80,6 +80,7 @@ class TransferRun:
     """One transfer as both ends reported it, with each process's peak RSS."""
 
     seconds: float  # the sender's transfer_seconds: connect to the last packet written
+    session_seconds: float  # the sender's "seconds": connect to the verified end, what the user waits for
     guest_bytes: int
     wire_bytes: int
     payload_bytes: int
@@ -114,6 +115,7 @@ class Endpoints:
 
 
 def loopback(transport: str, workdir: Path) -> Endpoints:
+    """Where the receiver listens for ``transport``: tcp (the default, as between hosts) or unix."""
     if transport == "unix":
         return Endpoints(f"unix:{workdir / 'bench.sock'}")
     return Endpoints("tcp:127.0.0.1:0")
@@ -197,6 +199,7 @@ def _run_of(summary: dict[str, Any], destination: dict[str, Any], sent: Finished
     totals = summary["totals"]
     return TransferRun(
         seconds=summary["transfer_seconds"],
+        session_seconds=summary["seconds"],
         guest_bytes=summary["guest_bytes"],
         wire_bytes=totals["wire_bytes"],
         payload_bytes=totals["payload_bytes"],

@@ -27,8 +27,8 @@ SHM = "/dev/shm"
 SWEEP_CODECS = ("none", "zstd", "zlib", "qatzip")
 
 DESCRIPTION = f"""\
-Measure `mfdcomp send` → `mfdcomp recv` (two processes over loopback, a unix
-socket by default) for every codec × channel count × data kind, and in the
+Measure `mfdcomp send` → `mfdcomp recv` (two processes over loopback, TCP by
+default as between hosts, --transport unix for a unix socket) for every codec × channel count × data kind, and in the
 same run the baselines each cell is judged against:
 
   raw library  the codec's library alone, one thread, compressing and decoding
@@ -77,7 +77,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--kinds", metavar="LIST", help=f"data kinds (default: {DEFAULT_KINDS}; mixed for sub-modes)")
     parser.add_argument("--size", type=parse_size, default=256 << 20, help="image size (256M)")
     parser.add_argument("--repeats", type=int, default=3, metavar="N", help="runs per cell: median and best (3)")
-    parser.add_argument("--transport", choices=("unix", "tcp"), default="unix", help="loopback transport (unix)")
+    parser.add_argument("--transport", choices=("tcp", "unix"), default="tcp", help="loopback transport (tcp)")
     parser.add_argument("--cache-dir", type=Path, metavar="DIR", help="keep the images here (default: a temp dir)")
     parser.add_argument("--no-qemu", action="store_true", help="skip the QEMU baseline (reported as not run)")
     parser.add_argument("--check-targets", action="store_true", help="PASS/FAIL of the issue's targets")
