@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from mfdcomp.methods import CodecPath, PathProbe
 from mfdcomp.methods import deflate as libs
 from mfdcomp.methods.deflate import Deflate
-from mfdcomp.methods.hostprobe import Finding
+from mfdcomp.methods.hostprobe import Finding, load_first
 from mfdcomp.methods.impls import Implementations
 from mfdcomp_qpl import locate
 
@@ -64,15 +64,8 @@ def load_library() -> tuple[Library | None, str]:
     """The first candidate of :mod:`mfdcomp_qpl.locate` that loads as libqpl, and where it came from (or why none)."""
     from mfdcomp_qpl.binding import Library  # ctypes only now, at probe time
 
-    failures: list[str] = []
-    for path, origin in locate.candidates():
-        try:
-            return Library(path), origin
-        except (OSError, AttributeError) as exc:
-            failures.append(f"{path} ({origin}) does not load as libqpl: {exc}")
-    if not failures:
-        return None, f"libqpl not found (no ${locate.ENV_VAR}, none in the loader cache, no {locate.PRIVATE_PREFIX})"
-    return None, "; ".join(failures)
+    none = f"libqpl not found (no ${locate.ENV_VAR}, none in the loader cache, no {locate.PRIVATE_PREFIX})"
+    return load_first(locate.candidates(), Library, "libqpl", none)
 
 
 def probe_host(root: Path = Path("/"), impl: str | None = None) -> HostProbe:

@@ -10,8 +10,9 @@ Search order, the first that exists wins:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from mfdcomp.methods.hostprobe import header_root, library_candidates
 
 PRIVATE_PREFIX = "/opt/mfdcomp/qpl"
 ENV_VAR = "MFDCOMP_QPL_LIB"
@@ -20,24 +21,10 @@ SONAME = "libqpl.so.1"
 
 def candidates() -> list[tuple[str, str]]:
     """(path or soname, where it came from), in the order to try."""
-    forced = os.environ.get(ENV_VAR)
-    if forced:
-        return [(forced, f"${ENV_VAR}")]
-    import ctypes.util  # here: importing the plugin must not import ctypes
-
-    found: list[tuple[str, str]] = []
-    system = ctypes.util.find_library("qpl")
-    if system:
-        found.append((system, "the system's loader cache"))
     private = Path(PRIVATE_PREFIX) / "lib" / SONAME
-    if private.exists():
-        found.append((str(private), f"the private build in {PRIVATE_PREFIX} (ci/system/qpl.sh)"))
-    return found
+    return library_candidates(ENV_VAR, "qpl", private, f"the private build in {PRIVATE_PREFIX} (ci/system/qpl.sh)")
 
 
 def header() -> Path | None:
     """The ``qpl/qpl.h`` that goes with the library found, for the layout test."""
-    for root in (Path(PRIVATE_PREFIX) / "include", Path("/usr/include"), Path("/usr/local/include")):
-        if (root / "qpl" / "qpl.h").exists():
-            return root
-    return None
+    return header_root(Path(PRIVATE_PREFIX) / "include", "qpl/qpl.h")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mfdcomp.methods import CodecPath, PathProbe
-from mfdcomp.methods.hostprobe import Finding, read_text
+from mfdcomp.methods.hostprobe import Finding, load_first, read_text
 from mfdcomp_uadk import locate
 
 if TYPE_CHECKING:
@@ -83,17 +83,8 @@ def load_library() -> tuple[Library | None, str]:
     """The first candidate of :mod:`mfdcomp_uadk.locate` that loads as libwd_comp, and its origin (or why none)."""
     from mfdcomp_uadk.binding import Library  # ctypes only now, at probe time
 
-    failures: list[str] = []
-    for path, origin in locate.candidates():
-        try:
-            return Library(path), origin
-        except (OSError, AttributeError) as exc:
-            failures.append(f"{path} ({origin}) does not load as libwd_comp: {exc}")
-    if not failures:
-        return None, (
-            f"libwd_comp not found (no ${locate.ENV_VAR}, none in the loader cache, no {locate.PRIVATE_PREFIX})"
-        )
-    return None, "; ".join(failures)
+    none = f"libwd_comp not found (no ${locate.ENV_VAR}, none in the loader cache, no {locate.PRIVATE_PREFIX})"
+    return load_first(locate.candidates(), Library, "libwd_comp", none)
 
 
 def _probe(root: Path) -> HostProbe:

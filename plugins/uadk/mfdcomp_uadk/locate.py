@@ -10,8 +10,9 @@ Search order, the first that exists wins:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from mfdcomp.methods.hostprobe import header_root, library_candidates
 
 PRIVATE_PREFIX = "/opt/mfdcomp/uadk"
 ENV_VAR = "MFDCOMP_UADK_LIB"
@@ -22,24 +23,10 @@ DEPENDENCY = "libwd.so.2"
 
 def candidates() -> list[tuple[str, str]]:
     """(path or soname, where it came from), in the order to try."""
-    forced = os.environ.get(ENV_VAR)
-    if forced:
-        return [(forced, f"${ENV_VAR}")]
-    import ctypes.util  # here: importing the plugin must not import ctypes
-
-    found: list[tuple[str, str]] = []
-    system = ctypes.util.find_library("wd_comp")
-    if system:
-        found.append((system, "the system's loader cache"))
     private = Path(PRIVATE_PREFIX) / "lib" / SONAME
-    if private.exists():
-        found.append((str(private), f"the private build in {PRIVATE_PREFIX} (ci/system/uadk.sh)"))
-    return found
+    return library_candidates(ENV_VAR, "wd_comp", private, f"the private build in {PRIVATE_PREFIX} (ci/system/uadk.sh)")
 
 
 def header() -> Path | None:
     """The include folder holding ``uadk/wd_comp.h``, for the layout test."""
-    for root in (Path(PRIVATE_PREFIX) / "include", Path("/usr/include"), Path("/usr/local/include")):
-        if (root / "uadk" / "wd_comp.h").exists():
-            return root
-    return None
+    return header_root(Path(PRIVATE_PREFIX) / "include", "uadk/wd_comp.h")
