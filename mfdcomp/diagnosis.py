@@ -19,7 +19,7 @@ import grp
 import os
 import pwd
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,6 +207,40 @@ def pci_functions(root: Path = Path("/")) -> list[PciFunction]:
         if vendor is not None and device is not None:
             found.append(PciFunction(entry.name, vendor, device, link_name(entry / "driver"), entry))
     return found
+
+
+def vendor_functions(root: Path, vendor: int, devices: Container[int]) -> list[PciFunction]:
+    """The PCI functions with this vendor id and one of these device ids."""
+    return [f for f in pci_functions(root) if f.vendor == vendor and f.device in devices]
+
+
+def no_device_finding(
+    area: str, item: str, functions: Sequence[PciFunction], unbound: tuple[str, str], missing: tuple[str, str]
+) -> Finding:
+    """A driver's folder lists no device: why, as a finding.
+
+    With ``functions`` (the PCI functions it would drive) present, a problem named ``item`` with ``unbound``'s
+    detail and advice; without, no such device is here: ``devices``, missing, with ``missing``'s.
+    """
+    if functions:
+        return Finding(area, item, Status.PROBLEM, *unbound)
+    return Finding(area, "devices", Status.MISSING, *missing)
+
+
+def usable_finding(area: str, item: str, usable: Sequence[str], detail: str, advice: str) -> Finding:
+    """The usable ones, named, or a problem (``detail``, ``advice``) when there is none."""
+    if usable:
+        return Finding(area, item, Status.OK, ", ".join(usable))
+    return Finding(area, item, Status.PROBLEM, detail, advice)
+
+
+def device_accelerators(
+    area: str, devices: Sequence[str], functions: Sequence[PciFunction], described: Callable[[PciFunction], str]
+) -> list[Accelerator]:
+    """Devices a driver made (``<area> <name>``), else the PCI functions it has not taken yet; all need the IOMMU."""
+    if devices:
+        return [Accelerator(area, f"{area} {name}", True) for name in devices]
+    return [Accelerator(area, described(f), True) for f in functions]
 
 
 def node_finding(area: str, item: str, path: Path, root: Path, identity: Identity, advice: str) -> Finding:

@@ -32,6 +32,7 @@ from mfdcomp.diagnosis import (
     node_finding,
     pci_functions,
     read_attr,
+    vendor_functions,
 )
 from mfdcomp.methods import PathProbe
 
@@ -106,7 +107,7 @@ QATLIB_MEMLOCK = 16 * 1024 * 1024  # qatlib's INSTALL: 16 MB of locked memory pe
 
 
 def qat_functions(root: Path = Path("/")) -> list[tuple[PciFunction, QatModel]]:
-    return [(f, QAT_DEVICES[f.device]) for f in pci_functions(root) if f.vendor == INTEL and f.device in QAT_DEVICES]
+    return [(f, QAT_DEVICES[f.device]) for f in vendor_functions(root, INTEL, QAT_DEVICES)]
 
 
 def _qat_kind(model: QatModel) -> str:

@@ -22,13 +22,16 @@ from mfdcomp.diagnosis import (
     Identity,
     IommuUse,
     Status,
+    device_accelerators,
     find_program,
     int_value,
     library_finding,
     locate_library,
+    no_device_finding,
     node_finding,
-    pci_functions,
     read_attr,
+    usable_finding,
+    vendor_functions,
 )
 from mfdcomp.methods import hostprobe
 
@@ -92,7 +95,7 @@ def iaa_findings(root: Path = Path("/"), identity: Identity | None = None) -> li
     """IAA PCI functions, iax devices, their work queues, /dev/iax nodes, accel-config."""
     who = identity or Identity.current()
     findings: list[Finding] = []
-    functions = [f for f in pci_functions(root) if f.vendor == INTEL and f.device in IAA_DEVICE_IDS]
+    functions = vendor_functions(root, INTEL, IAA_DEVICE_IDS)
     for func in functions:
         kind = IAA_DEVICE_IDS[func.device]
         item = f"{func.address} ({kind})"
@@ -121,46 +124,38 @@ def iaa_findings(root: Path = Path("/"), identity: Identity | None = None) -> li
     devices_dir = root / IDXD_DEVICES
     devices = sorted(devices_dir.glob("iax*")) if devices_dir.is_dir() else []
     if not devices:
-        if functions:
-            findings.append(
-                Finding(
-                    IAA,
-                    "iax devices",
-                    Status.PROBLEM,
+        findings.append(
+            no_device_finding(
+                IAA,
+                "iax devices",
+                functions,
+                (
                     f"IAA PCI functions are present but /{IDXD_DEVICES} lists no iax device",
                     "load the idxd driver (`modprobe idxd`) and check `dmesg | grep -i idxd`",
-                )
-            )
-        else:
-            findings.append(
-                Finding(
-                    IAA,
-                    "devices",
-                    Status.MISSING,
+                ),
+                (
                     f"no Intel IAA device (no PCI function 8086:0cfe, no iax* in /{IDXD_DEVICES})",
                     "IAA is built into 4th generation Xeon Scalable processors (Sapphire Rapids) and later; "
                     "check the processor model and that the firmware exposes it; in a virtual machine it must "
                     "be passed through",
-                )
+                ),
             )
+        )
     usable: list[str] = []
     for device in devices:
         device_findings, device_usable = _iax_findings(device, root, who)
         findings += device_findings
         usable += device_usable
     if devices:
-        if usable:
-            findings.append(Finding(IAA, "usable work queues", Status.OK, ", ".join(usable)))
-        else:
-            findings.append(
-                Finding(
-                    IAA,
-                    "usable work queues",
-                    Status.PROBLEM,
-                    "no enabled shared user work queue that this user can open",
-                    "see the work queue findings above",
-                )
+        findings.append(
+            usable_finding(
+                IAA,
+                "usable work queues",
+                usable,
+                "no enabled shared user work queue that this user can open",
+                "see the work queue findings above",
             )
+        )
     program = find_program("accel-config", root)
     if program is not None:
         findings.append(Finding(IAA, "accel-config", Status.OK, program))
@@ -326,13 +321,8 @@ def accelerators(root: Path = Path("/")) -> list[Accelerator]:
     """The iax devices in the tree, else the IAA PCI functions (no idxd driver yet); all need the IOMMU."""
     idxd = root / IDXD_DEVICES
     iax = sorted(p.name for p in idxd.glob("iax*")) if idxd.is_dir() else []
-    if iax:
-        return [Accelerator(IAA, f"Intel IAA {name}", True) for name in iax]
-    return [
-        Accelerator(IAA, f"Intel IAA at {f.address}", True)
-        for f in pci_functions(root)
-        if f.vendor == INTEL and f.device in IAA_DEVICE_IDS
-    ]
+    functions = [] if iax else vendor_functions(root, INTEL, IAA_DEVICE_IDS)
+    return device_accelerators(IAA, iax, functions, lambda f: f"Intel IAA at {f.address}")
 
 
 def doctor_sections(root: Path, identity: Identity) -> list[DoctorSection]:

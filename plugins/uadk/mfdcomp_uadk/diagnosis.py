@@ -19,12 +19,15 @@ from mfdcomp.diagnosis import (
     Identity,
     IommuUse,
     Status,
+    device_accelerators,
     int_value,
     library_finding,
     locate_library,
+    no_device_finding,
     node_finding,
-    pci_functions,
     read_attr,
+    usable_finding,
+    vendor_functions,
 )
 
 UADK = "HiSilicon UADK"
@@ -41,7 +44,7 @@ def uadk_findings(root: Path = Path("/"), identity: Identity | None = None) -> l
     """HiSilicon ZIP PCI functions, uacce devices and their attributes, /dev nodes, libwd/libwd_comp."""
     who = identity or Identity.current()
     findings: list[Finding] = []
-    functions = [f for f in pci_functions(root) if f.vendor == HUAWEI and f.device in ZIP_DEVICE_IDS]
+    functions = vendor_functions(root, HUAWEI, ZIP_DEVICE_IDS)
     for func in functions:
         kind = f"HiSilicon {ZIP_DEVICE_IDS[func.device]}"
         item = f"{func.address} ({kind})"
@@ -60,29 +63,24 @@ def uadk_findings(root: Path = Path("/"), identity: Identity | None = None) -> l
     folder = root / UACCE_CLASS
     devices = sorted(folder.iterdir()) if folder.is_dir() else []
     if not devices:
-        if functions:
-            findings.append(
-                Finding(
-                    UADK,
-                    "uacce devices",
-                    Status.PROBLEM,
+        findings.append(
+            no_device_finding(
+                UADK,
+                "uacce devices",
+                functions,
+                (
                     f"HiSilicon ZIP functions are present but /{UACCE_CLASS} lists no device",
                     "hisi_zip registers with uacce only when loaded with uacce_mode=1 (its default, 0, serves "
                     "the kernel crypto API only): `modprobe -r hisi_zip; modprobe hisi_zip uacce_mode=1`; "
                     "uacce also needs the SMMU with SVA",
-                )
-            )
-        else:
-            findings.append(
-                Finding(
-                    UADK,
-                    "devices",
-                    Status.MISSING,
+                ),
+                (
                     f"no HiSilicon UADK device (no PCI function 19e5:a250/a251, nothing in /{UACCE_CLASS})",
                     "the ZIP engine is part of HiSilicon Kunpeng 920 and later Arm processors; this is not "
                     "one, or the device is not passed through",
-                )
+                ),
             )
+        )
     usable: list[str] = []
     for device in devices:
         device_findings, ready = _uacce_findings(device, root, who)
@@ -90,18 +88,15 @@ def uadk_findings(root: Path = Path("/"), identity: Identity | None = None) -> l
         if ready:
             usable.append(device.name)
     if devices:
-        if usable:
-            findings.append(Finding(UADK, "usable devices", Status.OK, ", ".join(usable)))
-        else:
-            findings.append(
-                Finding(
-                    UADK,
-                    "usable devices",
-                    Status.PROBLEM,
-                    "no uacce compression device with a free queue that this user can open",
-                    "see the device findings above",
-                )
+        findings.append(
+            usable_finding(
+                UADK,
+                "usable devices",
+                usable,
+                "no uacce compression device with a free queue that this user can open",
+                "see the device findings above",
             )
+        )
     for stem in ("wd", "wd_comp"):
         findings.append(
             library_finding(
@@ -173,13 +168,10 @@ def accelerators(root: Path = Path("/")) -> list[Accelerator]:
     """The hisi_zip uacce devices in the tree, else the ZIP PCI functions; all need the SMMU (SVA)."""
     uacce = root / UACCE_CLASS
     zip_devices = sorted(p.name for p in uacce.glob("hisi_zip*")) if uacce.is_dir() else []
-    if zip_devices:
-        return [Accelerator(UADK, f"HiSilicon UADK {name}", True) for name in zip_devices]
-    return [
-        Accelerator(UADK, f"HiSilicon {ZIP_DEVICE_IDS[f.device]} at {f.address}", True)
-        for f in pci_functions(root)
-        if f.vendor == HUAWEI and f.device in ZIP_DEVICE_IDS
-    ]
+    functions = [] if zip_devices else vendor_functions(root, HUAWEI, ZIP_DEVICE_IDS)
+    return device_accelerators(
+        UADK, zip_devices, functions, lambda f: f"HiSilicon {ZIP_DEVICE_IDS[f.device]} at {f.address}"
+    )
 
 
 def doctor_sections(root: Path, identity: Identity) -> list[DoctorSection]:
