@@ -14,6 +14,8 @@ die() {
     exit 1
 }
 
+. ci/system/lib/aptfetch.sh
+
 LOCATE=plugins/qatzip/mfdcomp_qatzip/locate.py
 PRIVATE_DIR=$(sed -n 's/^PRIVATE_DIR = "\(.*\)"$/\1/p' "$LOCATE")
 [[ "$PRIVATE_DIR" == /* ]] || die "no absolute PRIVATE_DIR = \"...\" line in $LOCATE"
@@ -57,25 +59,13 @@ unpack_trixie_debs() {
     fi
     apt_install "${BOOKWORM_DEPS[@]}"
 
-    local mirror
-    mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-    mirror=${mirror:-http://deb.debian.org/debian}
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
-    mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/debs"
-    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror trixie main" >"$work/sources.list"
-    # Only this folder's sources, lists and cache: the system's apt state stays as it is.
-    cat >"$work/apt.conf" <<CONF
-Dir::Etc::SourceList "$work/sources.list";
-Dir::Etc::SourceParts "/dev/null";
-Dir::State::Lists "$work/lists";
-Dir::Cache "$work/cache";
-Acquire::Languages "none";
-APT::Sandbox::User "root";
-CONF
-    export APT_CONFIG="$work/apt.conf"
-    apt-get update -qq || die "cannot read trixie's package index from $mirror"
-    (cd "$work/debs" && apt-get download -qq "${DEBS[@]}") || die "cannot download ${DEBS[*]} from trixie ($mirror)"
+    mkdir -p "$work/debs"
+    private_apt "$work" deb trixie
+    apt-get update -qq || die "cannot read trixie's package index from $(debian_mirror)"
+    (cd "$work/debs" && apt-get download -qq "${DEBS[@]}") ||
+        die "cannot download ${DEBS[*]} from trixie ($(debian_mirror))"
     unset APT_CONFIG
 
     rm -rf "$ROOT.new"

@@ -14,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 NAME=qemu-hw
 . ci/system/lib/vendorlib.sh
+. ci/system/lib/aptfetch.sh
 
 constant() { sed -n "s/^$1 = \"\(.*\)\"$/\1/p" "$2"; }
 PREFIX=$(constant QEMU_HW_DIR mfdcomp/qemu/locate.py)
@@ -65,20 +66,8 @@ source_tarball() {
 
 # Debian trixie's QEMU 10.0 source, fetched through a throw-away apt configuration.
 debian_source() {
-    mkdir -p "$work/apt/lists/partial" "$work/apt/cache/archives/partial" "$work/src"
-    local mirror
-    mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-    echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] ${mirror:-http://deb.debian.org/debian} trixie main" \
-        >"$work/apt/sources.list"
-    cat >"$work/apt/apt.conf" <<CONF
-Dir::Etc::SourceList "$work/apt/sources.list";
-Dir::Etc::SourceParts "/dev/null";
-Dir::State::Lists "$work/apt/lists";
-Dir::Cache "$work/apt/cache";
-Acquire::Languages "none";
-APT::Sandbox::User "root";
-CONF
-    (export APT_CONFIG="$work/apt/apt.conf" && apt-get update -qq && cd "$work/src" &&
+    mkdir -p "$work/src"
+    (private_apt "$work/apt" deb-src trixie && apt-get update -qq && cd "$work/src" &&
         apt-get source --download-only -qq qemu) >&2 || return 1
     compgen -G "$work/src/qemu_10.0.*.orig.tar.xz" | head -n1
 }

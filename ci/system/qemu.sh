@@ -19,6 +19,8 @@ die() {
     exit 1
 }
 
+. ci/system/lib/aptfetch.sh
+
 LOCATE=mfdcomp/qemu/locate.py
 constant() { sed -n "s/^$1 = \"\(.*\)\"$/\1/p" "$LOCATE"; }
 SYSTEM_BINARY=$(constant SYSTEM_BINARY)
@@ -48,17 +50,11 @@ have_qemu10() {
     "$SYSTEM_BINARY" --version 2>/dev/null | head -n1 | grep -q 'version 10\.'
 }
 
-mirror() {
-    local uri
-    uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-    echo "${uri:-http://deb.debian.org/debian}"
-}
-
 add_backports_source() {
     grep -rqs -- 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/ && return 0
     cat >/etc/apt/sources.list.d/bookworm-backports.sources <<EOF
 Types: deb
-URIs: $(mirror)
+URIs: $(debian_mirror)
 Suites: bookworm-backports
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
@@ -101,23 +97,14 @@ fetch_qemu72() {
     fi
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
-    mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/debs"
-    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $(mirror) bookworm main" >"$work/sources.list"
-    cat >"$work/apt.conf" <<CONF
-Dir::Etc::SourceList "$work/sources.list";
-Dir::Etc::SourceParts "/dev/null";
-Dir::State::Lists "$work/lists";
-Dir::Cache "$work/cache";
-Acquire::Languages "none";
-APT::Sandbox::User "root";
-CONF
-    export APT_CONFIG="$work/apt.conf"
-    apt-get update -qq || die "cannot read bookworm's package index from $(mirror)"
+    mkdir -p "$work/debs"
+    private_apt "$work" deb bookworm
+    apt-get update -qq || die "cannot read bookworm's package index from $(debian_mirror)"
     local version
     version=$(apt-cache madison qemu-system-x86 | awk -F' *[|] *' '$2 ~ /^1:7\.2/ {print $2; exit}')
     [[ -n "$version" ]] || die "bookworm's index has no qemu-system-x86 7.2"
     (cd "$work/debs" && apt-get download -qq "${PACKAGES72[@]/%/=$version}") ||
-        die "cannot download ${PACKAGES72[*]} $version from bookworm ($(mirror))"
+        die "cannot download ${PACKAGES72[*]} $version from bookworm ($(debian_mirror))"
     unset APT_CONFIG
 
     rm -rf "$ROOT"
