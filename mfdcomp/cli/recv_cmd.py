@@ -23,13 +23,16 @@ from mfdcomp.progress import Progress
 from mfdcomp.registry import get_codec
 from mfdcomp.transport.address import parse_address
 from mfdcomp.transport.sockets import listen
+from mfdcomp.transport.tls import TlsServer, is_loopback
+from mfdcomp.units import format_bytes, parse_size
 
 DESCRIPTION = """\
 Receive one transfer from `mfdcomp send` and write it to image files. The
 session (page size, channels, codec, blocks) comes from the sender's main
 channel; every multifd packet is checked as a QEMU destination would check it,
-and the first error ends both sides. The last line is "sha256 <hex>" of the
-received image; the exit code is 0 only when it equals the source's.
+and the first error ends both sides. The last line is "<digest> <hex>" of the
+received image, by the digest the source chose (blake3 by default, or sha256);
+the exit code is 0 only when it equals the source's.
 
 With --listen file:PATH, the blocks are read back from a complete mapped-ram
 file written by `mfdcomp send --to file:PATH` (by --channels threads) and
@@ -48,6 +51,14 @@ the .part file behind. All blocks' space is allocated before the first page.
 
 With --multifd-compression, a sender using another codec is refused (both
 ends report it); without it, any codec is accepted.
+
+With --tls-creds DIR (QEMU's x509 layout: ca-cert.pem, server-cert.pem,
+server-key.pem), every connection must shake hands in TLS 1.2+ with a client
+certificate of the same CA (and, with --tls-authz, one of those names as its
+CN or a DNS name); any other connection is dropped with a line saying why, and
+the receiver goes on waiting for a valid source. --max-size refuses a session
+whose blocks total more, before anything is allocated; without it the limit is
+the free space of --out's filesystem.
 """
 
 
@@ -88,6 +99,25 @@ def register(commands: Any) -> None:
         "--multifd-compression",
         metavar="CODEC",
         help="accept only a sender using this codec, as QEMU sets it on both ends (default: any codec)",
+    )
+    parser.add_argument(
+        "--tls-creds",
+        type=Path,
+        metavar="DIR",
+        help="require TLS with client certificates on every connection; DIR in QEMU's x509 layout (ca-cert.pem, "
+        "server-cert.pem, server-key.pem)",
+    )
+    parser.add_argument(
+        "--tls-authz",
+        type=lambda text: [name for name in text.split(",") if name],
+        metavar="NAME[,NAME]",
+        help="accept only client certificates with one of these names (CN or DNS name); default: any the CA signed",
+    )
+    parser.add_argument(
+        "--max-size",
+        type=parse_size,
+        metavar="SIZE",
+        help="refuse a session whose blocks total more than SIZE, before allocating anything (e.g. 8G)",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     parser.set_defaults(run=run)
@@ -154,6 +184,19 @@ def _make_out_dir(out: Path, blocks: int) -> bool:
     return True
 
 
+def check_max_size(limit: int | None, session: mc.Session) -> None:
+    """Refuse, with both sizes, a session announcing more than ``limit`` bytes (None: no limit)."""
+    total = sum(size for _, size in session.blocks)
+    if limit is not None and total > limit:
+        raise SessionError(
+            f"the session's {len(session.blocks)} block(s) total {total} bytes ({format_bytes(total)}), more than "
+            f"this destination's --max-size {limit} bytes ({format_bytes(limit)})",
+            field="size",
+            value=total,
+            expected=limit,
+        )
+
+
 def _check_codec(wanted: str | None, session: mc.Session) -> None:
     if wanted is not None and session.codec != wanted:
         raise SessionError(
@@ -185,12 +228,20 @@ def run(args: argparse.Namespace) -> int:
     if args.multifd_compression is not None:
         get_codec(args.multifd_compression)  # an unknown name is refused now, not when a sender arrives
     check_out(args.out)
+    if args.tls_authz and args.tls_creds is None:
+        raise MfdcompError("--tls-authz needs --tls-creds")
+    tls = None
+    if args.tls_creds is not None:
+        if address.kind == "file":
+            raise MfdcompError("--tls-creds applies to connections, not to file: (QEMU: no TLS with mapped-ram)")
+        tls = TlsServer.load(args.tls_creds, args.tls_authz)
     clients: list[RamClient] = []
     made_dirs: list[Path] = []
     progress = Progress(0, "recv")
 
     def make_targets(session: mc.Session) -> Any:
         # A typed error raised here reaches the source as the destination's error.
+        check_max_size(args.max_size, session)  # first: nothing is made for a session that is too large
         _check_codec(args.multifd_compression, session)
         paths = target_paths(args.out, session.blocks)
         if len(session.blocks) > 1 and _make_out_dir(args.out, len(session.blocks)):
@@ -226,15 +277,23 @@ def run(args: argparse.Namespace) -> int:
             listener = listen(address, idle_timeout=args.idle_timeout)
             # Said at once, so a script (or a person) using port 0 learns where to send.
             print(f"mfdcomp recv: listening on {listener.address}", file=sys.stderr, flush=True)
+            if tls is None and address.kind == "tcp" and not is_loopback(address.host):
+                print(
+                    f"mfdcomp recv: warning: {listener.address} is reachable from other hosts and TLS is off: "
+                    "anyone who connects can write into --out; use --tls-creds (and --max-size)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             incoming = Incoming(
                 listener,
                 make_targets=make_targets,
-                digests=lambda: clients[0].digests(),
+                digests=lambda algorithm: clients[0].digests(algorithm),
                 find_codec=get_codec,
                 connect_timeout=args.connect_timeout,
                 on_progress=progress.update,
                 handshake_timeout=args.handshake_timeout,
                 on_verified=commit,
+                tls=tls,
             )
             result = incoming.run()
         if result.ok and not committed:
@@ -256,9 +315,10 @@ def run(args: argparse.Namespace) -> int:
             verdict = "matches the source" if digest == source else "DIFFERS from the source"
             print(f"{name}: {verdict}")
         digests = list(result.digests.values())
+        algorithm = result.session.digest  # the source's choice, named so the line can be checked by hand
         if len(digests) == 1:
-            print(f"sha256 {digests[0]}")
+            print(f"{algorithm} {digests[0]}")
         else:
             for name, digest in result.digests.items():
-                print(f"sha256 {digest} {name}")
+                print(f"{algorithm} {digest} {name}")
     return 0 if result.ok else 1

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import argparse
 import uuid as uuidlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mfdcomp.cli.common import add_codec_options, add_path_options, chosen_codec, peak_rss, print_json
-from mfdcomp.clients.ram import RamClient
+from mfdcomp.clients.ram import DIGESTS, RamClient
 from mfdcomp.engine.mappedram import save_to_file
 from mfdcomp.engine.migrate import ZERO_PAGE_MODES, MigrateOptions, migrate
 from mfdcomp.errors import MfdcompError
 from mfdcomp.progress import Progress
-from mfdcomp.transport.address import parse_address
+from mfdcomp.transport.address import Address, parse_address
+from mfdcomp.transport.base import Stream
 from mfdcomp.transport.sockets import connect
+from mfdcomp.transport.tls import TlsClient
 from mfdcomp.units import format_bytes, parse_size
 
 DESCRIPTION = """\
@@ -74,6 +77,25 @@ def register(commands: Any) -> None:
         help="seconds to wait for the destination's verdict after the last page (60); the destination hashes "
         "its copy meanwhile, so allow for its hashing speed on large images",
     )
+    parser.add_argument(
+        "--tls-creds",
+        type=Path,
+        metavar="DIR",
+        help="TLS on the main channel and every multifd channel, with QEMU's x509 layout in DIR (ca-cert.pem, "
+        "client-cert.pem, client-key.pem): the destination's certificate must be signed by the CA",
+    )
+    parser.add_argument(
+        "--tls-hostname",
+        metavar="NAME",
+        help="the name the destination's certificate must carry (default: the --to address's host, as QEMU)",
+    )
+    parser.add_argument(
+        "--digest",
+        choices=DIGESTS,
+        default="blake3",
+        help="how both ends prove the copy equal (blake3: several times faster; sha256: also what an mfdcomp "
+        "older than main-channel version 3 verifies with)",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     parser.set_defaults(run=run)
 
@@ -92,12 +114,14 @@ def run(args: argparse.Namespace) -> int:
         force_sw=args.force_sw,
         result_timeout=args.result_timeout,
         idle_timeout=args.idle_timeout,
+        digest=args.digest,
         **({"uuid": args.uuid.bytes} if args.uuid else {}),
     )
     try:
         address = parse_address(args.to)
     except ValueError as exc:
         raise MfdcompError(str(exc)) from exc
+    connect_to = _connector(args, address)
     with RamClient.from_images(args.images, page_size=args.page_size) as ram:
         total = sum(block.size for block in ram.blocks.values())
         with Progress(total, "send") as progress:
@@ -107,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 result = migrate(
                     ram,
-                    lambda: connect(address, send_idle_timeout=args.idle_timeout),
+                    connect_to,
                     codec,
                     options,
                     on_progress=progress.update,
@@ -115,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     summary = result.as_dict()
     total_bytes = sum(block["normal_pages"] + block["zero_pages"] for block in summary["channels"]) * args.page_size
     summary["guest_bytes"] = total_bytes + result.main_zero_pages * args.page_size
-    # Speed of the transfer itself; "seconds" also holds both ends' sha256 verification.
+    # Speed of the transfer itself; "seconds" also holds both ends' verification (connect to verified end).
     transfer = result.transfer_seconds
     summary["gb_per_s"] = summary["guest_bytes"] / transfer / 1e9 if transfer else 0.0
     summary["peak_rss_bytes"] = peak_rss()
@@ -135,6 +159,18 @@ def run(args: argparse.Namespace) -> int:
         for reason in path["passed_over"]:
             print(f"  passed over {reason}")
         for name, digest in result.digests.items():
-            print(f"sha256 {digest} {name}")
+            print(f"{result.digest} {digest} {name}")
         print("destination: " + ("identical" if result.ok else "DIFFERS"))
     return 0 if result.ok else 1
+
+
+def _connector(args: argparse.Namespace, address: Address) -> Callable[[], Stream]:
+    """How each channel connects: plain, or with TLS (its own handshake on every channel, as QEMU)."""
+    if args.tls_creds is None:
+        if args.tls_hostname is not None:
+            raise MfdcompError("--tls-hostname needs --tls-creds")
+        return lambda: connect(address, send_idle_timeout=args.idle_timeout)
+    if address.kind == "file":
+        raise MfdcompError("--tls-creds applies to connections, not to file: (QEMU: no TLS with mapped-ram)")
+    tls = TlsClient.load(args.tls_creds, args.tls_hostname)
+    return lambda: tls.connect(address, send_idle_timeout=args.idle_timeout)

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mfdcomp.clients.ram import check_digest_available
 from mfdcomp.engine import mainchannel as mc
 from mfdcomp.engine.destination import Barrier, RecvChannel, TargetBlock, TargetMemory
 from mfdcomp.engine.mainstream import MainStream
@@ -37,6 +38,8 @@ from mfdcomp.engine.stats import ChannelStats
 from mfdcomp.errors import ChannelError, ChannelIdError, MfdcompError, TruncatedError, WireError
 from mfdcomp.methods import Codec, CodecPath, choose_path
 from mfdcomp.transport.base import AcceptTimeout, Listener, PeerGoneError, Stream
+from mfdcomp.transport.sockets import SocketStream
+from mfdcomp.transport.tls import PlainPeerError, TlsAuthzError, TlsError, TlsServer
 from mfdcomp.wire import (
     EXTENSION,
     INIT_SIZE,
@@ -75,6 +78,7 @@ class IncomingResult:
             "channels": [c.as_dict() for c in self.channels],
             "main_zero_pages": self.main_zero_pages,
             "transfer_cpu_seconds": self.transfer_cpu_seconds,
+            "digest": self.session.digest,
             "digests": self.digests,
             "source_digests": self.source_digests,
             "codec": self.session.codec,
@@ -84,7 +88,8 @@ class IncomingResult:
 
 
 TargetFactory = Callable[[mc.Session], Mapping[str, TargetBlock]]
-DigestFn = Callable[[], dict[str, str]]
+DigestFn = Callable[[str], dict[str, str]]
+"""Every target block's hex digest by the session's algorithm (sha256, blake3)."""
 Message = tuple[mc.Message, bytes]
 
 
@@ -102,11 +107,13 @@ class _Handshake:
 class Incoming:
     """One destination session over ``listener``.
 
-    ``make_targets(session)`` returns the zeroed target blocks, ``digests()``
-    their sha256s once the transfer ended; ``find_codec(name)`` looks a codec up.
+    ``make_targets(session)`` returns the zeroed target blocks, ``digests(algorithm)``
+    their digests by the session's algorithm once the transfer ended; ``find_codec(name)`` looks a codec up.
     ``handshake_timeout`` bounds each new connection's handshake (see the module's text).
     ``on_verified()`` runs once the digests matched and before the source is told so
-    (``mfdcomp recv`` renames its targets there).
+    (``mfdcomp recv`` renames its targets there). With ``tls``, every connection shakes hands
+    first, on its handshake thread and within its deadline; one that fails TLS (a plain peer,
+    another CA, a name not in --tls-authz) is refused as a stranger's: dropped and logged.
     """
 
     def __init__(
@@ -120,8 +127,10 @@ class Incoming:
         on_progress: Callable[[int], None] | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         on_verified: Callable[[], None] | None = None,
+        tls: TlsServer | None = None,
     ) -> None:
         self.listener = listener  # set once
+        self._tls = tls
         self.state = RunState()
         self._make_targets = make_targets
         self._digests = digests
@@ -163,7 +172,11 @@ class Incoming:
                 result.dropped_connections = list(self.dropped)
             if result.ok and self._on_verified is not None:
                 self._on_verified()  # an error here is the session's, and the source is told it
-            main.write(mc.encode_json(mc.Message.RESULT, {"ok": result.ok, "digests": result.digests}))
+            main.write(
+                mc.encode_json(
+                    mc.Message.RESULT, {"ok": result.ok, "digests": result.digests, "digest": result.session.digest}
+                )
+            )
             return result
         except Exception as exc:
             self.state.fail(exc)
@@ -215,6 +228,7 @@ class Incoming:
         if message[0] is not mc.Message.SESSION:
             raise WireError("main channel did not start with a SESSION message", field="type")
         session = mc.Session.from_json(message[1])
+        check_digest_available(session.digest)  # before READY: the source learns it before sending a page
         codec = self._find_codec(session.codec)
         path = choose_path(codec.info, codec.probe()).path
         blocks = self._make_targets(session)
@@ -266,8 +280,8 @@ class Incoming:
                 self._wait_channels_connected(session)
                 barrier.wait_all_ended()
                 cpu = time.process_time() - self._cpu_started
-                digests = self._digests()
-                source_digests = self._read_source_digests(main)
+                digests = self._digests(session.digest)
+                source_digests = self._read_source_digests(main, session.digest)
                 with self.state.cond:
                     channels = [self._channels[i].stats for i in sorted(self._channels)]
                 return IncomingResult(
@@ -285,7 +299,7 @@ class Incoming:
             else:
                 raise WireError(f"unexpected {kind.name} message from the source", field="type", value=kind.name)
 
-    def _read_source_digests(self, main: MainStream) -> dict[str, str]:
+    def _read_source_digests(self, main: MainStream, algorithm: str) -> dict[str, str]:
         message = self._read_main(main)
         if message is None:
             raise PeerGoneError("main channel closed before the source's digests")
@@ -294,7 +308,7 @@ class Incoming:
             raise RemoteError(f"source: {body.decode(errors='replace')}")
         if kind is not mc.Message.DIGESTS:
             raise WireError(f"expected DIGESTS after EOS, got {kind.name}", field="type", value=kind.name)
-        return mc.decode_digests(body)
+        return mc.decode_digests(body, algorithm)
 
     def _wait_channels_connected(self, session: mc.Session) -> None:
         self.state.wait_for(
@@ -376,6 +390,10 @@ class Incoming:
         stream = hs.stream
         owned = True  # until the stream is the main channel's or a channel thread's
         try:
+            if self._tls is not None:
+                if not self._secure(hs):
+                    return
+                stream = hs.stream
             try:
                 head = stream.peek(4)
             except (ChannelError, TruncatedError) as exc:
@@ -406,6 +424,34 @@ class Incoming:
                 stream.close()
             with self.state.cond:
                 self._handshakes.discard(hs)
+
+    def _secure(self, hs: _Handshake) -> bool:
+        """The TLS handshake of a new connection; False when it was refused (and dropped)."""
+        assert self._tls is not None
+        plain = hs.stream
+        if not isinstance(plain, SocketStream):
+            self._drop(hs, "TLS needs a socket connection")
+            return False
+        with self.state.cond:
+            # Swapped under the lock, with no I/O yet: the deadline then shuts down whichever is current.
+            stream = self._tls.wrap(plain, on_plain=_plain_refusal)
+            hs.stream = stream
+        try:
+            stream.accept_handshake(hs.deadline)
+        except TlsAuthzError as exc:
+            # Authenticated but not allowed: a source's main channel is told why, in TLS, before the drop.
+            with contextlib.suppress(MfdcompError):
+                if stream.peek(4) == struct.pack(">I", mc.MAIN_MAGIC):
+                    MainStream(stream).report_error(exc)
+            self._drop(hs, f"TLS refused: {exc}")
+            return False
+        except (PlainPeerError, TlsError) as exc:
+            self._drop(hs, f"TLS refused: {exc}")
+            return False
+        except ChannelError as exc:
+            self._drop(hs, f"TLS handshake not completed: {exc}")
+            return False
+        return True
 
     def _take_main(self, hs: _Handshake) -> None:
         """The main channel's handshake.
@@ -490,6 +536,14 @@ class Incoming:
         channel.start()
         self.state.register(stream)  # after start(): a failure that came first stops the thread at once
         return True
+
+
+def _plain_refusal(head: bytes) -> bytes | None:
+    """What a plain mfdcomp source's main channel reads from a TLS destination: why it is refused."""
+    if head != struct.pack(">I", mc.MAIN_MAGIC):
+        return None
+    why = b"this destination accepts only TLS connections: start the source with --tls-creds"
+    return mc.encode(mc.Message.ERROR, why)
 
 
 def _check_zero(name: str, offsets: tuple[int, ...], limits: ReceiverLimits | None) -> None:

@@ -178,6 +178,16 @@ class SocketStream:
             raise self._error(exc) from exc
         return bytes(self._peeked[:size])
 
+    def take_socket(self) -> socket.socket:
+        """Hand the socket over (to a TLS layer, say); this stream is then closed. Only before any peek."""
+        if self._peeked:
+            raise ChannelError(f"{self.name}: bytes already peeked cannot be handed over with the socket")
+        with self._close_lock:
+            self._closed = True
+            sock, self._sock = self._sock, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.close()  # a placeholder: a late close() or shutdown() must not touch the handed-over socket
+        return sock
+
     def shutdown(self) -> None:
         # Under the lock: one thread's close() may race another's shutdown() (a failing run shuts every
         # stream down while the owner closes those it is done with), and a shutdown() on the descriptor

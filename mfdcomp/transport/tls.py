@@ -1,0 +1,506 @@
+"""TLS on every connection, with QEMU's x509 credentials directory.
+
+A directory as QEMU's ``tls-creds-x509`` object reads it: ``ca-cert.pem``,
+``server-cert.pem`` + ``server-key.pem`` (the destination's identity) and
+``client-cert.pem`` + ``client-key.pem`` (the source's). Both ends verify
+each other (QEMU's ``verify-peer=on``): TLS 1.2 or newer, the peer's
+certificate signed by the CA, the server's valid for the source's
+``tls-hostname``, the client's name (CN or DNS SAN) in ``tls-authz`` when one
+is given.
+
+:class:`TlsConnection` runs OpenSSL on memory BIOs and does the socket I/O
+itself. Why not ``ssl.SSLSocket``: an OpenSSL ``SSL`` object must not be used
+by two threads at once, and a main channel is read by one thread while another
+writes; SSLSocket has no lock and no sendmsg. Here every OpenSSL call is under
+one short lock while the blocking socket reads and writes happen outside it;
+close_notify can be sent by a writer without waiting to read the peer's
+(``SSLSocket.unwrap`` reads), which the tap needs to end one direction cleanly
+as QEMU 10.0's ``multifd-clean-tls-termination`` expects; and ``shutdown()``
+from any thread wakes every blocked call at the socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from typing_extensions import Buffer
+
+from mfdcomp.errors import ChannelError, TruncatedError
+from mfdcomp.transport.address import Address
+from mfdcomp.transport.base import PeerGoneError
+from mfdcomp.transport.sockets import SocketStream, connect
+
+CREDS_FILES = ("ca-cert.pem", "server-cert.pem", "server-key.pem", "client-cert.pem", "client-key.pem")
+TLS_HANDSHAKE_RECORD = 0x16
+"""First byte of every TLS ClientHello (a handshake record): anything else is a plain peer."""
+
+_READ_CHUNK = 256 << 10  # socket bytes taken per recv: many 16 KiB records per system call
+_SEND_FLAGS = socket.MSG_NOSIGNAL
+
+
+class TlsError(ChannelError):
+    """A TLS handshake failed or the peer's certificate was refused; the text says why."""
+
+
+class TlsAuthzError(TlsError):
+    """The peer's certificate is valid but its name is not one --tls-authz allows."""
+
+
+class PlainPeerError(TlsError):
+    """A peer that does not speak TLS connected to a TLS endpoint. ``head``: its first bytes."""
+
+    def __init__(self, message: str, head: bytes) -> None:
+        super().__init__(message)
+        self.head = head
+
+
+def _load(context: ssl.SSLContext, directory: Path, cert: str, key: str) -> None:
+    try:
+        context.load_verify_locations(cafile=str(directory / "ca-cert.pem"))
+        context.load_cert_chain(str(directory / cert), str(directory / key))
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsError(f"--tls-creds {directory}: cannot load {cert}/{key} with ca-cert.pem: {exc}") from exc
+
+
+def _base_context(purpose: int) -> ssl.SSLContext:
+    context = ssl.SSLContext(purpose)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED  # mutual: the destination also checks the source (verify-peer=on)
+    context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
+    return context
+
+
+@dataclass(frozen=True)
+class TlsServer:
+    """The destination's side: its certificate, and which client names get in (None: any the CA signed)."""
+
+    context: ssl.SSLContext
+    authz: frozenset[str] | None = None
+
+    @classmethod
+    def load(cls, directory: Path, authz: Sequence[str] | None = None) -> TlsServer:
+        check_creds(directory, server=True)
+        context = _base_context(ssl.PROTOCOL_TLS_SERVER)
+        context.num_tickets = 0  # no session tickets: nothing but our records follows the handshake
+        _load(context, directory, "server-cert.pem", "server-key.pem")
+        return cls(context, frozenset(authz) if authz else None)
+
+    def wrap(self, stream: SocketStream, on_plain: Callable[[bytes], bytes | None] | None = None) -> TlsStream:
+        """``stream``'s socket as a server-side TLS stream, not yet shaken hands with (no I/O here).
+
+        ``on_plain(head)`` may return bytes to send in clear to a peer that did not start with TLS
+        (the main channel's ERROR, so a plain source learns why), before it is refused.
+        """
+        conn = TlsConnection(stream.take_socket(), stream.name, self.context, server_side=True)
+        return TlsStream(conn, stream.idle_timeout, stream.send_idle_timeout, authz=self.authz, on_plain=on_plain)
+
+
+@dataclass(frozen=True)
+class TlsClient:
+    """The source's side: its certificate, and the name the destination's certificate must carry."""
+
+    context: ssl.SSLContext
+    hostname: str | None = None
+
+    @classmethod
+    def load(cls, directory: Path, hostname: str | None = None) -> TlsClient:
+        check_creds(directory, server=False)
+        context = _base_context(ssl.PROTOCOL_TLS_CLIENT)
+        _load(context, directory, "client-cert.pem", "client-key.pem")
+        return cls(context, hostname)
+
+    def connect(self, address: Address, timeout: float = 10.0, send_idle_timeout: float | None = None) -> TlsStream:
+        """A TLS stream to ``address``, its handshake done within ``timeout`` seconds."""
+        plain = connect(address, timeout=timeout, send_idle_timeout=send_idle_timeout)
+        assert isinstance(plain, SocketStream)
+        return self.wrap(plain, address, timeout)
+
+    def wrap(self, plain: SocketStream, address: Address | None = None, timeout: float = 10.0) -> TlsStream:
+        hostname = self.hostname or (address.host if address is not None else None)
+        if hostname is None:
+            plain.close()
+            raise TlsError(f"{plain.name}: TLS needs --tls-hostname for a {address.kind if address else ''} address")
+        conn = TlsConnection(plain.take_socket(), plain.name, self.context, server_side=False, hostname=hostname)
+        stream = TlsStream(conn, plain.idle_timeout, plain.send_idle_timeout)
+        try:
+            conn.handshake(time.monotonic() + timeout)
+        except BaseException:
+            stream.close()
+            raise
+        return stream
+
+
+def check_creds(directory: Path, *, server: bool) -> None:
+    """Refuse, naming them, the files of QEMU's layout this end needs and the directory lacks."""
+    side = ("server-cert.pem", "server-key.pem") if server else ("client-cert.pem", "client-key.pem")
+    missing = [name for name in ("ca-cert.pem", *side) if not (directory / name).is_file()]
+    if missing:
+        raise TlsError(
+            f"--tls-creds {directory}: missing {', '.join(missing)} (QEMU's x509 layout: {', '.join(CREDS_FILES)})"
+        )
+
+
+def peer_names(cert: dict[str, Any]) -> list[str]:
+    """The names a peer certificate carries, as ``getpeercert()`` gives it: its CN(s), then its DNS SANs."""
+    names = [value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"]
+    names += [value for kind, value in cert.get("subjectAltName", ()) if kind == "DNS"]
+    return list(dict.fromkeys(names))  # a CN repeated as a SAN is said once
+
+
+def _reason(exc: ssl.SSLError) -> str:
+    """An OpenSSL error as a sentence: the verify message when there is one (expired, hostname...)."""
+    verify = getattr(exc, "verify_message", None)
+    if verify:
+        return f"{verify} ({exc.reason or 'certificate verify failed'})"
+    text = exc.reason or str(exc)
+    return text.replace("_", " ").lower() if exc.reason else text
+
+
+class TlsConnection:
+    """One TLS session over a blocking socket; see the module's text. Takes ownership of ``sock``."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        name: str,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool,
+        hostname: str | None = None,
+    ) -> None:
+        self.name = name
+        self.sock = sock
+        self.server_side = server_side
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._obj = context.wrap_bio(self._in, self._out, server_side=server_side, server_hostname=hostname)
+        self._lock = threading.Lock()  # every call into OpenSSL: short, never around socket I/O
+        self._send_lock = threading.Lock()  # keeps the order of encrypted bytes on the socket
+        self._buf = bytearray(_READ_CHUNK)  # the reading thread's (one reader at a time)
+        self._eof = False
+        self.shut = False
+        self.closed = False
+        self._close_lock = threading.Lock()
+
+    def handshake(self, deadline: float | None = None, idle: float | None = None) -> None:
+        """Shake hands; TlsError with OpenSSL's reason.
+
+        Bounded by ``deadline`` (monotonic) and by ``idle`` seconds without a byte, when given.
+        """
+        while True:
+            done = False
+            failure: ssl.SSLError | None = None
+            with self._lock:
+                try:
+                    self._obj.do_handshake()
+                    done = True
+                except ssl.SSLWantReadError:
+                    pass
+                except ssl.SSLError as exc:
+                    failure = exc
+            # The alert that says why goes out even on failure: the peer learns the reason too.
+            with contextlib.suppress(OSError):
+                self._flush()
+            if failure is not None:
+                raise self._tls_error(failure, handshake=True) from failure
+            if done:
+                return
+            if not self._fill(deadline, idle):
+                raise TlsError(f"{self.name}: the peer closed the connection during the TLS handshake")
+
+    def peer_certificate(self) -> dict[str, Any]:
+        with self._lock:
+            return self._obj.getpeercert() or {}
+
+    @property
+    def version(self) -> str | None:
+        return self._obj.version()
+
+    @property
+    def cipher(self) -> str | None:
+        cipher = self._obj.cipher()
+        return cipher[0] if cipher else None
+
+    def recv_into(self, view: memoryview) -> int:
+        """Up to ``view.nbytes`` decrypted bytes; 0 at the peer's close_notify or end of stream."""
+        while True:
+            with self._lock:
+                try:
+                    # With a buffer, read() returns the count (typeshed says bytes).
+                    n: int | None = cast(int, self._obj.read(view.nbytes, view))
+                except ssl.SSLWantReadError:
+                    n = None
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    # close_notify, or a ragged end: a clean end between records; the session's digests
+                    # (and every channel's packet framing) catch a truncation anyway.
+                    return 0
+                except ssl.SSLError as exc:
+                    raise self._tls_error(exc) from exc
+                pending = self._out.pending
+            if pending:  # a post-handshake message needs an answer (a key update)
+                self._flush()
+            if n is not None:
+                return n
+            if not self._fill(None):
+                with self._lock:
+                    self._in.write_eof()
+
+    def sendall(self, data: Buffer) -> None:
+        with self._send_lock:
+            with self._lock:
+                try:
+                    self._obj.write(data)
+                except ssl.SSLError as exc:
+                    raise self._tls_error(exc) from exc
+                out = self._out.read()
+            self._send_raw(out)
+
+    def close_notify(self) -> None:
+        """End our direction: close_notify, then the socket's FIN; the peer may go on sending."""
+        with self._send_lock:
+            with self._lock:
+                with contextlib.suppress(ssl.SSLError):
+                    self._obj.unwrap()  # sends close_notify; the peer's is not awaited (SSLWantReadError)
+                out = self._out.read()
+            if out:
+                self._send_raw(out)
+        socket.socket.shutdown(self.sock, socket.SHUT_WR)
+
+    def shutdown(self) -> None:
+        """Wake every blocked call, from any thread: the socket ends both ways."""
+        with self._close_lock:
+            self.shut = True
+            if self.closed:
+                return
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        with self._close_lock:
+            self.closed = True
+            self.sock.close()
+
+    def send_plain(self, data: bytes) -> None:
+        """Bytes in clear, before any TLS: a refusal a plain peer can read."""
+        with contextlib.suppress(OSError):
+            self.sock.sendall(data, _SEND_FLAGS)
+
+    def peek_plain(self, size: int) -> bytes:
+        """The first ``size`` bytes on the socket, left there (MSG_PEEK)."""
+        return self.sock.recv(size, socket.MSG_PEEK | socket.MSG_WAITALL)
+
+    def _fill(self, deadline: float | None, idle: float | None = None) -> bool:
+        """Feed OpenSSL the next bytes from the socket; False at its end."""
+        if deadline is not None or idle is not None:
+            left = deadline - time.monotonic() if deadline is not None else None
+            wait = min(w for w in (left, idle) if w is not None)
+            if wait <= 0 or not select.select([self.sock], [], [], wait)[0]:
+                if idle is not None and (left is None or idle < left):
+                    raise TlsError(f"{self.name}: nothing received for {idle:g} s in the TLS handshake (idle timeout)")
+                raise TlsError(f"{self.name}: no complete TLS handshake within the time allowed")
+        if self._eof:
+            return False
+        n = self.sock.recv_into(self._buf)
+        if n == 0:
+            self._eof = True
+            return False
+        with self._lock:
+            self._in.write(memoryview(self._buf)[:n])
+        return True
+
+    def _flush(self) -> None:
+        with self._send_lock:
+            with self._lock:
+                out = self._out.read()
+            if out:
+                self._send_raw(out)
+
+    def _send_raw(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[self.sock.send(view, _SEND_FLAGS) :]
+
+    def _tls_error(self, exc: ssl.SSLError, handshake: bool = False) -> TlsError:
+        if self.shut:
+            return TlsError(f"{self.name}: shut down")
+        reason = _reason(exc)
+        if "alert" in reason:
+            return TlsError(f"{self.name}: the peer refused the TLS session: {reason}")
+        if handshake and getattr(exc, "verify_message", None):
+            whose = "source's (client)" if self.server_side else "destination's (server)"
+            return TlsError(f"{self.name}: TLS handshake failed: the {whose} certificate was refused: {reason}")
+        if handshake:
+            return TlsError(f"{self.name}: TLS handshake failed: {reason}")
+        return TlsError(f"{self.name}: TLS: {reason}")
+
+
+class TlsStream:
+    """A :class:`TlsConnection` as a :class:`Stream`; a server side shakes hands in :meth:`accept_handshake`."""
+
+    def __init__(
+        self,
+        conn: TlsConnection,
+        idle_timeout: float | None = None,
+        send_idle_timeout: float | None = None,
+        *,
+        authz: frozenset[str] | None = None,
+        on_plain: Callable[[bytes], bytes | None] | None = None,
+    ) -> None:
+        self.conn = conn
+        self.name = conn.name
+        self.idle_timeout = idle_timeout
+        self.send_idle_timeout = send_idle_timeout
+        self._authz = authz
+        self._on_plain = on_plain
+        self._peeked = bytearray()
+        self._staging = bytearray()
+
+    def accept_handshake(self, deadline: float | None = None) -> None:
+        """The server's handshake: refuse a plain peer (PlainPeerError), then TLS, then --tls-authz."""
+        conn = self.conn
+        try:
+            first = conn.peek_plain(1)
+            if first and first[0] != TLS_HANDSHAKE_RECORD:
+                head = conn.peek_plain(4)
+                reply = self._on_plain(head) if self._on_plain is not None else None
+                if reply:
+                    conn.send_plain(reply)
+                raise PlainPeerError(
+                    f"{self.name}: not a TLS connection (first bytes {head.hex()}); this end requires TLS", head
+                )
+            conn.handshake(deadline, self.idle_timeout)
+        except OSError as exc:
+            raise self._error(exc) from exc
+        if self._authz is not None:
+            names = peer_names(conn.peer_certificate())
+            if not self._authz.intersection(names):
+                raise TlsAuthzError(
+                    f"{self.name}: client certificate {' / '.join(names) or '(no name)'} is not in --tls-authz "
+                    f"({', '.join(sorted(self._authz))})"
+                )
+
+    def send_all(self, buffers: Sequence[Buffer]) -> None:
+        if self.conn.shut:
+            raise ChannelError(f"{self.name}: shut down")
+        # One OpenSSL write of the joined buffers: a record per page would cost a record header and a call each.
+        data: Buffer = buffers[0] if len(buffers) == 1 else b"".join(buffers)
+        try:
+            self.conn.sendall(data)
+        except OSError as exc:
+            raise self._error(exc, sending=True) from exc
+
+    def _read(self, view: memoryview) -> int:
+        if self._peeked:
+            n = min(len(self._peeked), view.nbytes)
+            view[:n] = self._peeked[:n]
+            del self._peeked[:n]
+            return n
+        try:
+            return self.conn.recv_into(view)
+        except OSError as exc:
+            raise self._error(exc) from exc
+
+    def recv_exact_into(self, view: memoryview) -> int:
+        if self.conn.shut:
+            raise ChannelError(f"{self.name}: shut down")
+        view = view.cast("B")
+        size = view.nbytes
+        got = 0
+        while got < size:
+            n = self._read(view[got:])
+            if n == 0:
+                if got == 0 and not self.conn.shut:
+                    return 0
+                raise self._ended(got, size)
+            got += n
+        return size
+
+    def recv_into_all(self, views: Sequence[memoryview]) -> None:
+        # Into one staging buffer (a few OpenSSL reads of 16 KiB records), then a copy per view: a read
+        # per 4 KiB page would cost four OpenSSL calls and lock rounds per record.
+        size = sum(v.nbytes for v in views)
+        if len(self._staging) < size:
+            self._staging = bytearray(size)
+        staging = memoryview(self._staging)[:size]
+        got = self.recv_exact_into(staging)
+        if got == 0 and size:
+            raise self._ended(0, size)
+        at = 0
+        for view in views:
+            n = view.nbytes
+            view.cast("B")[:] = staging[at : at + n]
+            at += n
+
+    def peek(self, size: int) -> bytes:
+        while len(self._peeked) < size:
+            chunk = bytearray(size - len(self._peeked))
+            try:
+                n = self.conn.recv_into(memoryview(chunk))
+            except OSError as exc:
+                raise self._error(exc) from exc
+            if n == 0:
+                if self.conn.shut:
+                    raise ChannelError(f"{self.name}: shut down")
+                break
+            self._peeked += chunk[:n]
+        return bytes(self._peeked[:size])
+
+    def shutdown(self) -> None:
+        self.conn.shutdown()
+
+    def close(self) -> None:
+        # close_notify first, without waiting: a QEMU 10.0 reader treats a bare end as an error.
+        if not self.conn.shut and not self.conn.closed:
+            with contextlib.suppress(OSError, ChannelError):
+                self.conn.sock.setblocking(False)
+                self.conn.close_notify()
+        self.conn.close()
+
+    def _ended(self, got: int, size: int) -> ChannelError | TruncatedError:
+        if self.conn.shut:
+            return ChannelError(f"{self.name}: shut down")
+        return TruncatedError(f"{self.name}: stream ended after {got} of {size} bytes", value=got, limit=size)
+
+    def _error(self, exc: OSError, sending: bool = False) -> ChannelError:
+        if isinstance(exc, TlsError):
+            return exc
+        if self.conn.shut:
+            return ChannelError(f"{self.name}: shut down")
+        if self.conn.closed:
+            return ChannelError(f"{self.name}: closed")
+        if isinstance(exc, (BlockingIOError, TimeoutError)) or exc.errno in (11,):
+            if sending and self.send_idle_timeout is not None:
+                return ChannelError(
+                    f"{self.name}: nothing could be sent for {self.send_idle_timeout:g} s: "
+                    "the peer stopped reading (idle timeout)"
+                )
+            if not sending and self.idle_timeout is not None:
+                return ChannelError(
+                    f"{self.name}: nothing received for {self.idle_timeout:g} s: the peer stalled (idle timeout)"
+                )
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)):
+            return PeerGoneError(f"{self.name}: {os.strerror(exc.errno or 0).lower()}")
+        return ChannelError(f"{self.name}: {exc.strerror or exc}")
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether a listening host only takes connections from this machine."""
+    if host is None:
+        return True
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
