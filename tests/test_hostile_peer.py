@@ -233,7 +233,8 @@ def test_init_packet_magic_then_garbage_is_refused(tmp_path: Path) -> None:
 def test_wrong_main_channel_version_is_refused(tmp_path: Path) -> None:
     peer = Peer(tmp_path, opening=mc.OPENING.pack(mc.MAIN_MAGIC, mc.MAIN_VERSION + 1))
     error = peer.finish()
-    assert isinstance(error, WireError) and error.field == "magic"
+    assert isinstance(error, WireError) and error.field == "version"
+    assert f"main-channel version {mc.MAIN_VERSION + 1}, this mfdcomp 2 and 3" in str(error)
 
 
 def test_a_second_main_channel_is_refused(tmp_path: Path) -> None:

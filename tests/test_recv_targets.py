@@ -18,6 +18,7 @@ import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import blake3
 import pytest
 from conftest import make_image
 from hypothesis import given
@@ -162,7 +163,7 @@ def test_a_verified_transfer_replaces_out_and_leaves_no_part_file(tmp_path: Path
     sent = send(recv.sock, str(image))
     code, stdout, err = recv.finish()
     assert code == 0 and sent.returncode == 0, err + sent.stderr
-    assert sha(out) == sha(image) and f"sha256 {sha(image)}" in stdout
+    assert sha(out) == sha(image) and f"blake3 {blake3.blake3(image.read_bytes()).hexdigest()}" in stdout
     assert leftovers(out.parent) == []
 
 

@@ -15,12 +15,15 @@ import struct
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from mfdcomp.clients.ram import MIN_PAGE_SIZE
+from mfdcomp.clients.ram import DIGEST_HEX, DIGESTS, MIN_PAGE_SIZE
 from mfdcomp.errors import WireError
 from mfdcomp.wire.constants import MULTIFD_PACKET_SIZE, RAMBLOCK_NAME_LEN
 
 MAIN_MAGIC = 0x4D46444D  # "MFDM"
-MAIN_VERSION = 2  # 2: READY before the channels connect
+MAIN_VERSION = 3  # 2: READY before the channels connect; 3: the SESSION names the digest
+# A source verifying by sha256 opens with 2, so that a destination of version 2 (which knows only sha256) takes it.
+SHA256_VERSION = 2
+MAIN_VERSIONS = (SHA256_VERSION, MAIN_VERSION)
 OPENING = struct.Struct(">II")
 MESSAGE = struct.Struct(">BI")
 ZERO_HEADER = struct.Struct(">H")  # block name length; name and u64 offsets follow
@@ -36,7 +39,7 @@ class Message(enum.IntEnum):
     EOS = 4  # end of stream: every page has been sent
     ERROR = 5  # either way: the first error's text, UTF-8
     RESULT = 6  # destination → source: outcome as JSON
-    DIGESTS = 7  # source → destination after EOS: per-block sha256 as JSON
+    DIGESTS = 7  # source → destination after EOS: per-block digests (the session's algorithm) as JSON
     READY = 8  # destination → source: session accepted, target memory made; channels may connect
 
 
@@ -51,6 +54,7 @@ class Session:
     level: int | None
     zero_page_detection: str
     blocks: list[tuple[str, int]]
+    digest: str = "sha256"  # the verification's algorithm (version 3); a version-2 source sends none: sha256
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -74,6 +78,7 @@ class Session:
                 level=None if level is None else _int(data, "level", -MAX_LEVEL, MAX_LEVEL),
                 zero_page_detection=_choice(data, "zero_page_detection", ZERO_PAGE_MODES),
                 blocks=_blocks(data["blocks"], page_size),
+                digest=_choice(data, "digest", DIGESTS) if "digest" in data else "sha256",
             )
         except KeyError as exc:
             raise WireError(f"malformed session message: no {exc} field", field="session") from exc
@@ -145,19 +150,31 @@ def _blocks(value: object, page_size: int) -> list[tuple[str, int]]:
     return blocks
 
 
-def opening() -> bytes:
-    return OPENING.pack(MAIN_MAGIC, MAIN_VERSION)
+def opening(digest: str = "sha256") -> bytes:
+    """The main channel's first bytes: version 2 for a sha256 session (any mfdcomp since 2 takes it), else 3."""
+    return OPENING.pack(MAIN_MAGIC, SHA256_VERSION if digest == "sha256" else MAIN_VERSION)
 
 
-def check_opening(data: bytes) -> None:
+def check_opening(data: bytes) -> int:
+    """The peer's main-channel version (2 or 3); a WireError for another magic or version."""
     magic, version = OPENING.unpack(data)
-    if magic != MAIN_MAGIC or version != MAIN_VERSION:
+    assert isinstance(version, int)
+    if magic != MAIN_MAGIC:
         raise WireError(
             f"not an mfdcomp main channel (magic 0x{magic:08x}, version {version})",
             field="magic",
             value=magic,
             limit=MAIN_MAGIC,
         )
+    if version not in MAIN_VERSIONS:
+        raise WireError(
+            f"the peer speaks mfdcomp main-channel version {version}, this mfdcomp "
+            f"{' and '.join(map(str, MAIN_VERSIONS))}: run the same mfdcomp on both ends",
+            field="version",
+            value=version,
+            limit=MAIN_VERSION,
+        )
+    return version
 
 
 def encode(kind: Message, body: bytes = b"") -> bytes:
@@ -229,16 +246,33 @@ def decode_json(kind: Message, body: bytes) -> dict[str, Any]:
     return data
 
 
-def decode_digests(body: bytes) -> dict[str, str]:
-    """The source's per-block sha256 digests: ``{"digests": {name: 64 hex digits}}``."""
-    return check_digests(decode_json(Message.DIGESTS, body).get("digests"))
+def encode_digests(digests: dict[str, str], algorithm: str) -> bytes:
+    return encode_json(Message.DIGESTS, {"digests": digests, "digest": algorithm})
 
 
-def check_digests(digests: object) -> dict[str, str]:
-    """``digests`` if it maps block names to sha256 hex digests (a peer's DIGESTS, a file's manifest)."""
+def decode_digests(body: bytes, algorithm: str = "sha256") -> dict[str, str]:
+    """The source's per-block digests: ``{"digests": {name: hex}, "digest": algorithm}``.
+
+    ``algorithm`` is the session's; a body naming another is refused (a version-2
+    source names none: sha256), and each digest must be that algorithm's length in hex.
+    """
+    data = decode_json(Message.DIGESTS, body)
+    named = data.get("digest", "sha256")
+    if named != algorithm:
+        raise WireError(
+            f"the source's digests are {_describe(named)}, not the session's {algorithm}", field="digest", value=named
+        )
+    return check_digests(data.get("digests"), algorithm)
+
+
+def check_digests(digests: object, algorithm: str = "sha256") -> dict[str, str]:
+    """``digests`` if it maps block names to ``algorithm``'s hex digests (a peer's DIGESTS, a file's manifest)."""
+    width = DIGEST_HEX[algorithm]
     if type(digests) is not dict or len(digests) > MAX_BLOCKS:
         raise WireError(f"DIGESTS message without a digests object, got {_describe(digests)}", field="digests")
     for name, value in digests.items():
-        if type(value) is not str or len(value) != 64 or not set(value) <= set("0123456789abcdef"):
-            raise WireError(f"digest of block {name!r} is not 64 hex digits: {_describe(value)}", field="digests")
+        if type(value) is not str or len(value) != width or not set(value) <= set("0123456789abcdef"):
+            raise WireError(
+                f"{algorithm} digest of block {name!r} is not {width} hex digits: {_describe(value)}", field="digests"
+            )
     return digests

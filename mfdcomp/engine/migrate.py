@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mfdcomp.clients.ram import check_digest_available
 from mfdcomp.engine import mainchannel as mc
 from mfdcomp.engine.mainstream import MainStream
 from mfdcomp.engine.source import ChannelEngine, PageBlock, SourceEngine
@@ -36,7 +37,7 @@ class SourceRam(Protocol):
 
     def mark_all_dirty(self) -> None: ...
 
-    def digests(self) -> dict[str, str]: ...
+    def digests(self, algorithm: str = ...) -> dict[str, str]: ...
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class MigrateOptions:
     Writes are bounded by the connections themselves (``connect(..., send_idle_timeout=S)``)."""
     require_hw: bool = False
     force_sw: bool = False
+    digest: str = "sha256"
+    """The verification's digest (mfdcomp.clients.ram.DIGESTS); sha256 also reaches a destination of version 2."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.channels <= 255:
@@ -68,6 +71,7 @@ class MigrateOptions:
             raise MfdcompError(f"rounds must be at least 1, got {self.rounds}")
         if not 0.0 <= self.dirty_fraction <= 1.0:
             raise MfdcompError(f"dirty fraction must be between 0 and 1, got {self.dirty_fraction}")
+        check_digest_available(self.digest)
 
 
 @dataclass
@@ -82,6 +86,8 @@ class MigrateResult:
     path: PathChoice
     transfer_cpu_seconds: float = 0.0
     """CPU time of this process (every thread, user and system) during the transfer."""
+    digest: str = "sha256"
+    """The algorithm of ``digests``."""
 
     @property
     def ok(self) -> bool:
@@ -98,6 +104,7 @@ class MigrateResult:
             "path": {"chosen": str(self.path.path), "passed_over": list(self.path.passed_over)},
             "totals": total | {"main_zero_pages": self.main_zero_pages},
             "channels": [c.as_dict() for c in self.channels],
+            "digest": self.digest,
             "digests": self.digests,
             "destination": self.destination,
         }
@@ -134,6 +141,7 @@ def migrate(
         level=level,
         zero_page_detection=options.zero_page_detection,
         blocks=[(name, block.size) for name, block in ram.blocks.items()],
+        digest=options.digest,
     )
     reader: threading.Thread | None = None
     engine: SourceEngine | None = None
@@ -142,7 +150,7 @@ def migrate(
         state.on_fail(main.report_error, keep=main.stream)
         state.register(main.stream)
         # Inside the try: a peer gone before the opening must not leak the socket.
-        main.write(mc.opening() + mc.encode(mc.Message.SESSION, session.to_json()))
+        main.write(mc.opening(options.digest) + mc.encode(mc.Message.SESSION, session.to_json()))
         reader = threading.Thread(
             target=_read_main, args=(main, state, outcome, ready, got_result), name="mfdcomp-main-reader"
         )
@@ -176,8 +184,8 @@ def migrate(
             stream.close()
         # EOS first, so the destination hashes its copy while this side hashes its own.
         main.write(mc.encode(mc.Message.EOS))
-        digests = ram.digests()
-        main.write(mc.encode_json(mc.Message.DIGESTS, {"digests": digests}))
+        digests = ram.digests(options.digest)
+        main.write(mc.encode_digests(digests, options.digest))
         # Not the idle timeout: the destination is silent while it hashes its copy.
         state.wait_for(got_result.is_set, "the destination's result", options.result_timeout)
     except Exception as exc:
@@ -209,6 +217,7 @@ def migrate(
         digests=digests,
         destination=outcome,
         path=choice,
+        digest=options.digest,
     )
 
 

@@ -50,8 +50,8 @@ class AnonymousTargets:
         self.clients.append(client)
         return client.blocks
 
-    def digests(self) -> dict[str, str]:
-        return self.clients[0].digests()
+    def digests(self, algorithm: str = "sha256") -> dict[str, str]:
+        return self.clients[0].digests(algorithm)
 
     def close(self) -> None:
         for client in self.clients:
