@@ -33,6 +33,12 @@ unchanged. Start the destination with multifd-compression CODEC: it then
 decodes mfdcomp's bytes. With --record, DIR/transcoded holds what the
 destination received.
 
+With --tls-creds DIR (both QEMUs started with -object tls-creds-x509 and
+migrate parameter tls-creds), the tap terminates each TLS connection from the
+source, main channel included, and opens its own to the destination, in the
+same order: the multifd records in between are plaintext, so they are decoded,
+recorded and transcoded as without TLS.
+
 The tap ends when the main channel and every multifd channel have closed,
 or at the first error, which closes both sides of every connection.
 
@@ -56,6 +62,18 @@ def register(commands: Any) -> None:
     parser.add_argument("--to", required=True, metavar="ADDR", help="the destination's incoming address")
     parser.add_argument("--record", type=Path, metavar="DIR", help="record every connection into DIR")
     parser.add_argument("--transcode", metavar="CODEC", help="re-encode multifd payloads with mfdcomp's CODEC")
+    parser.add_argument(
+        "--tls-creds",
+        type=Path,
+        metavar="DIR",
+        help="terminate the source's TLS (server-cert.pem) and open TLS to the destination (client-cert.pem): "
+        "QEMU's x509 layout in DIR, as both QEMUs' tls-creds-x509 objects use",
+    )
+    parser.add_argument(
+        "--tls-hostname",
+        metavar="NAME",
+        help="the name the destination's certificate must carry (default: the --to address's host, as QEMU)",
+    )
     parser.add_argument("--json", action="store_true", help="print the final summary as JSON")
     parser.add_argument("--page-size", type=parse_size, default=DEFAULT_PAGE_SIZE, help="target page size (4096)")
     parser.add_argument(
@@ -72,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         transcode=args.transcode,
         page_size=args.page_size,
         connect_timeout=args.connect_timeout,
+        tls_creds=args.tls_creds,
+        tls_hostname=args.tls_hostname,
     )
     with tap:
         bound = tap.start()

@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -37,6 +38,7 @@ from mfdcomp.qemu.locate import QemuBuild, QemuUnavailable, build
 from mfdcomp.qemu.qmp import QMPClient, QMPError
 from mfdcomp.qemu.replay import replay_capture
 from mfdcomp.qemu.tap import Tap, TapSummary
+from mfdcomp.transport.tlscreds import make_creds
 
 MiB = 1 << 20
 DEFAULT_RAM_SIZE = 128 * MiB
@@ -44,6 +46,7 @@ SHM = "/dev/shm"
 BLOCK = "ram0"
 # QEMU's default max-bandwidth is 128 MiB/s; a test must not wait on that.
 MAX_BANDWIDTH = 16 << 30
+TLS_OBJECT = "tls0"  # the id of both QEMUs' tls-creds-x509 object
 _POLL = 0.05
 
 
@@ -75,9 +78,13 @@ class MigrationSettings:
     channels: int = 2
     level: int | None = None
     zero_page_detection: str | None = None
+    tls: bool = False
+    """TLS on every channel: a ``tls-creds-x509`` object ``tls0`` over the pair's generated credentials."""
 
     def parameters(self, qemu: QemuBuild) -> dict[str, Any]:
         params: dict[str, Any] = {"multifd-channels": self.channels, "multifd-compression": self.codec}
+        if self.tls:
+            params["tls-creds"] = TLS_OBJECT
         if self.level is not None:
             params[f"multifd-{self.codec}-level"] = self.level
         if self.zero_page_detection is not None and qemu.zero_page_detection:
@@ -99,6 +106,7 @@ class QemuProcess:
         ram_size: int,
         incoming: bool,
         timeout: float,
+        extra: Sequence[str] = (),
     ) -> None:
         self.qemu = qemu
         self.role = role
@@ -122,6 +130,7 @@ class QemuProcess:
             f"unix:{self.qmp_path},server=on,wait=off",
             "-S",
             *(["-incoming", "defer"] if incoming else []),
+            *extra,
         )
         # A run killed before it could stop QEMU (a CI timeout, say) takes QEMU with it:
         # util-linux's setpriv sets the parent-death signal and execs QEMU.
@@ -264,6 +273,8 @@ class MigrationPair:
         self._source: QemuProcess | None = None
         self._destination: QemuProcess | None = None
         self._versions = ("", "")
+        self.tls_creds: Path | None = None
+        """The generated x509 directory (QEMU's layout) when either side uses TLS; a tap between uses it too."""
 
     def __enter__(self) -> MigrationPair:
         try:
@@ -295,6 +306,8 @@ class MigrationPair:
         self.workdir = Path(tempfile.mkdtemp(prefix="mfdcomp-qemu-", dir=self.workdir_root))
         src_ram, dst_ram = self.workdir / "src.ram", self.workdir / "dst.ram"
         self.image_sha256 = generate_image(src_ram, self.ram_size, parse_mix(self.mix), self.seed).sha256
+        if self.source_settings.tls or self.destination_settings.tls:
+            self.tls_creds = make_creds(self.workdir / "tls")
         with dst_ram.open("wb") as f:
             f.truncate(self.ram_size)  # sparse: all zero, as a destination's RAM must start
         self._destination = self._start("destination", self.destination_build, dst_ram, self.destination_settings)
@@ -303,6 +316,14 @@ class MigrationPair:
 
     def _start(self, role: str, qemu: QemuBuild, ram: Path, settings: MigrationSettings) -> QemuProcess:
         assert self.workdir is not None
+        extra: list[str] = []
+        if settings.tls:
+            assert self.tls_creds is not None
+            endpoint = "server" if role == "destination" else "client"
+            extra = [
+                "-object",
+                f"tls-creds-x509,id={TLS_OBJECT},dir={self.tls_creds},endpoint={endpoint},verify-peer=on",
+            ]
         process = QemuProcess(
             qemu,
             role,
@@ -312,6 +333,7 @@ class MigrationPair:
             ram_size=self.ram_size,
             incoming=role == "destination",
             timeout=self.timeout,
+            extra=extra,
         )
         self.processes.append(process)
         process.start()
@@ -427,6 +449,8 @@ class Case:
     ram_size: int = DEFAULT_RAM_SIZE
     level: int | None = None
     """The source's ``multifd-CODEC-level``; None keeps QEMU's default."""
+    tls: bool = False
+    """Both QEMUs with TLS; the tap terminates it on each side."""
 
     @property
     def destination_codec(self) -> str:
@@ -437,7 +461,8 @@ class Case:
         codec = self.codec if self.level is None else f"{self.codec}-{self.level}"
         codecs = codec if self.transcode is None else f"{codec}>{self.transcode}"
         zero = self.zero_page_detection or "default"
-        return f"{self.source}>{self.destination} {codecs} {self.channels}ch zp={zero}"
+        tls = " tls" if self.tls else ""
+        return f"{self.source}>{self.destination} {codecs} {self.channels}ch zp={zero}{tls}"
 
     @property
     def test_id(self) -> str:
@@ -507,7 +532,7 @@ def run_case(case: Case, *, timeout: float = 120.0, scratch_root: str = SHM) -> 
 
 def _run(case: Case, result: CaseResult, timeout: float, scratch_root: str) -> None:
     source, destination = build(case.source), build(case.destination)
-    common = MigrationSettings(channels=case.channels, zero_page_detection=case.zero_page_detection)
+    common = MigrationSettings(channels=case.channels, zero_page_detection=case.zero_page_detection, tls=case.tls)
     source_settings = dataclasses.replace(common, codec=case.codec, level=case.level)
     destination_settings = dataclasses.replace(common, codec=case.destination_codec)
     with (
@@ -517,7 +542,9 @@ def _run(case: Case, result: CaseResult, timeout: float, scratch_root: str) -> N
         ) as pair,
     ):
         record = Path(scratch)
-        with Tap("tcp:127.0.0.1:0", pair.listen(), record=record, transcode=case.transcode) as tap:
+        with Tap(
+            "tcp:127.0.0.1:0", pair.listen(), record=record, transcode=case.transcode, tls_creds=pair.tls_creds
+        ) as tap:
             via = tap.start()
             try:
                 result.migration = pair.migrate(via)
@@ -633,7 +660,7 @@ def full_matrix() -> list[Case]:
         Case(codec="none", transcode="zstd", source="7.2", destination="10.0"),
         Case(codec="zstd", transcode="zlib", source="10.0", destination="7.2"),
     ]
-    return cases + hw_matrix()
+    return cases + tls_matrix() + hw_matrix()
 
 
 def quick_matrix() -> list[Case]:
@@ -651,4 +678,13 @@ def quick_matrix() -> list[Case]:
         Case(codec="uadk", transcode="none", source=HW, destination=HW),
         Case(codec="none", transcode="qpl", source=HW, destination=HW),
         Case(codec="zstd", source=HW, destination="10.0"),
+        *tls_matrix(),
+    ]
+
+
+def tls_matrix() -> list[Case]:
+    """TLS migrations (both QEMUs with tls-creds-x509): decoded through the tap, and transcoded."""
+    return [
+        Case(codec="none", channels=2, zero_page_detection="multifd", tls=True),
+        Case(codec="zstd", transcode="zlib", channels=4, tls=True),
     ]

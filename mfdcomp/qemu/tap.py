@@ -46,6 +46,7 @@ from mfdcomp.methods import Codec, CodecPath, MultiFDMethods, PageViews, choose_
 from mfdcomp.qemu.capture import channel_file_name, write_capture_manifest
 from mfdcomp.registry import default_registry, get_codec
 from mfdcomp.transport.address import Address, parse_address
+from mfdcomp.transport.tls import TlsClient, TlsConnection, TlsServer
 from mfdcomp.units import format_bytes
 from mfdcomp.wire import (
     COMPRESSION_MASK,
@@ -216,7 +217,47 @@ def render_table(connections: Sequence[ConnectionStats], page_size: int) -> list
     return lines
 
 
-def _send_all(sock: socket.socket, buffers: Sequence[Buffer]) -> int:
+class _TlsSocket:
+    """A TLS session with the few socket calls the tap makes: the tap then forwards plaintext.
+
+    ``shutdown(SHUT_WR)`` ends one direction with close_notify: a QEMU 10.0 destination
+    (multifd-clean-tls-termination) treats a bare end of a TLS channel as an error.
+    """
+
+    def __init__(self, conn: TlsConnection) -> None:
+        self.conn = conn
+        self.write_ended = False
+
+    def recv_into(self, buf: bytearray) -> int:
+        try:
+            return self.conn.recv_into(memoryview(buf))
+        except ConnectionResetError:
+            # Our close_notify reached a QEMU that had closed the channel already (it had all it needed): its
+            # kernel answers the record with a reset. Plain TCP sends only a FIN there, which resets nothing.
+            if self.write_ended:
+                return 0
+            raise
+
+    def sendmsg(self, buffers: Sequence[Buffer]) -> int:
+        data = b"".join(buffers)  # one OpenSSL write: full records, not one per buffer
+        self.conn.sendall(data)
+        return len(data)
+
+    def sendall(self, data: Buffer) -> None:
+        self.conn.sendall(data)
+
+    def shutdown(self, how: int) -> None:
+        if how == socket.SHUT_WR:
+            self.write_ended = True
+            self.conn.close_notify()
+        else:
+            self.conn.shutdown()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _send_all(sock: socket.socket | _TlsSocket, buffers: Sequence[Buffer]) -> int:
     """Write every buffer, resuming after short writes; the byte count."""
     views = [memoryview(b).cast("B") for b in buffers]
     total = sum(v.nbytes for v in views)
@@ -415,7 +456,7 @@ class _Multifd:
 class _Connection:
     """One accepted connection and its twin to the destination, with a thread for each direction."""
 
-    def __init__(self, tap: Tap, index: int, src: socket.socket, dst: socket.socket) -> None:
+    def __init__(self, tap: Tap, index: int, src: socket.socket | _TlsSocket, dst: socket.socket | _TlsSocket) -> None:
         self.tap = tap
         self.stats = ConnectionStats(index)
         self.src = src
@@ -579,6 +620,8 @@ class Tap:
         transcode: str | None = None,
         page_size: int = DEFAULT_PAGE_SIZE,
         connect_timeout: float = 10.0,
+        tls_creds: Path | None = None,
+        tls_hostname: str | None = None,
     ) -> None:
         try:
             self.listen_address = parse_address(listen)
@@ -587,6 +630,9 @@ class Tap:
             raise TapError(str(exc)) from None
         self.page_size = page_size
         self.connect_timeout = connect_timeout
+        # TLS: the tap is the source's server (server-cert.pem) and the destination's client (client-cert.pem).
+        self.tls_server = TlsServer.load(tls_creds) if tls_creds is not None else None
+        self.tls_client = TlsClient.load(tls_creds, tls_hostname) if tls_creds is not None else None
         self.transcode_codec = get_codec(transcode) if transcode is not None else None
         if self.transcode_codec is not None:
             _path_of(self.transcode_codec)  # an encoder that cannot run here fails now, not mid-migration
@@ -676,7 +722,28 @@ class Tap:
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 # Records leave as soon as they are whole, as QEMU's own multifd channels do.
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return _Connection(self, index, src, dst)
+        if self.tls_server is None or self.tls_client is None:
+            return _Connection(self, index, src, dst)
+        return _Connection(self, index, *self._secure(index, src, dst))
+
+    def _secure(self, index: int, src: socket.socket, dst: socket.socket) -> tuple[_TlsSocket, _TlsSocket]:
+        """Both TLS handshakes, here in accept order: a QEMU destination takes its first TLS channel as the main one."""
+        assert self.tls_server is not None and self.tls_client is not None
+        deadline = time.monotonic() + self.connect_timeout
+        name = f"connection {index}"
+        hostname = self.tls_client.hostname or self.to_address.host or "localhost"
+        inner = TlsConnection(src, f"{name} (source side)", self.tls_server.context, server_side=True)
+        outer = TlsConnection(
+            dst, f"{name} (destination side)", self.tls_client.context, server_side=False, hostname=hostname
+        )
+        try:
+            inner.handshake(deadline)
+            outer.handshake(deadline)
+        except BaseException as exc:
+            inner.close()
+            outer.close()
+            raise TapError(f"{name}: {exc}") from exc
+        return _TlsSocket(inner), _TlsSocket(outer)
 
     def main_file_name(self) -> str:
         with self._lock:
