@@ -296,6 +296,20 @@ class Diagnosis:
         }
 
 
+def speedups_finding() -> Finding:
+    """Which per-packet hot paths run: mfdcomp._speedups, or the pure-Python reference (and why)."""
+    from mfdcomp import speedups
+
+    if speedups.compiled() is not None:
+        return Finding(CODECS, "per-packet hot paths", Status.OK, speedups.status())
+    advice = (
+        f"unset {speedups.ENV} for the compiled path"
+        if os.environ.get(speedups.ENV, "") not in ("", "0")
+        else "install gcc and python3-dev, then reinstall mfdcomp (pip install -e .) to build it"
+    )
+    return Finding(CODECS, "per-packet hot paths", Status.INFO, speedups.status(), advice)
+
+
 def diagnose(
     root: Path = Path("/"),
     registry: Registry | None = None,
@@ -330,6 +344,7 @@ def diagnose(
         [f for s in sections for f in s.findings]
         + iommu_findings(root, sorted(needed_by), uses)
         + codec_findings(reports, registry, sections)
+        + [speedups_finding()]
         + failures
     )
     order = [*areas, *CORE_AREAS]

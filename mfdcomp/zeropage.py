@@ -17,6 +17,8 @@ import numpy.typing as npt
 from numpy.lib.stride_tricks import as_strided
 from typing_extensions import Buffer  # collections.abc.Buffer is Python 3.12+
 
+from mfdcomp import speedups
+
 __all__ = ["is_zero_page", "partition", "zero_flags", "zero_page_mask"]
 
 # Pages are read as uint64 words, 8 bytes at a time.
@@ -93,6 +95,11 @@ def zero_flags(block: Buffer, offsets: Sequence[int], page_size: int = 4096) -> 
             f"{data.size}-byte block and {page_size}-byte pages, "
             f"got offsets from {low} to {high}"
         )
+    if _speedups is not None:
+        # Compiled: each page stops at its first non-zero 64 bytes, without the GIL (mfdcomp/_speedups.c).
+        # Measured on the 512 MiB mixed image's sender: see README's Speed section.
+        compiled: list[bool] = _speedups.zero_flags(data, offsets, page_size)
+        return compiled
     first, count = offsets[0], len(offsets)
     # The first pass over RAM fills packets with consecutive pages: those are
     # read in place, which halves the time for 128 pages of 4 KiB (62 us ->
@@ -114,6 +121,10 @@ def zero_flags(block: Buffer, offsets: Sequence[int], page_size: int = 4096) -> 
         pages = windows[np.asarray(offsets, dtype=np.intp)].reshape(-1)
     flags: list[bool] = _mask(pages.view(np.uint64), page_size).tolist()
     return flags
+
+
+# The compiled module, or None for the pure path (the reference); tests swap it to run both.
+_speedups = speedups.compiled()
 
 
 @functools.lru_cache(maxsize=8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import mmap
 import tracemalloc
 from collections import Counter
@@ -15,9 +16,29 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typing_extensions import Buffer
 
+from mfdcomp import zeropage
 from mfdcomp.zeropage import is_zero_page, partition, zero_flags, zero_page_mask
 
 PAGE_SIZES = [4096, 8192, 65536]
+
+
+@pytest.fixture(autouse=True, params=["compiled", "pure"])
+def hot_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test on both paths: mfdcomp._speedups and the pure-Python reference (issue 18.3)."""
+    saved = zeropage._speedups
+    if request.param == "pure":
+        zeropage._speedups = None
+    else:
+        try:
+            zeropage._speedups = importlib.import_module("mfdcomp._speedups")
+        except ImportError:
+            pytest.skip("mfdcomp._speedups is not built here")
+    try:
+        yield request.param
+    finally:
+        zeropage._speedups = saved
+
+
 Maker = Callable[[bytes], Buffer]
 
 

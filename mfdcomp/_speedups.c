@@ -1,0 +1,141 @@
+/* mfdcomp._speedups: compiled per-packet hot paths (issue 18.3).
+ *
+ * The pure-Python code stays the reference and the fallback (mfdcomp.speedups
+ * picks one; MFDCOMP_PURE_PYTHON=1 forces the pure path). Each function here
+ * checks its own arguments again, so a direct call with hostile values raises
+ * the same ValueError the Python path raises instead of reading out of bounds.
+ *
+ * zero_flags(block, offsets, page_size) -> list[bool]
+ *     For each byte offset, whether the page_size bytes there are all zero.
+ *     numpy's reduceat reads every byte of every page; here a page stops at
+ *     its first non-zero KiB, so normal pages (text, random) cost a few
+ *     loads and only zero pages are read whole. The scan runs without
+ *     the GIL: the other channels' threads keep going meanwhile.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Pages at least this long (in total) are scanned with the GIL released: below it the release costs more. */
+#define RELEASE_GIL_BYTES (64 * 1024)
+
+static int
+page_is_zero(const unsigned char *page, Py_ssize_t size)
+{
+    Py_ssize_t i = 0;
+    /* 1 KiB per test: the OR of 128 unaligned words vectorises (SSE2 at -O3), and a normal page
+     * (text, random, half) almost always ends at its first step. 64 bytes per test read zero pages
+     * at 4 GB/s against numpy's 5.5; 1 KiB reads them at memory speed. */
+    for (; i + 1024 <= size; i += 1024) {
+        uint64_t acc = 0;
+        for (int j = 0; j < 128; j++) {
+            uint64_t w;
+            memcpy(&w, page + i + 8 * j, sizeof w);
+            acc |= w;
+        }
+        if (acc != 0)
+            return 0;
+    }
+    for (; i + 8 <= size; i += 8) {
+        uint64_t w;
+        memcpy(&w, page + i, sizeof w);
+        if (w != 0)
+            return 0;
+    }
+    /* page_size is a multiple of 8 (checked below), so no bytes are left here. */
+    return 1;
+}
+
+static PyObject *
+zero_flags(PyObject *self, PyObject *args)
+{
+    PyObject *block, *offsets_obj;
+    Py_ssize_t page_size;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOn:zero_flags", &block, &offsets_obj, &page_size))
+        return NULL;
+    if (page_size <= 0 || page_size % 8) {
+        PyErr_Format(PyExc_ValueError, "page_size must be a positive multiple of 8, got %zd", page_size);
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(block, &view, PyBUF_C_CONTIGUOUS) < 0) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "zero-page detection needs a C-contiguous buffer");
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t *offsets = NULL;
+    unsigned char *flags = NULL;
+    PyObject *seq = PySequence_Fast(offsets_obj, "offsets must be a sequence of ints");
+    if (seq == NULL)
+        goto done;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    offsets = PyMem_Malloc((size_t)(count ? count : 1) * sizeof *offsets);
+    flags = PyMem_Malloc((size_t)(count ? count : 1));
+    if (offsets == NULL || flags == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t k = 0; k < count; k++) {
+        Py_ssize_t offset = PyNumber_AsSsize_t(items[k], PyExc_OverflowError);
+        if (offset == -1 && PyErr_Occurred()) {
+            if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                PyErr_Clear();
+                offset = -1; /* out of range either way: reported below */
+            } else {
+                goto done;
+            }
+        }
+        if (offset < 0 || view.len < page_size || offset > view.len - page_size) {
+            PyErr_Format(PyExc_ValueError,
+                         "page offsets must lie in [0, %zd] for a %zd-byte block and %zd-byte pages",
+                         view.len - page_size, view.len, page_size);
+            goto done;
+        }
+        offsets[k] = offset;
+    }
+    const unsigned char *base = view.buf;
+    if ((double)count * (double)page_size >= RELEASE_GIL_BYTES) {
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t k = 0; k < count; k++)
+            flags[k] = (unsigned char)page_is_zero(base + offsets[k], page_size);
+        Py_END_ALLOW_THREADS
+    } else {
+        for (Py_ssize_t k = 0; k < count; k++)
+            flags[k] = (unsigned char)page_is_zero(base + offsets[k], page_size);
+    }
+    result = PyList_New(count);
+    if (result == NULL)
+        goto done;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *flag = flags[k] ? Py_True : Py_False;
+        Py_INCREF(flag);
+        PyList_SET_ITEM(result, k, flag);
+    }
+done:
+    PyMem_Free(offsets);
+    PyMem_Free(flags);
+    Py_XDECREF(seq);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"zero_flags", zero_flags, METH_VARARGS,
+     "zero_flags(block, offsets, page_size) -> list[bool]: whether each page at offsets is all zero."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "mfdcomp._speedups", "mfdcomp's compiled per-packet hot paths.", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    return PyModule_Create(&module);
+}
