@@ -10,6 +10,7 @@ ClientHellos) are dropped within their deadline and never hold up the session.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import random
 import socket
@@ -395,3 +396,25 @@ def test_plain_send_still_works_without_tls(tmp_path: Path) -> None:
     thread.join(DEADLINE)
     targets.close()
     assert result.ok and box["r"].ok
+
+
+def test_the_bench_runs_mfdcomp_and_qemu_with_tls(tmp_path: Path, creds: dict[str, Path]) -> None:
+    """bench --tls: both ends of mfdcomp's cell get --tls-creds, and QEMU's baseline migrates with TLS."""
+    from mfdcomp.bench.images import ensure_image
+    from mfdcomp.bench.procs import ChildFailed
+    from mfdcomp.bench.qemu import add_qemu_run, qemu_baseline, qemu_unavailable
+    from mfdcomp.bench.transfer import Endpoints, parse_codecs, transfer
+
+    image = ensure_image(tmp_path, "mixed", 16 << 20)
+    codec = parse_codecs("none")[0]
+    ends = Endpoints("tcp:127.0.0.1:0", tls_creds=str(creds["good"]))
+    run = transfer(Path(image.path), codec, 2, ends, tmp_path)
+    assert run.guest_bytes == 16 << 20
+    # Expired certificates fail the cell: the TLS row really runs TLS.
+    with pytest.raises(ChildFailed, match="expired"):
+        transfer(Path(image.path), codec, 2, dataclasses.replace(ends, tls_creds=str(creds["expired"])), tmp_path)
+    if qemu_unavailable() is not None:
+        pytest.skip(f"QEMU: {qemu_unavailable()}")
+    baseline = qemu_baseline(image, codec, 2)
+    add_qemu_run(baseline, image, "tcp", tls=True)
+    assert baseline.not_run is None and len(baseline.seconds_runs) == 1

@@ -13,6 +13,7 @@ baselines taken between them.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from mfdcomp.bench.procs import ChildFailed
 from mfdcomp.bench.qemu import add_qemu_run, qemu_baseline, qemu_unavailable
 from mfdcomp.bench.results import Cell, LibraryBaseline, MatrixResult, PumpBaseline
 from mfdcomp.bench.transfer import CodecChoice, Endpoints, add_run, loopback, pump_run
+from mfdcomp.transport.tlscreds import make_creds
 
 __all__ = ["MatrixConfig", "Say", "available_cores", "run_matrix"]
 
@@ -40,6 +42,8 @@ class MatrixConfig:
     repeats: int
     transport: str
     qemu: bool = True
+    tls: bool = False
+    """TLS on every channel of both mfdcomp and QEMU (the harness's generated x509 credentials)."""
 
 
 def available_cores() -> int:
@@ -75,11 +79,15 @@ def _transfer(cell: Cell, image: Path, channels: int, ends: Endpoints, workdir: 
 
 
 def run_matrix(config: MatrixConfig, cache: Path, workdir: Path, say: Say) -> MatrixResult:
-    result = MatrixResult(config.size, config.transport, config.repeats, available_cores())
+    transport = f"{config.transport}+TLS" if config.tls else config.transport
+    result = MatrixResult(config.size, transport, config.repeats, available_cores())
     no_qemu = qemu_unavailable() if config.qemu else "--no-qemu was given"
     if no_qemu is not None:
         say(f"NOT RUN: QEMU baselines: {no_qemu}")
     ends = loopback(config.transport, workdir)
+    if config.tls:
+        ends = dataclasses.replace(ends, tls_creds=str(make_creds(workdir / "tls")))
+        say("TLS on every channel: mfdcomp send/recv --tls-creds, QEMU with tls-creds-x509 (verify-peer=on)")
     total = len(config.kinds) * len(config.channels) * config.repeats * (len(config.codecs) + 1)
     step = 0
     for kind in config.kinds:
@@ -111,7 +119,7 @@ def run_matrix(config: MatrixConfig, cache: Path, workdir: Path, say: Say) -> Ma
                     _transfer(cell, path, channels, ends, workdir, f"[{step}/{total}] {where}", say)
                     if baseline.not_run is not None:
                         continue
-                    add_qemu_run(baseline, image, config.transport)
+                    add_qemu_run(baseline, image, config.transport, tls=config.tls)
                     if baseline.not_run is None:
                         say(f"{where} QEMU {cell.codec.label}: {baseline.seconds_runs[-1]:.3f} s")
                     else:

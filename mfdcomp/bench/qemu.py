@@ -61,7 +61,7 @@ def qemu_baseline(image: Image, codec: CodecChoice, channels: int, no_qemu: str 
     return baseline
 
 
-def add_qemu_run(baseline: QemuBaseline, image: Image, transport: str) -> None:
+def add_qemu_run(baseline: QemuBaseline, image: Image, transport: str, tls: bool = False) -> None:
     """One more migration of ``image``'s bytes by QEMU itself over ``transport`` (unix, tcp), added to ``baseline``.
 
     On failure the baseline's runs are dropped and ``not_run`` says why; a
@@ -71,7 +71,7 @@ def add_qemu_run(baseline: QemuBaseline, image: Image, transport: str) -> None:
         return
     codec = baseline.codec
     settings = MigrationSettings(
-        codec=codec.name, channels=baseline.channels, level=codec.level, zero_page_detection="multifd"
+        codec=codec.name, channels=baseline.channels, level=codec.level, zero_page_detection="multifd", tls=tls
     )
     name = build_for(codec.name)
     try:

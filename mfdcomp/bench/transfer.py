@@ -112,6 +112,8 @@ class Endpoints:
     listen: str
     recv_prefix: tuple[str, ...] = ()
     send_prefix: tuple[str, ...] = ()
+    tls_creds: str | None = None
+    """QEMU-layout x509 directory: both ends run with --tls-creds (bench --tls)."""
 
 
 def loopback(transport: str, workdir: Path) -> Endpoints:
@@ -132,7 +134,8 @@ def transfer(image: Path, codec: CodecChoice, channels: int, ends: Endpoints, wo
     target = workdir / "target.img"
     if ends.listen.startswith("unix:"):
         Path(ends.listen.removeprefix("unix:")).unlink(missing_ok=True)
-    recv_argv = [*ends.recv_prefix, *MFDCOMP, "recv", "--listen", ends.listen, "--out", str(target), "--json"]
+    tls = ["--tls-creds", ends.tls_creds] if ends.tls_creds is not None else []
+    recv_argv = [*ends.recv_prefix, *MFDCOMP, "recv", "--listen", ends.listen, "--out", str(target), "--json", *tls]
     try:
         with Child(recv_argv, "mfdcomp recv") as recv:
             ready = recv.stderr_line("listening on ", timeout=60)
@@ -148,6 +151,7 @@ def transfer(image: Path, codec: CodecChoice, channels: int, ends: Endpoints, wo
                 str(channels),
                 *codec.send_args(),
                 "--json",
+                *tls,
             ]
             warm_memory(warm_size(size))  # as before QEMU's runs: see mfdcomp/bench/memory.py
             with Child(send_argv, "mfdcomp send") as send:

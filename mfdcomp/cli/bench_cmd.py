@@ -80,6 +80,11 @@ def register(commands: Any) -> None:
     parser.add_argument("--transport", choices=("tcp", "unix"), default="tcp", help="loopback transport (tcp)")
     parser.add_argument("--cache-dir", type=Path, metavar="DIR", help="keep the images here (default: a temp dir)")
     parser.add_argument("--no-qemu", action="store_true", help="skip the QEMU baseline (reported as not run)")
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS on every channel, mfdcomp's and QEMU's baseline alike (generated x509 credentials; matrix only)",
+    )
     parser.add_argument("--check-targets", action="store_true", help="PASS/FAIL of the issue's targets")
     parser.add_argument("--json", action="store_true", help="print every number as JSON")
     parser.add_argument("--json-file", type=Path, metavar="PATH", help="also write every number as JSON to PATH")
@@ -207,6 +212,7 @@ def _matrix(args: argparse.Namespace, cache: Path, workdir: Path) -> int:
         repeats=args.repeats,
         transport=args.transport,
         qemu=not args.no_qemu,
+        tls=args.tls,
     )
     result = run_matrix(config, cache, workdir, _say)
     data: dict[str, Any] = {"mode": "matrix"} | result.as_dict()
