@@ -9,6 +9,7 @@ ZeroDivisionError or a traceback.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
@@ -70,15 +71,18 @@ def mutate(seed: bytes, ops: list[tuple[str, int, int]]) -> bytes:
     fields = list(mr.FILE_HEADER.unpack_from(data))
     for kind, a, b in ops:
         if kind == "session":
-            manifest["session"][SESSION_KEYS[a % len(SESSION_KEYS)]] = HOSTILE_VALUES[b % len(HOSTILE_VALUES)]
+            # Copies: one shared list put in two places (then mutated) made the manifest circular, json.dumps failed.
+            manifest["session"][SESSION_KEYS[a % len(SESSION_KEYS)]] = copy.deepcopy(
+                HOSTILE_VALUES[b % len(HOSTILE_VALUES)]
+            )
         elif kind == "block":
             blocks = manifest["session"].get("blocks")
             if isinstance(blocks, list) and blocks and isinstance(blocks[a % len(blocks)], list):
                 pair = blocks[a % len(blocks)]
                 if pair:  # an earlier op may have replaced the blocks with something else
-                    pair[b % len(pair)] = HOSTILE_VALUES[(a >> 8) % len(HOSTILE_VALUES)]
+                    pair[b % len(pair)] = copy.deepcopy(HOSTILE_VALUES[(a >> 8) % len(HOSTILE_VALUES)])
         elif kind == "digests":
-            manifest["digests"] = HOSTILE_VALUES[b % len(HOSTILE_VALUES)]
+            manifest["digests"] = copy.deepcopy(HOSTILE_VALUES[b % len(HOSTILE_VALUES)])
         elif kind == "header":
             index = 2 + a % 4  # state, page_size, manifest_offset, manifest_size
             fields[index] = INTERESTING[b % len(INTERESTING)]
