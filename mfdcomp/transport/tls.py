@@ -22,6 +22,7 @@ from any thread wakes every blocked call at the socket.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
 import select
@@ -266,15 +267,22 @@ class TlsConnection:
                 out = self._out.read()
             self._send_raw(out)
 
-    def close_notify(self) -> None:
-        """End our direction: close_notify, then the socket's FIN; the peer may go on sending."""
-        with self._send_lock:
+    def close_notify(self, wait: bool = True) -> None:
+        """End our direction: close_notify, then the socket's FIN; the peer may go on sending.
+
+        ``wait=False`` gives up at once when a writer holds the socket (one blocked on a stalled peer).
+        """
+        if not self._send_lock.acquire(blocking=wait):
+            return
+        try:
             with self._lock:
                 with contextlib.suppress(ssl.SSLError):
                     self._obj.unwrap()  # sends close_notify; the peer's is not awaited (SSLWantReadError)
                 out = self._out.read()
             if out:
                 self._send_raw(out)
+        finally:
+            self._send_lock.release()
         socket.socket.shutdown(self.sock, socket.SHUT_WR)
 
     def shutdown(self) -> None:
@@ -463,8 +471,8 @@ class TlsStream:
         # close_notify first, without waiting: a QEMU 10.0 reader treats a bare end as an error.
         if not self.conn.shut and not self.conn.closed:
             with contextlib.suppress(OSError, ChannelError):
-                self.conn.sock.setblocking(False)
-                self.conn.close_notify()
+                self.conn.sock.setblocking(False)  # never wait on a peer that stopped reading
+                self.conn.close_notify(wait=False)
         self.conn.close()
 
     def _ended(self, got: int, size: int) -> ChannelError | TruncatedError:
@@ -479,7 +487,7 @@ class TlsStream:
             return ChannelError(f"{self.name}: shut down")
         if self.conn.closed:
             return ChannelError(f"{self.name}: closed")
-        if isinstance(exc, (BlockingIOError, TimeoutError)) or exc.errno in (11,):
+        if isinstance(exc, (BlockingIOError, TimeoutError)) or exc.errno == errno.EAGAIN:
             if sending and self.send_idle_timeout is not None:
                 return ChannelError(
                     f"{self.name}: nothing could be sent for {self.send_idle_timeout:g} s: "
