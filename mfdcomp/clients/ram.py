@@ -31,7 +31,7 @@ from types import TracebackType
 import numpy as np
 import numpy.typing as npt
 
-from mfdcomp.clients.reserve import check_room, reserve
+from mfdcomp.clients.reserve import check_memory, check_room, reserve
 from mfdcomp.errors import ImageError, MfdcompError, NoSpaceError, TargetError
 from mfdcomp.wire.constants import MULTIFD_PACKET_SIZE, RAMBLOCK_NAME_LEN
 
@@ -255,10 +255,12 @@ class RamClient:
 
     @classmethod
     def anonymous(cls, layout: Layout, page_size: int = 4096) -> RamClient:
-        """Zeroed blocks in anonymous shared memory (no files)."""
+        """Zeroed blocks in anonymous shared memory (no files); refused beyond MemAvailable, before any mapping."""
+        checked = list(_checked_layout(layout, page_size))
+        check_memory(sum(size for _, size in checked))
         blocks: list[RamBlock] = []
         try:
-            for name, size in _checked_layout(layout, page_size):
+            for name, size in checked:
                 try:
                     region = mmap.mmap(-1, size, flags=TARGET_FLAGS)
                 except OSError as exc:

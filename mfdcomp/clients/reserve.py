@@ -27,8 +27,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mfdcomp.errors import NoSpaceError, TargetError
+from mfdcomp.procinfo import kib_field
 
-__all__ = ["check_room", "reserve"]
+__all__ = ["check_memory", "check_room", "reserve"]
 
 
 def check_room(targets: Iterable[tuple[str, Path, int]]) -> None:
@@ -60,6 +61,21 @@ def check_room(targets: Iterable[tuple[str, Path, int]]) -> None:
                 needed=needed,
                 available=free,
             )
+
+
+def check_memory(needed: int, what: str = "anonymous targets") -> None:
+    """Refuse, with both numbers, anonymous memory beyond the kernel's MemAvailable.
+
+    A shared anonymous mapping is made lazily: one larger than the memory there is succeeds, and the
+    pages the peer then sends end the process in the OOM killer (or SIGBUS) half-way.
+    """
+    available = kib_field("/proc/meminfo", "MemAvailable")
+    if available is not None and needed > available:
+        raise NoSpaceError(
+            f"no memory for {what}: {needed} bytes needed, {available} bytes available (MemAvailable)",
+            needed=needed,
+            available=available,
+        )
 
 
 def reserve(fd: int, size: int) -> None:
