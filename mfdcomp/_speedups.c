@@ -14,8 +14,15 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
+#endif
 
 /* Pages at least this long (in total) are scanned with the GIL released: below it the release costs more. */
 #define RELEASE_GIL_BYTES (64 * 1024)
@@ -123,7 +130,35 @@ done:
     return result;
 }
 
+/* populate_write(buffer) -> bool
+ *     Map every page of a writable mapping ahead (MADV_POPULATE_WRITE) without the GIL: one call instead
+ *     of a page fault per page as the channels write and the digest reads. Content is unchanged. False
+ *     when the kernel cannot (before 5.14, or not a mapping): the pages then fault in as they are used. */
+static PyObject *
+populate_write(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    long page = sysconf(_SC_PAGESIZE);
+    uintptr_t start = ((uintptr_t)view.buf + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
+    uintptr_t end = ((uintptr_t)view.buf + (uintptr_t)view.len) & ~((uintptr_t)page - 1);
+    int ok = 1;
+    if (end > start) {
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = madvise((void *)start, end - start, MADV_POPULATE_WRITE);
+        Py_END_ALLOW_THREADS
+        ok = rc == 0;
+    }
+    PyBuffer_Release(&view);
+    return PyBool_FromLong(ok);
+}
+
 static PyMethodDef methods[] = {
+    {"populate_write", populate_write, METH_O,
+     "populate_write(buffer) -> bool: map a writable mapping's pages ahead (MADV_POPULATE_WRITE)."},
     {"zero_flags", zero_flags, METH_VARARGS,
      "zero_flags(block, offsets, page_size) -> list[bool]: whether each page at offsets is all zero."},
     {NULL, NULL, 0, NULL},

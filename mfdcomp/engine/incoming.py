@@ -200,6 +200,8 @@ class Incoming:
             for channel in channels:
                 channel.thread.join()
                 channel.stream.close()
+            if self._memory is not None:
+                self._memory.stop_populate()
             if self._main is not None:
                 self._main.stream.close()
             self.state.close()
@@ -250,6 +252,7 @@ class Incoming:
             self._path = path
             self._limits = limits
             self._memory = TargetMemory(blocks, session.page_size)
+            self._memory.start_populate()  # stopped in run()'s finally, before the targets go
             self._barrier = Barrier(self.state, session.channels)
             self._session_ready = True
             self.state.cond.notify_all()
@@ -280,6 +283,7 @@ class Incoming:
                 self._wait_channels_connected(session)
                 barrier.wait_all_ended()
                 cpu = time.process_time() - self._cpu_started
+                memory.finish_populate()  # the digest reads mapped pages, not a fault per page
                 digests = self._digests(session.digest)
                 source_digests = self._read_source_digests(main, session.digest)
                 with self.state.cond:
