@@ -421,35 +421,17 @@ def test_the_bench_runs_mfdcomp_and_qemu_with_tls(tmp_path: Path, creds: dict[st
 
 
 def test_anonymous_targets_beyond_mem_available_are_refused_on_both_ends(tmp_path: Path) -> None:
-    """Was: the shared anonymous mapping was made lazily, whatever the size the SESSION announced."""
+    """Was: the shared anonymous mapping was made lazily, whatever size the SESSION announced."""
     from mfdcomp.errors import NoSpaceError
     from mfdcomp.procinfo import kib_field
+    from tests.test_hostile_peer import Peer, refused
 
     available = kib_field("/proc/meminfo", "MemAvailable")
     if available is None:
         pytest.skip("no MemAvailable in /proc/meminfo")
     size = (available + (1 << 30)) // (1 << 20) * (1 << 20)
-    image = tmp_path / "sparse.img"
-    with image.open("wb") as f:
-        f.truncate(size)  # sparse: the source maps it, the session announces its size
-    listener = listen(parse_address("tcp:127.0.0.1:0"))
-    targets = AnonymousTargets()
-    incoming = Incoming(listener, make_targets=targets, digests=targets.digests, find_codec=get_codec)
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            incoming.run()
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    address = parse_address(listener.address)
-    with RamClient.from_images([str(image)]) as ram, pytest.raises(Exception, match="MemAvailable") as raised:
-        migrate(ram, lambda: connect(address), get_codec("none"), MigrateOptions(channels=1, result_timeout=10.0))
-    thread.join(DEADLINE)
-    targets.close()
-    assert f"{size} bytes needed" in str(raised.value)  # the source hears the sizes
-    assert isinstance(box["error"], NoSpaceError) and box["error"].needed == size
-    assert targets.clients == []  # nothing was mapped
+    peer = Peer(tmp_path, blocks=[("ram0", size)])  # a hand-driven source: only its SESSION announces the size
+    error = refused(peer, NoSpaceError, text=f"{size} bytes needed")
+    assert isinstance(error, NoSpaceError) and error.needed == size
+    assert f"{size} bytes needed" in peer.main_text  # the source hears the sizes
+    assert peer.targets.clients == []  # nothing was mapped

@@ -48,6 +48,7 @@ TLS_HANDSHAKE_RECORD = 0x16
 
 _READ_CHUNK = 256 << 10  # socket bytes taken per recv: many 16 KiB records per system call
 _SEND_FLAGS = socket.MSG_NOSIGNAL
+_GROUP = 64 << 10
 
 
 class TlsError(ChannelError):
@@ -401,10 +402,23 @@ class TlsStream:
     def send_all(self, buffers: Sequence[Buffer]) -> None:
         if self.conn.shut:
             raise ChannelError(f"{self.name}: shut down")
-        # One OpenSSL write of the joined buffers: a record per page would cost a record header and a call each.
-        data: Buffer = buffers[0] if len(buffers) == 1 else b"".join(buffers)
+        # Joined into groups of _GROUP bytes, each encrypted and sent at once: a record per page would cost a
+        # record header and an OpenSSL call each, one whole join would leave the cache before it is encrypted.
         try:
-            self.conn.sendall(data)
+            if len(buffers) == 1:
+                self.conn.sendall(buffers[0])
+                return
+            group: list[Buffer] = []
+            size = 0
+            for buffer in buffers:
+                group.append(buffer)
+                size += memoryview(buffer).nbytes
+                if size >= _GROUP:
+                    self.conn.sendall(b"".join(group))
+                    group.clear()
+                    size = 0
+            if group:
+                self.conn.sendall(b"".join(group))
         except OSError as exc:
             raise self._error(exc, sending=True) from exc
 
