@@ -50,8 +50,15 @@ one page kind ({", ".join(k for k in KIND_MIXES if k not in ("mixed", "zero90"))
 and zero90 ({KIND_MIXES["zero90"]}), made once per kind and size with
 `mfdcomp gen-image`. CODEC:LEVEL picks a level (default: the codec's).
 
---check-targets judges the issue's targets on the mixed and zero90 cells, e.g.
-  mfdcomp bench --size 1G --codecs none,zstd,zlib --channels 2 --kinds mixed,zero90 --check-targets
+Each cell keeps two times: the transfer (connect to the last packet) and the
+whole session as the user waits (`send --json` "seconds": connect to the
+verified end); QEMU's is its total-time.
+
+--check-targets judges issue 18's targets, each time over QEMU's in the same
+run: transfer ≤ 1.0 for mixed none, mixed zstd-1 and zero90 none, ≤ 0.5 for
+mixed zlib-1; whole session ≤ 1.0 for the same cells; nocomp ≥ 90% of the
+loopback pump; peak RSS of nocomp ≤ image + 64 MiB. E.g.
+  mfdcomp bench --size 512M --codecs none,zstd,zlib --channels 2 --kinds mixed,zero90 --check-targets
 --library-only: no transfer, no QEMU: the deflate wire formats' implementations
 side by side on the --kinds image (mixed by default), one thread: libqpl's
 software path, ISA-L and zlib for qpl's per-page raw deflate; ISA-L and zlib
