@@ -381,6 +381,18 @@ def test_iaa_tools_and_libraries(host: FakeHost) -> None:
     assert "libaccel-config1" in accel.advice
 
 
+def test_the_private_builds_of_qpl_and_uadk_are_found_as_the_codecs_find_them(host: FakeHost) -> None:
+    """ci/system/qpl.sh and uadk.sh build into /opt/mfdcomp: the doctor said 'no libqpl' while qpl ran on it."""
+    assert find(iaa_findings(host.root, ROOT), IAA, "libqpl").status is Status.MISSING
+    host.write("opt/mfdcomp/qpl/lib/libqpl.so.1.6.0", "")
+    host.write("opt/mfdcomp/uadk/lib/libwd.so.2.10.0", "")
+    host.write("opt/mfdcomp/uadk/lib/libwd_comp.so.2.10.0", "")
+    libqpl = find(iaa_findings(host.root, ROOT), IAA, "libqpl")
+    assert (libqpl.status, libqpl.detail) == (Status.OK, "/opt/mfdcomp/qpl/lib/libqpl.so.1.6.0, file version 1.6.0")
+    libwd_comp = find(uadk_findings(host.root, ROOT), UADK, "libwd_comp")
+    assert libwd_comp.status is Status.OK and libwd_comp.detail.startswith("/opt/mfdcomp/uadk/lib/libwd_comp.so")
+
+
 def test_locate_library_prefers_the_folder_given(host: FakeHost) -> None:
     host.write("opt/vendor/libqat.so.4.2.0", "")
     host.write("usr/lib64/libqat.so.3.0.0", "")

@@ -34,6 +34,7 @@ from mfdcomp.diagnosis import (
     vendor_functions,
 )
 from mfdcomp.methods import hostprobe
+from mfdcomp_qpl.locate import PRIVATE_PREFIX
 
 IAA = "Intel IAA"
 INTEL = 0x8086
@@ -181,9 +182,10 @@ def iaa_findings(root: Path = Path("/"), identity: Identity | None = None) -> li
         library_finding(
             IAA,
             "libqpl",
-            locate_library("qpl", root),
-            "build Intel QPL as a shared library (cmake -DQPL_LIBRARY_TYPE=SHARED, as QEMU's QPL docs show); "
-            "Debian does not package it",
+            # The private build of ci/system/qpl.sh too, where the codec's probe finds it.
+            locate_library("qpl", root, near=[root / Path(PRIVATE_PREFIX).relative_to("/") / "lib"]),
+            f"run ci/system/qpl.sh (builds QPL 1.6 into {PRIVATE_PREFIX}), or build Intel QPL as a shared "
+            "library (cmake -DQPL_LIBRARY_TYPE=SHARED, as QEMU's QPL docs show); Debian does not package it",
         )
     )
     return findings

@@ -29,6 +29,7 @@ from mfdcomp.diagnosis import (
     usable_finding,
     vendor_functions,
 )
+from mfdcomp_uadk.locate import PRIVATE_PREFIX
 
 UADK = "HiSilicon UADK"
 # uacce queues work on the process's own addresses: SVA through the SMMU.
@@ -102,8 +103,10 @@ def uadk_findings(root: Path = Path("/"), identity: Identity | None = None) -> l
             library_finding(
                 UADK,
                 f"lib{stem}",
-                locate_library(stem, root),
-                "build and install UADK (libwd, libwd_comp) from its source; Debian does not package it",
+                # The private build of ci/system/uadk.sh too, where the codec's probe finds it.
+                locate_library(stem, root, near=[root / Path(PRIVATE_PREFIX).relative_to("/") / "lib"]),
+                f"run ci/system/uadk.sh (builds UADK 2.10 into {PRIVATE_PREFIX}), or build and install UADK "
+                "(libwd, libwd_comp) from its source; Debian does not package it",
             )
         )
     return findings
