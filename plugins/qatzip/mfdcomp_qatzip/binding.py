@@ -168,10 +168,25 @@ def _c_buffer(buffer: Buffer, *, writable: bool) -> ctypes.Array[ctypes.c_char]:
     return array_type.from_buffer_copy(view)
 
 
+def _init_openssl_first() -> None:
+    """Let OpenSSL's libssl initialise itself before libqat (which links libcrypto) is used.
+
+    Seen here (trixie's libqat 24.02 on Debian 12's OpenSSL 3.0): after about 1500 qatzip packets in a
+    process, the process's first ``SSL_CTX_new`` failed with "malloc failure" (ssl_lib.c, SSL_CTX_new_ex),
+    so a TLS connection made after qatzip had run (a tap, a long-lived caller) could not be set up; a
+    context made once before libqat is loaded keeps every later one working
+    (tests/codecs/test_qatzip_openssl.py). The cause inside libqat was not found.
+    """
+    import ssl  # here: importing the plugin must stay cheap and load nothing
+
+    ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
 class Library:
     """libqatzip loaded from one :class:`Candidate`, its dependencies first."""
 
     def __init__(self, candidate: Candidate) -> None:
+        _init_openssl_first()
         folder = candidate.folder
         if folder is not None:
             for dependency in DEPENDENCIES:
