@@ -38,7 +38,13 @@ def _warn(exc: Exception) -> None:
 
 setup(
     ext_modules=[
-        Extension("mfdcomp._speedups", ["mfdcomp/_speedups.c"], extra_compile_args=["-O3", "-std=c11"], optional=True)
+        Extension(
+            "mfdcomp._speedups",
+            ["mfdcomp/_speedups.c"],
+            depends=["mfdcomp/_vendor/xxhash.h"],
+            extra_compile_args=["-O3", "-std=c11"],
+            optional=True,
+        )
     ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

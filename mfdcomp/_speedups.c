@@ -5,6 +5,10 @@
  * checks its own arguments again, so a direct call with hostile values raises
  * the same ValueError the Python path raises instead of reading out of bounds.
  *
+ * page_digests(block, offsets, page_size, table) -> None
+ *     XXH3-128 of each page at the byte offsets, canonical, into the page's
+ *     16-byte slot of table (mfdcomp.pagedigest), without the GIL.
+ *
  * zero_flags(block, offsets, page_size) -> list[bool]
  *     For each byte offset, whether the page_size bytes there are all zero.
  *     numpy's reduceat reads every byte of every page; here a page stops at
@@ -19,6 +23,10 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+/* xxHash (BSD 2-Clause, mfdcomp/_vendor/xxhash-LICENSE), inlined: the xxh3-128 page digests. */
+#define XXH_INLINE_ALL
+#include "_vendor/xxhash.h"
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
@@ -167,7 +175,114 @@ populate_write(PyObject *self, PyObject *arg)
     return PyBool_FromLong(ok);
 }
 
+/* Offsets of a sequence as Py_ssize_t, each a page of a len-byte buffer (aligned when aligned != 0);
+ * NULL with ValueError otherwise. *count gets the length; free the result with PyMem_Free. */
+static Py_ssize_t *
+page_offsets(PyObject *offsets_obj, Py_ssize_t len, Py_ssize_t page_size, int aligned, Py_ssize_t *count)
+{
+    PyObject *seq = PySequence_Fast(offsets_obj, "offsets must be a sequence of ints");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t *offsets = PyMem_Malloc((size_t)(n ? n : 1) * sizeof *offsets);
+    if (offsets == NULL) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        Py_ssize_t offset = PyNumber_AsSsize_t(items[k], PyExc_OverflowError);
+        if (offset == -1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+                goto fail;
+            PyErr_Clear();
+            offset = -1; /* out of range either way: reported below */
+        }
+        if (offset < 0 || len < page_size || offset > len - page_size || (aligned && offset % page_size)) {
+            /* The offset as Python prints the int (a huge one is not clipped): the pure path's message. */
+            PyObject *index = PyNumber_Index(items[k]);
+            if (index != NULL) {
+                PyErr_Format(PyExc_ValueError, "offset %S is not a page of a %zd-byte block (%zd-byte pages)",
+                             index, len, page_size);
+                Py_DECREF(index);
+            }
+            goto fail;
+        }
+        offsets[k] = offset;
+    }
+    Py_DECREF(seq);
+    *count = n;
+    return offsets;
+fail:
+    Py_DECREF(seq);
+    PyMem_Free(offsets);
+    return NULL;
+}
+
+#define DIGEST_SIZE 16
+
+static void
+hash_pages(const unsigned char *base, const Py_ssize_t *offsets, Py_ssize_t count, Py_ssize_t page_size,
+           unsigned char *table)
+{
+    for (Py_ssize_t k = 0; k < count; k++) {
+        XXH128_canonical_t canonical;
+        XXH128_canonicalFromHash(&canonical, XXH3_128bits(base + offsets[k], (size_t)page_size));
+        memcpy(table + offsets[k] / page_size * DIGEST_SIZE, canonical.digest, DIGEST_SIZE);
+    }
+}
+
+static PyObject *
+page_digests(PyObject *self, PyObject *args)
+{
+    PyObject *block, *offsets_obj, *table_obj;
+    Py_ssize_t page_size;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOnO:page_digests", &block, &offsets_obj, &page_size, &table_obj))
+        return NULL;
+    if (page_size <= 0) {
+        PyErr_Format(PyExc_ValueError, "page_size must be positive, got %zd", page_size);
+        return NULL;
+    }
+    Py_buffer view, table;
+    if (PyObject_GetBuffer(block, &view, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(table_obj, &table, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t count = 0;
+    Py_ssize_t *offsets = page_offsets(offsets_obj, view.len, page_size, 1, &count);
+    if (offsets == NULL)
+        goto done;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        if ((offsets[k] / page_size + 1) * DIGEST_SIZE > table.len) {
+            PyErr_Format(PyExc_ValueError, "offset %zd: no slot for its page in a %zd-byte digest table",
+                         offsets[k], table.len);
+            goto done;
+        }
+    }
+    if ((double)count * (double)page_size >= RELEASE_GIL_BYTES) {
+        Py_BEGIN_ALLOW_THREADS
+        hash_pages(view.buf, offsets, count, page_size, table.buf);
+        Py_END_ALLOW_THREADS
+    } else {
+        hash_pages(view.buf, offsets, count, page_size, table.buf);
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyMem_Free(offsets);
+    PyBuffer_Release(&table);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"page_digests", page_digests, METH_VARARGS,
+     "page_digests(block, offsets, page_size, table): XXH3-128 of each page into its 16-byte slot of table."},
     {"populate_write", populate_write, METH_O,
      "populate_write(buffer) -> bool: map a writable mapping's pages ahead (MADV_POPULATE_WRITE)."},
     {"zero_flags", zero_flags, METH_VARARGS,

@@ -59,9 +59,9 @@ def test_send_and_recv_processes_agree(tmp_path: Path, image: Path, zero_mode: s
     assert summary["ok"] and summary["totals"]["sync_packets"] == 12
     assert summary["peak_rss_bytes"] > image.stat().st_size  # its own peak: the mapped image is resident
     last = stdout.strip().splitlines()[-1]
-    # blake3 by default (issue 18), named on the last line.
-    assert summary["digest"] == "blake3"
-    assert last.startswith("blake3 ") and last.split()[1] == summary["digests"]["ram0"]
+    # xxh3-128 by default (issue 18), named on the last line.
+    assert summary["digest"] == "xxh3-128"
+    assert last.startswith("xxh3-128 ") and last.split()[1] == summary["digests"]["ram0"]
 
 
 @pytest.mark.parametrize("victim", ["recv", "send"])

@@ -119,7 +119,7 @@ def test_a_good_session_is_not_cut_by_the_idle_timeout(tmp_path: Path) -> None:
     stdout, stderr = recv.communicate(timeout=60)
     assert send.returncode == 0, send.stderr
     assert recv.returncode == 0, stderr
-    assert stdout.strip().splitlines()[-1].startswith("blake3 ")  # send's default digest
+    assert stdout.strip().splitlines()[-1].startswith("xxh3-128 ")  # send's default digest
 
 
 # --- the source's side: a destination that accepts and never reads, or never answers --------------

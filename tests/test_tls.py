@@ -129,7 +129,7 @@ def leftovers(directory: Path) -> list[str]:
 def test_a_tls_transfer_over_tcp_has_equal_sha256(tmp_path: Path, creds: dict[str, Path], image: Path) -> None:
     recv = Recv(tmp_path, "--tls-creds", str(creds["good"]), "--tls-authz", "mfdcomp-source")
     try:
-        # sha256 asked for: send's default digest is blake3 (issue 18); recv's last line names the one used.
+        # sha256 asked for: send's default digest is xxh3-128 (issue 18); recv's last line names the one used.
         args = ["--tls-creds", str(creds["good"]), "--multifd-compression", "zstd", "--digest", "sha256"]
         sent = send(image, recv.port, *args)
         code, out = recv.finish()

@@ -31,7 +31,7 @@ Receive one transfer from `mfdcomp send` and write it to image files. The
 session (page size, channels, codec, blocks) comes from the sender's main
 channel; every multifd packet is checked as a QEMU destination would check it,
 and the first error ends both sides. The last line is "<digest> <hex>" of the
-received image, by the digest the source chose (blake3 by default, or sha256);
+received image, by the digest the source chose (xxh3-128 by default, blake3 or sha256);
 the exit code is 0 only when it equals the source's.
 
 With --listen file:PATH, the blocks are read back from a complete mapped-ram

@@ -92,9 +92,11 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--digest",
         choices=DIGESTS,
-        default="blake3",
-        help="how both ends prove the copy equal (blake3: several times faster; sha256: also what an mfdcomp "
-        "older than main-channel version 3 verifies with)",
+        default="xxh3-128",
+        help="how both ends prove the copy equal (xxh3-128, the default: XXH3-128 of every page, hashed as the "
+        "pages are sent and written, so no image is read again after the transfer; blake3 and sha256: the "
+        "whole images hashed after it; sha256 is also what an mfdcomp older than main-channel version 3 "
+        "verifies with)",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     parser.set_defaults(run=run)

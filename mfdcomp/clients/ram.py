@@ -31,6 +31,7 @@ from types import TracebackType
 import numpy as np
 import numpy.typing as npt
 
+from mfdcomp import pagedigest
 from mfdcomp.clients.reserve import check_memory, check_room, reserve
 from mfdcomp.errors import ImageError, MfdcompError, NoSpaceError, TargetError
 from mfdcomp.wire.constants import MULTIFD_PACKET_SIZE, RAMBLOCK_NAME_LEN
@@ -56,8 +57,9 @@ _HASH_CHUNK = 8 << 20
 _BLAKE3_CHUNK = 256 << 20
 
 # Digest algorithms of a transfer's verification, each with its hex length (checked on a peer's DIGESTS).
-# sha256: the reference, and what an older mfdcomp speaks; blake3: several times faster, tree-parallel.
-DIGEST_HEX = {"sha256": 64, "blake3": 64}
+# sha256: the reference, and what an older mfdcomp speaks; blake3: several times faster, tree-parallel;
+# xxh3-128: per page, computed while the pages move (mfdcomp/pagedigest.py), the default.
+DIGEST_HEX = {"sha256": 64, "blake3": 64, pagedigest.ALGORITHM: 32}
 DIGESTS = tuple(DIGEST_HEX)
 
 
@@ -73,9 +75,14 @@ def check_digest_available(algorithm: str) -> str:
     return algorithm
 
 
-def block_digest(memory: memoryview, algorithm: str) -> str:
-    """The hex digest of ``memory`` by ``algorithm`` (see DIGEST_HEX), read in place."""
-    if check_digest_available(algorithm) == "blake3":
+def block_digest(memory: memoryview, algorithm: str, page_size: int = 4096) -> str:
+    """The hex digest of ``memory`` by ``algorithm`` (see DIGEST_HEX), read in place.
+
+    ``page_size`` matters to xxh3-128 only (a digest per page).
+    """
+    if check_digest_available(algorithm) == pagedigest.ALGORITHM:
+        return pagedigest.block_digest(memory, page_size)
+    if algorithm == "blake3":
         from blake3 import blake3
 
         # AUTO: as many threads as cores; blake3 releases the GIL while it hashes.
@@ -350,7 +357,7 @@ class RamClient:
         block = self._block(block_name)
         if block._map is not None:
             block._map.madvise(mmap.MADV_SEQUENTIAL)  # one pass in order: read ahead as far as it likes
-        return block_digest(block.memory, algorithm)
+        return block_digest(block.memory, algorithm, block.page_size)
 
     def digests(self, algorithm: str = "sha256") -> dict[str, str]:
         """Every block's hex digest by ``algorithm`` (sha256 or blake3)."""

@@ -21,6 +21,7 @@ from mfdcomp.engine.state import RunState
 from mfdcomp.engine.stats import ChannelStats
 from mfdcomp.errors import TruncatedError, WireError
 from mfdcomp.methods import Codec, CodecPath, MultiFDMethods, PageViews, choose_path
+from mfdcomp.pagedigest import PageDigests
 from mfdcomp.transport.base import PeerGoneError, Stream
 from mfdcomp.wire import (
     DEVICE_STATE_SIZE,
@@ -47,11 +48,19 @@ class TargetBlock(Protocol):
 
 
 class TargetMemory:
-    """Target blocks with QEMU's received bitmap (one flag per page)."""
+    """Target blocks with QEMU's received bitmap (one flag per page).
 
-    def __init__(self, blocks: Mapping[str, TargetBlock], page_size: int) -> None:
+    With ``hash_pages``, every page written is hashed right after (the xxh3-128 verification, see
+    mfdcomp.pagedigest): :attr:`page_digests` then holds the targets' digests at the end of the stream.
+    """
+
+    def __init__(self, blocks: Mapping[str, TargetBlock], page_size: int, *, hash_pages: bool = False) -> None:
         self.blocks = blocks
         self.page_size = page_size
+        # Channels of one epoch write distinct pages, and so distinct slots.
+        self.page_digests = (
+            PageDigests({name: block.size for name, block in blocks.items()}, page_size) if hash_pages else None
+        )
         self._zero = bytes(page_size)
         self._populator: _Populator | None = None  # owner's thread only (Incoming's main thread)
         # One byte per page: channels of one epoch touch distinct pages.
@@ -85,7 +94,10 @@ class TargetMemory:
         return PageViews(self.blocks[name].memory, offsets, self.page_size)
 
     def mark_received(self, name: str, offsets: Sequence[int]) -> None:
+        """Pages at ``offsets`` were written (and, when hashing, are hashed from the target now)."""
         self.received[name][np.array(offsets, dtype=np.intp) // self.page_size] = True
+        if self.page_digests is not None:
+            self.page_digests.hash_pages(name, self.blocks[name].memory, offsets)
 
     def apply_zero(self, name: str, offsets: Sequence[int]) -> None:
         """Zero a page only if it was received before; a fresh target is zero already."""
@@ -98,6 +110,8 @@ class TargetMemory:
         for index in indices[received[indices]].tolist():
             memory[index * ps : (index + 1) * ps] = self._zero
         received[indices] = True
+        if self.page_digests is not None:
+            self.page_digests.set_zero(name, offsets)
 
 
 # Mapped ahead in pieces of this size, so that stop_populate waits for one piece at most (~5 ms).

@@ -37,6 +37,7 @@ from mfdcomp.engine.state import RemoteError, RunState
 from mfdcomp.engine.stats import ChannelStats
 from mfdcomp.errors import ChannelError, ChannelIdError, MfdcompError, TruncatedError, WireError
 from mfdcomp.methods import Codec, CodecPath, choose_path
+from mfdcomp.pagedigest import ALGORITHM as STREAMED_DIGEST
 from mfdcomp.transport.base import AcceptTimeout, Listener, PeerGoneError, Stream
 from mfdcomp.transport.sockets import SocketStream
 from mfdcomp.transport.tls import PlainPeerError, TlsAuthzError, TlsError, TlsServer
@@ -69,6 +70,8 @@ class IncomingResult:
     """CPU time of this process (every thread) from the session's start to the end of stream."""
     dropped_connections: list[str] = field(default_factory=list)
     """Strangers' connections dropped during the session, each 'NAME: why'."""
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds from the main channel's arrival to each step of the session, in order."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +87,7 @@ class IncomingResult:
             "codec": self.session.codec,
             "level": self.session.level,
             "zero_page_detection": self.session.zero_page_detection,
+            "phases": self.phases,
         }
 
 
@@ -155,6 +159,11 @@ class Incoming:
         self._codec: Codec | None = None
         self._path: CodecPath | None = None
         self._ids = ChannelIds()
+        self._main_at = 0.0  # set once, under state.cond, with _main: when the main channel arrived
+        self._phases: dict[str, float] = {}  # main thread only
+
+    def _mark(self, step: str) -> None:
+        self._phases[step] = time.monotonic() - self._main_at
 
     def run(self) -> IncomingResult:
         started = time.monotonic()
@@ -165,6 +174,7 @@ class Incoming:
             self.state.wait_for(lambda: self._first is not None, "the main channel", None)
             assert self._main is not None and self._first is not None
             main = self._main
+            self._mark("session read")
             session = self._start_session(main, self._first)
             result = self._follow_main(main, session)
             result.seconds = time.monotonic() - started
@@ -172,6 +182,8 @@ class Incoming:
                 result.dropped_connections = list(self.dropped)
             if result.ok and self._on_verified is not None:
                 self._on_verified()  # an error here is the session's, and the source is told it
+            self._mark("verified")
+            result.phases = self._phases
             main.write(
                 mc.encode_json(
                     mc.Message.RESULT, {"ok": result.ok, "digests": result.digests, "digest": result.session.digest}
@@ -234,6 +246,7 @@ class Incoming:
         codec = self._find_codec(session.codec)
         path = choose_path(codec.info, codec.probe()).path
         blocks = self._make_targets(session)
+        self._mark("targets allocated")
         try:
             uuid = uuidlib.UUID(hex=session.uuid).bytes
         except ValueError as exc:
@@ -251,12 +264,13 @@ class Incoming:
             self._codec = codec
             self._path = path
             self._limits = limits
-            self._memory = TargetMemory(blocks, session.page_size)
+            self._memory = TargetMemory(blocks, session.page_size, hash_pages=session.digest == STREAMED_DIGEST)
             self._memory.start_populate()  # stopped in run()'s finally, before the targets go
             self._barrier = Barrier(self.state, session.channels)
             self._session_ready = True
             self.state.cond.notify_all()
         main.write(mc.encode(mc.Message.READY))
+        self._mark("session accepted")
         return session
 
     def _follow_main(self, main: MainStream, session: mc.Session) -> IncomingResult:
@@ -282,10 +296,17 @@ class Incoming:
             elif kind is mc.Message.EOS:
                 self._wait_channels_connected(session)
                 barrier.wait_all_ended()
+                self._mark("end of stream")
                 cpu = time.process_time() - self._cpu_started
-                memory.finish_populate()  # the digest reads mapped pages, not a fault per page
-                digests = self._digests(session.digest)
+                if memory.page_digests is not None:
+                    digests = memory.page_digests.hexdigests()  # hashed as the pages were written
+                else:
+                    memory.finish_populate()  # the digest reads mapped pages, not a fault per page
+                    self._mark("targets mapped")
+                    digests = self._digests(session.digest)
+                self._mark("destination hashed")
                 source_digests = self._read_source_digests(main, session.digest)
+                self._mark("source digests read")
                 with self.state.cond:
                     channels = [self._channels[i].stats for i in sorted(self._channels)]
                 return IncomingResult(
@@ -470,6 +491,7 @@ class Incoming:
             second = self._main is not None
             if not second:
                 self._main = main
+                self._main_at = time.monotonic()
         if second:
             error = ChannelError(f"{stream.name}: a second main channel")
             main.report_error(error)  # the refused one is told why, too

@@ -19,6 +19,8 @@ from mfdcomp.engine.state import RemoteError, RunState
 from mfdcomp.engine.stats import ChannelStats, totals
 from mfdcomp.errors import ChannelError, MfdcompError
 from mfdcomp.methods import Codec, PathChoice, choose_path
+from mfdcomp.pagedigest import ALGORITHM as STREAMED_DIGEST
+from mfdcomp.pagedigest import PageDigests
 from mfdcomp.transport.base import PeerGoneError, Stream
 from mfdcomp.wire import page_count
 from mfdcomp.zeropage import partition, zero_flags
@@ -88,6 +90,8 @@ class MigrateResult:
     """CPU time of this process (every thread, user and system) during the transfer."""
     digest: str = "sha256"
     """The algorithm of ``digests``."""
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds from the start to each step of the session, in order (where the time went)."""
 
     @property
     def ok(self) -> bool:
@@ -107,6 +111,7 @@ class MigrateResult:
             "digest": self.digest,
             "digests": self.digests,
             "destination": self.destination,
+            "phases": self.phases,
         }
 
 
@@ -130,6 +135,12 @@ def migrate(
     level = codec.info.check_level(options.level)
     choice = choose_path(codec.info, codec.probe(), require_hw=options.require_hw, force_sw=options.force_sw)
     main = MainStream(connect())
+    phases: dict[str, float] = {}
+
+    def mark(step: str) -> None:
+        phases[step] = time.monotonic() - started
+
+    mark("main channel connected")
     outcome: dict[str, Any] = {}
     ready = threading.Event()
     got_result = threading.Event()
@@ -142,6 +153,11 @@ def migrate(
         zero_page_detection=options.zero_page_detection,
         blocks=[(name, block.size) for name, block in ram.blocks.items()],
         digest=options.digest,
+    )
+    page_digests = (
+        PageDigests({name: block.size for name, block in ram.blocks.items()}, options.page_size)
+        if options.digest == STREAMED_DIGEST
+        else None
     )
     reader: threading.Thread | None = None
     engine: SourceEngine | None = None
@@ -161,8 +177,10 @@ def migrate(
         if options.idle_timeout is not None:
             accept_wait = min(accept_wait, options.idle_timeout)
         state.wait_for(ready.is_set, "the destination to accept the session", accept_wait)
+        mark("session accepted")
         for _ in range(options.channels):
             streams.append(connect())  # kept in the list at once, so a later failure closes it
+        mark("channels connected")
         engine = SourceEngine(
             streams,
             codec,
@@ -174,20 +192,25 @@ def migrate(
             require_hw=options.require_hw,
             state=state,
             on_packet=on_progress,
+            page_digests=page_digests,
         )
         engine.start()
         sent = send_rounds(ram, engine, main, options, on_progress, plan, on_round)
         engine.finish()
         transferred = time.monotonic() - started
         transfer_cpu = time.process_time() - cpu_started
+        mark("last packet sent")
         for stream in streams:
             stream.close()
         # EOS first, so the destination hashes its copy while this side hashes its own.
         main.write(mc.encode(mc.Message.EOS))
-        digests = ram.digests(options.digest)
+        # The streamed tables, or (sha256, blake3) the whole images read again.
+        digests = page_digests.hexdigests() if page_digests is not None else ram.digests(options.digest)
+        mark("source hashed")
         main.write(mc.encode_digests(digests, options.digest))
         # Not the idle timeout: the destination is silent while it hashes its copy.
         state.wait_for(got_result.is_set, "the destination's result", options.result_timeout)
+        mark("verdict received")
     except Exception as exc:
         state.fail(exc)
         state.settle()  # the destination's own reason may follow its vanished channels
@@ -218,6 +241,7 @@ def migrate(
         destination=outcome,
         path=choice,
         digest=options.digest,
+        phases=phases,
     )
 
 
@@ -273,7 +297,7 @@ def send_rounds(
         if sent.rounds:
             ram.perturb(fraction, rng)
         perturbed = time.monotonic()
-        batches = _RoundBatches(ram, main, options, on_progress)
+        batches = _RoundBatches(ram, main, options, on_progress, engine.page_digests)
         engine.send_round(batches)
         if main is not None:
             main.write(mc.encode(mc.Message.FLUSH))
@@ -298,8 +322,10 @@ class _RoundBatches:
         main: MainStream | None,
         options: MigrateOptions,
         on_progress: Callable[[int], None] | None,
+        page_digests: PageDigests | None = None,
     ) -> None:
         self.ram = ram  # set once
+        self.page_digests = page_digests  # set once
         self.main = main if options.zero_page_detection == "legacy" else None  # set once
         self.page_size = options.page_size  # set once
         self.on_progress = on_progress  # set once
@@ -312,7 +338,7 @@ class _RoundBatches:
             self.pages += len(offsets)
             if self.main is not None:
                 count = len(offsets)
-                offsets = _split_legacy_zero(block, offsets, self.main, ps)
+                offsets = _split_legacy_zero(block, offsets, self.main, ps, self.page_digests)
                 self.main_zero += count - len(offsets)
                 if self.on_progress is not None:
                     self.on_progress((count - len(offsets)) * ps)
@@ -320,12 +346,16 @@ class _RoundBatches:
                 yield block, offsets
 
 
-def _split_legacy_zero(block: PageBlock, offsets: list[int], main: MainStream, page_size: int) -> list[int]:
+def _split_legacy_zero(
+    block: PageBlock, offsets: list[int], main: MainStream, page_size: int, page_digests: PageDigests | None
+) -> list[int]:
     """Legacy mode: zero pages go on the main channel, the rest to the channels."""
     zero = zero_flags(block.memory, offsets, page_size)
     normal_num = partition(offsets, zero)
     if normal_num < len(offsets):
         main.write(mc.encode_zero(block.name, offsets[normal_num:]))
+        if page_digests is not None:
+            page_digests.set_zero(block.name, offsets[normal_num:])
     return offsets[:normal_num]
 
 

@@ -34,6 +34,7 @@ from mfdcomp.methods import (
     check_packet_path,
     choose_path,
 )
+from mfdcomp.pagedigest import PageDigests
 from mfdcomp.transport.base import ChannelEnd, Stream
 from mfdcomp.wire import InitPacket, RamPacket, page_count
 from mfdcomp.zeropage import partition, zero_flags
@@ -81,8 +82,11 @@ class ChannelEngine(abc.ABC, Generic[EndT]):
         require_hw: bool = False,
         state: RunState | None = None,
         on_packet: Callable[[int], None] | None = None,
+        page_digests: PageDigests | None = None,
     ) -> None:
         self.state = state or RunState()
+        # Pages are hashed as they are sent (the xxh3-128 verification); each channel its own pages.
+        self.page_digests = page_digests
         self.page_size = page_size
         self.uuid = uuid
         self.detect_zero_pages = detect_zero_pages
@@ -192,6 +196,9 @@ class ChannelEngine(abc.ABC, Generic[EndT]):
         normal_num = partition(offsets, zero_flags(memory, offsets, ps)) if self.detect_zero_pages else len(offsets)
         normal = offsets[:normal_num]
         method = channel.method
+        if self.page_digests is not None:
+            self.page_digests.hash_pages(block.name, memory, normal)
+            self.page_digests.set_zero(block.name, offsets[normal_num:])
         if normal:
             payload = method.send_prepare(PageViews(memory, normal, ps))
             check_packet_path(self.info, payload.path, require_hw=self.require_hw)
