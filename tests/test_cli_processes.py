@@ -62,6 +62,13 @@ def test_send_and_recv_processes_agree(tmp_path: Path, image: Path, zero_mode: s
     # xxh3-128 by default (issue 18), named on the last line.
     assert summary["digest"] == "xxh3-128"
     assert last.startswith("xxh3-128 ") and last.split()[1] == summary["digests"]["ram0"]
+    # Where the time went, step by step and in order, ending at the verdict.
+    phases = summary["phases"]
+    assert list(phases) == [
+        "main channel connected", "session accepted", "channels connected",
+        "last packet sent", "source hashed", "verdict received",
+    ]  # fmt: skip
+    assert list(phases.values()) == sorted(phases.values()) and phases["verdict received"] <= summary["seconds"]
 
 
 @pytest.mark.parametrize("victim", ["recv", "send"])
