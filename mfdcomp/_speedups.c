@@ -75,6 +75,58 @@ scan_pages(const unsigned char *base, const Py_ssize_t *offsets, Py_ssize_t coun
         flags[k] = (unsigned char)page_is_zero(base + offsets[k], page_size);
 }
 
+/* Offsets of a sequence as Py_ssize_t, each a page of a len-byte buffer, NULL with ValueError otherwise:
+ * aligned to page_size with page_digests' message when aligned != 0, anywhere with zero_flags' otherwise
+ * (each the message of its pure-Python twin). *count gets the length; free the result with PyMem_Free. */
+static Py_ssize_t *
+page_offsets(PyObject *offsets_obj, Py_ssize_t len, Py_ssize_t page_size, int aligned, Py_ssize_t *count)
+{
+    PyObject *seq = PySequence_Fast(offsets_obj, "offsets must be a sequence of ints");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t *offsets = PyMem_Malloc((size_t)(n ? n : 1) * sizeof *offsets);
+    if (offsets == NULL) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        Py_ssize_t offset = PyNumber_AsSsize_t(items[k], PyExc_OverflowError);
+        if (offset == -1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+                goto fail;
+            PyErr_Clear();
+            offset = -1; /* out of range either way: reported below */
+        }
+        if (offset < 0 || len < page_size || offset > len - page_size || (aligned && offset % page_size)) {
+            if (!aligned) {
+                PyErr_Format(PyExc_ValueError,
+                             "page offsets must lie in [0, %zd] for a %zd-byte block and %zd-byte pages",
+                             len - page_size, len, page_size);
+                goto fail;
+            }
+            /* The offset as Python prints the int (a huge one is not clipped): the pure path's message. */
+            PyObject *index = PyNumber_Index(items[k]);
+            if (index != NULL) {
+                PyErr_Format(PyExc_ValueError, "offset %S is not a page of a %zd-byte block (%zd-byte pages)",
+                             index, len, page_size);
+                Py_DECREF(index);
+            }
+            goto fail;
+        }
+        offsets[k] = offset;
+    }
+    Py_DECREF(seq);
+    *count = n;
+    return offsets;
+fail:
+    Py_DECREF(seq);
+    PyMem_Free(offsets);
+    return NULL;
+}
+
 static PyObject *
 zero_flags(PyObject *self, PyObject *args)
 {
@@ -94,36 +146,15 @@ zero_flags(PyObject *self, PyObject *args)
         return NULL;
     }
     PyObject *result = NULL;
-    Py_ssize_t *offsets = NULL;
     unsigned char *flags = NULL;
-    PyObject *seq = PySequence_Fast(offsets_obj, "offsets must be a sequence of ints");
-    if (seq == NULL)
+    Py_ssize_t count = 0;
+    Py_ssize_t *offsets = page_offsets(offsets_obj, view.len, page_size, 0, &count);
+    if (offsets == NULL)
         goto done;
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
-    offsets = PyMem_Malloc((size_t)(count ? count : 1) * sizeof *offsets);
     flags = PyMem_Malloc((size_t)(count ? count : 1));
-    if (offsets == NULL || flags == NULL) {
+    if (flags == NULL) {
         PyErr_NoMemory();
         goto done;
-    }
-    PyObject **items = PySequence_Fast_ITEMS(seq);
-    for (Py_ssize_t k = 0; k < count; k++) {
-        Py_ssize_t offset = PyNumber_AsSsize_t(items[k], PyExc_OverflowError);
-        if (offset == -1 && PyErr_Occurred()) {
-            if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
-                PyErr_Clear();
-                offset = -1; /* out of range either way: reported below */
-            } else {
-                goto done;
-            }
-        }
-        if (offset < 0 || view.len < page_size || offset > view.len - page_size) {
-            PyErr_Format(PyExc_ValueError,
-                         "page offsets must lie in [0, %zd] for a %zd-byte block and %zd-byte pages",
-                         view.len - page_size, view.len, page_size);
-            goto done;
-        }
-        offsets[k] = offset;
     }
     const unsigned char *base = view.buf;
     if ((double)count * (double)page_size >= RELEASE_GIL_BYTES) {
@@ -144,7 +175,6 @@ zero_flags(PyObject *self, PyObject *args)
 done:
     PyMem_Free(offsets);
     PyMem_Free(flags);
-    Py_XDECREF(seq);
     PyBuffer_Release(&view);
     return result;
 }
@@ -173,51 +203,6 @@ populate_write(PyObject *self, PyObject *arg)
     }
     PyBuffer_Release(&view);
     return PyBool_FromLong(ok);
-}
-
-/* Offsets of a sequence as Py_ssize_t, each a page of a len-byte buffer (aligned when aligned != 0);
- * NULL with ValueError otherwise. *count gets the length; free the result with PyMem_Free. */
-static Py_ssize_t *
-page_offsets(PyObject *offsets_obj, Py_ssize_t len, Py_ssize_t page_size, int aligned, Py_ssize_t *count)
-{
-    PyObject *seq = PySequence_Fast(offsets_obj, "offsets must be a sequence of ints");
-    if (seq == NULL)
-        return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    Py_ssize_t *offsets = PyMem_Malloc((size_t)(n ? n : 1) * sizeof *offsets);
-    if (offsets == NULL) {
-        Py_DECREF(seq);
-        PyErr_NoMemory();
-        return NULL;
-    }
-    PyObject **items = PySequence_Fast_ITEMS(seq);
-    for (Py_ssize_t k = 0; k < n; k++) {
-        Py_ssize_t offset = PyNumber_AsSsize_t(items[k], PyExc_OverflowError);
-        if (offset == -1 && PyErr_Occurred()) {
-            if (!PyErr_ExceptionMatches(PyExc_OverflowError))
-                goto fail;
-            PyErr_Clear();
-            offset = -1; /* out of range either way: reported below */
-        }
-        if (offset < 0 || len < page_size || offset > len - page_size || (aligned && offset % page_size)) {
-            /* The offset as Python prints the int (a huge one is not clipped): the pure path's message. */
-            PyObject *index = PyNumber_Index(items[k]);
-            if (index != NULL) {
-                PyErr_Format(PyExc_ValueError, "offset %S is not a page of a %zd-byte block (%zd-byte pages)",
-                             index, len, page_size);
-                Py_DECREF(index);
-            }
-            goto fail;
-        }
-        offsets[k] = offset;
-    }
-    Py_DECREF(seq);
-    *count = n;
-    return offsets;
-fail:
-    Py_DECREF(seq);
-    PyMem_Free(offsets);
-    return NULL;
 }
 
 #define DIGEST_SIZE 16

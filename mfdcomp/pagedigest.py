@@ -93,10 +93,10 @@ def block_digest(memory: Buffer, page_size: int) -> str:
     """The xxh3-128 digest of a whole block, in one pass (what the streamed tables end at)."""
     view = memoryview(memory).cast("B")
     table = new_table(view.nbytes, page_size)
+    pages_end = view.nbytes - view.nbytes % page_size  # a partial last page has no slot, as in new_table
     step = _BLOCK_STEP // page_size * page_size or page_size
-    for start in range(0, view.nbytes - view.nbytes % page_size, step):
-        stop = min(start + step, view.nbytes - view.nbytes % page_size)
-        hash_pages(view, range(start, stop, page_size), page_size, table)
+    for start in range(0, pages_end, step):
+        hash_pages(view, range(start, min(start + step, pages_end), page_size), page_size, table)
     return table_digest(table)
 
 
