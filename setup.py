@@ -40,8 +40,14 @@ setup(
     ext_modules=[
         Extension(
             "mfdcomp._speedups",
-            ["mfdcomp/_speedups.c"],
-            depends=["mfdcomp/_vendor/xxhash.h"],
+            [
+                "mfdcomp/_speedups.c",
+                # XXH3 page hashing, one build per instruction set, picked at load (mfdcomp/_xxh3_pages.h).
+                "mfdcomp/_xxh3_default.c",
+                "mfdcomp/_xxh3_avx2.c",
+                "mfdcomp/_xxh3_avx512.c",
+            ],
+            depends=["mfdcomp/_vendor/xxhash.h", "mfdcomp/_xxh3_pages.h"],
             extra_compile_args=["-O3", "-std=c11"],
             optional=True,
         )

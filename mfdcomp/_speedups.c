@@ -7,7 +7,14 @@
  *
  * page_digests(block, offsets, page_size, table) -> None
  *     XXH3-128 of each page at the byte offsets, canonical, into the page's
- *     16-byte slot of table (mfdcomp.pagedigest), without the GIL.
+ *     16-byte slot of table (mfdcomp.pagedigest), without the GIL. The hashing
+ *     has a build per instruction set (mfdcomp/_xxh3_pages.h), picked at load;
+ *     xxh3_builds(), xxh3_build() and set_xxh3_build(name) tell and choose.
+ *
+ * store_pages(fd, block, staged, offsets, page_size, table) -> None
+ *     A destination channel's staged pages into the target (mfdcomp.pagestore):
+ *     hashed into table from the staging buffer, then written with pwrite to
+ *     the file block maps (or copied into block), without the GIL.
  *
  * zero_flags(block, offsets, page_size) -> list[bool]
  *     For each byte offset, whether the page_size bytes there are all zero.
@@ -21,16 +28,56 @@
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
-/* xxHash (BSD 2-Clause, mfdcomp/_vendor/xxhash-LICENSE), inlined: the xxh3-128 page digests. */
-#define XXH_INLINE_ALL
-#include "_vendor/xxhash.h"
-
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
+/* The xxh3-128 page digests: one build per instruction set (mfdcomp/_xxh3_pages.h), picked at load. */
+typedef void (*xxh3_pages_fn)(const unsigned char *base, const ssize_t *offsets, ssize_t count, ssize_t page_size,
+                              int packed, unsigned char *table);
+void mfdcomp_xxh3_pages_default(const unsigned char *, const ssize_t *, ssize_t, ssize_t, int, unsigned char *);
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define XXH3_X86_BUILDS 1
+void mfdcomp_xxh3_pages_avx2(const unsigned char *, const ssize_t *, ssize_t, ssize_t, int, unsigned char *);
+void mfdcomp_xxh3_pages_avx512(const unsigned char *, const ssize_t *, ssize_t, ssize_t, int, unsigned char *);
 #endif
+
+struct xxh3_build {
+    const char *name;
+    xxh3_pages_fn fn;
+    int (*supported)(void);
+};
+
+static int
+always(void)
+{
+    return 1;
+}
+
+#ifdef XXH3_X86_BUILDS
+static int
+has_avx2(void)
+{
+    return __builtin_cpu_supports("avx2");
+}
+
+static int
+has_avx512f(void)
+{
+    return __builtin_cpu_supports("avx512f");
+}
+#endif
+
+/* Best first: the first one the CPU runs is used unless set_xxh3_build picks another (tests do). */
+static const struct xxh3_build xxh3_builds_known[] = {
+#ifdef XXH3_X86_BUILDS
+    {"avx512", mfdcomp_xxh3_pages_avx512, has_avx512f},
+    {"avx2", mfdcomp_xxh3_pages_avx2, has_avx2},
+#endif
+    {"default", mfdcomp_xxh3_pages_default, always},
+};
+#define XXH3_BUILDS (sizeof xxh3_builds_known / sizeof xxh3_builds_known[0])
+
+/* Set at import (PyInit) and by set_xxh3_build, both under the GIL; read by hashing threads between calls. */
+static const struct xxh3_build *xxh3_build = &xxh3_builds_known[XXH3_BUILDS - 1];
 
 /* Pages at least this long (in total) are scanned with the GIL released: below it the release costs more. */
 #define RELEASE_GIL_BYTES (64 * 1024)
@@ -179,43 +226,20 @@ done:
     return result;
 }
 
-/* populate_write(buffer) -> bool
- *     Map every page of a writable mapping ahead (MADV_POPULATE_WRITE) without the GIL: one call instead
- *     of a page fault per page as the channels write and the digest reads. Content is unchanged. False
- *     when the kernel cannot (before 5.14, or not a mapping): the pages then fault in as they are used. */
-static PyObject *
-populate_write(PyObject *self, PyObject *arg)
-{
-    (void)self;
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_WRITABLE) < 0)
-        return NULL;
-    long page = sysconf(_SC_PAGESIZE);
-    uintptr_t start = ((uintptr_t)view.buf + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
-    uintptr_t end = ((uintptr_t)view.buf + (uintptr_t)view.len) & ~((uintptr_t)page - 1);
-    int ok = 1;
-    if (end > start) {
-        int rc;
-        Py_BEGIN_ALLOW_THREADS
-        rc = madvise((void *)start, end - start, MADV_POPULATE_WRITE);
-        Py_END_ALLOW_THREADS
-        ok = rc == 0;
-    }
-    PyBuffer_Release(&view);
-    return PyBool_FromLong(ok);
-}
-
 #define DIGEST_SIZE 16
 
-static void
-hash_pages(const unsigned char *base, const Py_ssize_t *offsets, Py_ssize_t count, Py_ssize_t page_size,
-           unsigned char *table)
+/* Slot check of page_digests and store_pages: every page's 16-byte slot lies in the table. */
+static int
+check_slots(const Py_ssize_t *offsets, Py_ssize_t count, Py_ssize_t page_size, Py_ssize_t table_len)
 {
     for (Py_ssize_t k = 0; k < count; k++) {
-        XXH128_canonical_t canonical;
-        XXH128_canonicalFromHash(&canonical, XXH3_128bits(base + offsets[k], (size_t)page_size));
-        memcpy(table + offsets[k] / page_size * DIGEST_SIZE, canonical.digest, DIGEST_SIZE);
+        if ((offsets[k] / page_size + 1) * DIGEST_SIZE > table_len) {
+            PyErr_Format(PyExc_ValueError, "offset %zd: no slot for its page in a %zd-byte digest table",
+                         offsets[k], table_len);
+            return -1;
+        }
     }
+    return 0;
 }
 
 static PyObject *
@@ -242,19 +266,15 @@ page_digests(PyObject *self, PyObject *args)
     Py_ssize_t *offsets = page_offsets(offsets_obj, view.len, page_size, 1, &count);
     if (offsets == NULL)
         goto done;
-    for (Py_ssize_t k = 0; k < count; k++) {
-        if ((offsets[k] / page_size + 1) * DIGEST_SIZE > table.len) {
-            PyErr_Format(PyExc_ValueError, "offset %zd: no slot for its page in a %zd-byte digest table",
-                         offsets[k], table.len);
-            goto done;
-        }
-    }
+    if (check_slots(offsets, count, page_size, table.len) < 0)
+        goto done;
+    xxh3_pages_fn hash = xxh3_build->fn;
     if ((double)count * (double)page_size >= RELEASE_GIL_BYTES) {
         Py_BEGIN_ALLOW_THREADS
-        hash_pages(view.buf, offsets, count, page_size, table.buf);
+        hash(view.buf, offsets, count, page_size, 0, table.buf);
         Py_END_ALLOW_THREADS
     } else {
-        hash_pages(view.buf, offsets, count, page_size, table.buf);
+        hash(view.buf, offsets, count, page_size, 0, table.buf);
     }
     result = Py_None;
     Py_INCREF(result);
@@ -265,11 +285,173 @@ done:
     return result;
 }
 
+/* Write staged page k to offsets[k] of the target: runs of adjacent pages as one pwrite to fd (the file
+ * the block maps, at the same offsets), or one memcpy into block when fd < 0. 0, or -1 with errno. */
+static int
+write_runs(int fd, unsigned char *block, const unsigned char *staged, const Py_ssize_t *offsets, Py_ssize_t count,
+           Py_ssize_t page_size)
+{
+    Py_ssize_t k = 0;
+    while (k < count) {
+        Py_ssize_t run = 1;
+        while (k + run < count && offsets[k + run] == offsets[k] + run * page_size)
+            run++;
+        const unsigned char *from = staged + k * page_size;
+        size_t left = (size_t)(run * page_size);
+        off_t at = (off_t)offsets[k];
+        if (fd < 0) {
+            memcpy(block + offsets[k], from, left);
+        }
+        while (fd >= 0 && left > 0) {
+            ssize_t done = pwrite(fd, from, left, at);
+            if (done < 0) {
+                if (errno == EINTR)
+                    continue;
+                return -1;
+            }
+            if (done == 0) {
+                errno = EIO; /* a regular file that takes nothing: treated as an error, never spun on */
+                return -1;
+            }
+            from += done;
+            left -= (size_t)done;
+            at += done;
+        }
+        k += run;
+    }
+    return 0;
+}
+
+/* store_pages(fd, block, staged, offsets, page_size, table) -> None
+ *     Page k of staged (packed, page_size bytes each) becomes the page at offsets[k] of block: written
+ *     with pwrite to fd (the file block maps; no page of the mapping is faulted in) or copied into block
+ *     when fd is -1. With a table (not None), each page's XXH3-128 goes into its slot first, hashed from
+ *     staged while it is cache-hot. Offsets are checked as page_digests checks them, staged must hold
+ *     the pages; the hashing and writing run without the GIL. OSError (errno set) if a write fails. */
+static PyObject *
+store_pages(PyObject *self, PyObject *args)
+{
+    int fd;
+    PyObject *block_obj, *staged_obj, *offsets_obj, *table_obj;
+    Py_ssize_t page_size;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iOOOnO:store_pages", &fd, &block_obj, &staged_obj, &offsets_obj, &page_size,
+                          &table_obj))
+        return NULL;
+    if (page_size <= 0) {
+        PyErr_Format(PyExc_ValueError, "page_size must be positive, got %zd", page_size);
+        return NULL;
+    }
+    if (fd < -1) {
+        PyErr_Format(PyExc_ValueError, "fd must be a file descriptor or -1, got %d", fd);
+        return NULL;
+    }
+    Py_buffer block, staged, table = {0};
+    if (PyObject_GetBuffer(block_obj, &block, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(staged_obj, &staged, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&block);
+        return NULL;
+    }
+    int hashing = table_obj != Py_None;
+    if (hashing && PyObject_GetBuffer(table_obj, &table, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&staged);
+        PyBuffer_Release(&block);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t count = 0;
+    Py_ssize_t *offsets = page_offsets(offsets_obj, block.len, page_size, 1, &count);
+    if (offsets == NULL)
+        goto done;
+    if (hashing && check_slots(offsets, count, page_size, table.len) < 0)
+        goto done;
+    if ((double)count * (double)page_size > (double)staged.len) {
+        PyErr_Format(PyExc_ValueError, "%zd pages of %zd bytes are not staged in a %zd-byte buffer", count,
+                     page_size, staged.len);
+        goto done;
+    }
+    xxh3_pages_fn hash = xxh3_build->fn;
+    int rc, saved_errno = 0;
+    Py_BEGIN_ALLOW_THREADS
+    if (hashing)
+        hash(staged.buf, offsets, count, page_size, 1, table.buf);
+    rc = write_runs(fd, block.buf, staged.buf, offsets, count, page_size);
+    saved_errno = errno;
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        errno = saved_errno;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyMem_Free(offsets);
+    if (hashing)
+        PyBuffer_Release(&table);
+    PyBuffer_Release(&staged);
+    PyBuffer_Release(&block);
+    return result;
+}
+
+/* xxh3_builds() -> list[str]: the builds of the page hashing this CPU runs, best first. */
+static PyObject *
+xxh3_builds(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    PyObject *names = PyList_New(0);
+    for (size_t k = 0; names != NULL && k < XXH3_BUILDS; k++) {
+        if (!xxh3_builds_known[k].supported())
+            continue;
+        PyObject *name = PyUnicode_FromString(xxh3_builds_known[k].name);
+        if (name == NULL || PyList_Append(names, name) < 0) {
+            Py_XDECREF(name);
+            Py_CLEAR(names);
+            break;
+        }
+        Py_DECREF(name);
+    }
+    return names;
+}
+
+/* set_xxh3_build(name) -> str: use that build (one of xxh3_builds()); returns the one it replaces. */
+static PyObject *
+set_xxh3_build(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (name == NULL)
+        return NULL;
+    for (size_t k = 0; k < XXH3_BUILDS; k++) {
+        if (strcmp(xxh3_builds_known[k].name, name) == 0 && xxh3_builds_known[k].supported()) {
+            const char *previous = xxh3_build->name;
+            xxh3_build = &xxh3_builds_known[k];
+            return PyUnicode_FromString(previous);
+        }
+    }
+    PyErr_Format(PyExc_ValueError, "no xxh3 build %R runs on this CPU", arg);
+    return NULL;
+}
+
+/* xxh3_build_name() -> str: the build in use. */
+static PyObject *
+xxh3_build_name(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    return PyUnicode_FromString(xxh3_build->name);
+}
+
 static PyMethodDef methods[] = {
     {"page_digests", page_digests, METH_VARARGS,
      "page_digests(block, offsets, page_size, table): XXH3-128 of each page into its 16-byte slot of table."},
-    {"populate_write", populate_write, METH_O,
-     "populate_write(buffer) -> bool: map a writable mapping's pages ahead (MADV_POPULATE_WRITE)."},
+    {"store_pages", store_pages, METH_VARARGS,
+     "store_pages(fd, block, staged, offsets, page_size, table): staged pages into the target (and their digests)."},
+    {"xxh3_builds", xxh3_builds, METH_NOARGS, "xxh3_builds() -> list[str]: page-hashing builds this CPU runs."},
+    {"xxh3_build", xxh3_build_name, METH_NOARGS, "xxh3_build() -> str: the page-hashing build in use."},
+    {"set_xxh3_build", set_xxh3_build, METH_O, "set_xxh3_build(name) -> str: use that build; returns the last."},
     {"zero_flags", zero_flags, METH_VARARGS,
      "zero_flags(block, offsets, page_size) -> list[bool]: whether each page at offsets is all zero."},
     {NULL, NULL, 0, NULL},
@@ -283,5 +465,11 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
+    for (size_t k = 0; k < XXH3_BUILDS; k++) {
+        if (xxh3_builds_known[k].supported()) {
+            xxh3_build = &xxh3_builds_known[k];
+            break;
+        }
+    }
     return PyModule_Create(&module);
 }

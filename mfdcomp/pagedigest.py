@@ -14,7 +14,8 @@ equal the source's pages as they were last sent; pages never written are
 the fresh target's zeros. Computed in one pass over a whole block (a
 mapped-ram file, ``mfdcomp recv --listen file:``), it is the same value.
 
-The hashing is compiled (mfdcomp/_speedups.c, xxHash's own header) or done
+The hashing is compiled (mfdcomp/_xxh3_pages.h, xxHash's own header, one
+build per instruction set picked at load) or done
 with the xxhash package, byte for byte the same (tests compare them).
 """
 
@@ -67,16 +68,35 @@ def hash_pages(memory: Buffer, offsets: Sequence[int], page_size: int, table: Bu
 
 def _check(size: int, offsets: Sequence[int], page_size: int, table_size: int) -> list[int]:
     """The offsets as ints, checked in the compiled path's order (every page first, then every slot)."""
+    checked = check_pages(size, offsets, page_size)
+    check_slots(checked, page_size, table_size)
+    return checked
+
+
+def check_pages(size: int, offsets: Sequence[int], page_size: int) -> list[int]:
+    """The offsets as ints, each the start of a whole page of a ``size``-byte block: ValueError otherwise."""
     if page_size <= 0:
         raise ValueError(f"page_size must be positive, got {page_size}")
     checked = [operator.index(offset) for offset in offsets]
     for offset in checked:
         if offset < 0 or offset % page_size or offset > size - page_size:
             raise ValueError(f"offset {offset} is not a page of a {size}-byte block ({page_size}-byte pages)")
-    for offset in checked:
+    return checked
+
+
+def check_slots(offsets: Sequence[int], page_size: int, table_size: int) -> None:
+    """Every page's slot lies in a ``table_size``-byte table: ValueError otherwise."""
+    for offset in offsets:
         if (offset // page_size + 1) * DIGEST_SIZE > table_size:
             raise ValueError(f"offset {offset}: no slot for its page in a {table_size}-byte digest table")
-    return checked
+
+
+def hash_packed(staged: memoryview, offsets: Sequence[int], page_size: int, slots: memoryview) -> None:
+    """Pure path: the digest of page k of ``staged`` (packed pages) into the slot of the page at offsets[k]."""
+    digest = xxhash.xxh3_128_digest
+    for k, offset in enumerate(offsets):
+        slot = offset // page_size * DIGEST_SIZE
+        slots[slot : slot + DIGEST_SIZE] = digest(staged[k * page_size : (k + 1) * page_size])
 
 
 def new_table(size: int, page_size: int) -> Table:

@@ -27,7 +27,8 @@ def load(environ: Mapping[str, str] = os.environ) -> tuple[ModuleType | None, st
         module = importlib.import_module("mfdcomp._speedups")
     except ImportError as exc:
         return None, f"pure Python (the compiled mfdcomp._speedups is not built here: {exc})"
-    return module, f"compiled (mfdcomp._speedups, {module.__file__})"
+    # The page hashing's instruction set is picked when the module loads (mfdcomp/_xxh3_pages.h).
+    return module, f"compiled (mfdcomp._speedups, {module.__file__}; page hashing: {module.xxh3_build()})"
 
 
 # Decided once per process: the hot paths test this module attribute, not the environment, per call.

@@ -122,6 +122,7 @@ def test_load_says_which_path_and_why() -> None:
     module, text = speedups.load({speedups.ENV: "0"})
     if COMPILED is not None:
         assert module is COMPILED and text.startswith("compiled (mfdcomp._speedups, ")
+        assert text.endswith(f"; page hashing: {COMPILED.xxh3_build()})")
     else:
         assert module is None and "not built here" in text
 
@@ -154,50 +155,3 @@ def test_doctor_names_the_path_in_use() -> None:
     findings = json.loads(done.stdout)["findings"]
     (line,) = [f for f in findings if f["item"] == "per-packet hot paths"]
     assert line["detail"] == "pure Python (MFDCOMP_PURE_PYTHON=1 forces it)" and line["status"] == "info"
-
-
-# --- mapping the targets ahead ------------------------------------------------------------------------------
-
-
-@needs_compiled
-def test_populate_write_keeps_the_content_and_refuses_read_only_buffers() -> None:
-    import mmap
-
-    assert COMPILED is not None
-    region = mmap.mmap(-1, 1 << 20)
-    region[4096:4100] = b"keep"
-    assert COMPILED.populate_write(memoryview(region)) is True
-    assert region[4096:4100] == b"keep" and region[:4096] == bytes(4096)
-    assert COMPILED.populate_write(bytearray(100)) is True  # less than a page: nothing to map
-    with pytest.raises(BufferError):
-        COMPILED.populate_write(b"read-only")
-    region.close()
-
-
-@pytest.mark.parametrize("path", ["compiled", "pure"])
-def test_target_memory_maps_ahead_on_the_compiled_path_only(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mmap
-
-    from mfdcomp.engine.destination import TargetMemory
-
-    if path == "compiled" and COMPILED is None:
-        pytest.skip("mfdcomp._speedups is not built here")
-    monkeypatch.setattr(speedups, "_MODULE", COMPILED if path == "compiled" else None)
-    region = mmap.mmap(-1, 96 << 20)  # three pieces of 32 MiB
-    region[-4:] = b"tail"
-
-    class Block:
-        name, size, memory = "ram0", len(region), memoryview(region)
-
-    memory = TargetMemory({"ram0": Block()}, 4096)
-    memory.start_populate()
-    populator = memory._populator
-    assert (populator is not None) == (path == "compiled")
-    memory.finish_populate()
-    memory.stop_populate()  # after finishing: returns at once
-    assert region[-4:] == b"tail" and region[:4096] == bytes(4096)
-    # Stopped before it starts: no piece is mapped, and the views can go.
-    memory = TargetMemory({"ram0": Block()}, 4096)
-    memory.stop_populate()
-    Block.memory.release()
-    region.close()

@@ -247,7 +247,13 @@ def run(args: argparse.Namespace) -> int:
         if len(session.blocks) > 1 and _make_out_dir(args.out, len(session.blocks)):
             made_dirs.append(args.out)
         client = RamClient.create_targets(
-            session.blocks, lambda name: paths[name], page_size=session.page_size, staged=True
+            session.blocks,
+            lambda name: paths[name],
+            page_size=session.page_size,
+            staged=True,
+            # A socket's pages are written with pwrite (ENOSPC is an error, not a SIGBUS), and pages never
+            # sent stay holes, as in QEMU's sparse RAM file; a mapped-ram load writes through the mapping.
+            reserve=address.kind == "file",
         )
         clients.append(client)
         progress.total = sum(size for _, size in session.blocks)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -75,27 +76,71 @@ def check_digest_available(algorithm: str) -> str:
     return algorithm
 
 
-def block_digest(memory: memoryview, algorithm: str, page_size: int = 4096) -> str:
+def block_digest(
+    memory: memoryview, algorithm: str, page_size: int = 4096, *, data: list[tuple[int, int]] | None = None
+) -> str:
     """The hex digest of ``memory`` by ``algorithm`` (see DIGEST_HEX), read in place.
 
-    ``page_size`` matters to xxh3-128 only (a digest per page).
+    ``page_size`` matters to xxh3-128 only (a digest per page). With ``data`` (sorted byte ranges,
+    page-aligned), only those ranges are read and the rest counts as zeros: a sparse file's holes,
+    which a read through a tmpfs mapping would allocate.
     """
     if check_digest_available(algorithm) == pagedigest.ALGORITHM:
-        return pagedigest.block_digest(memory, page_size)
+        if data is None:
+            return pagedigest.block_digest(memory, page_size)
+        table = pagedigest.new_table(memory.nbytes, page_size)
+        for start, end in data:
+            with memory[start:end] as piece:
+                rows = table[start // page_size : end // page_size]
+                pagedigest.hash_pages(piece, range(0, piece.nbytes - page_size + 1, page_size), page_size, rows)
+        return pagedigest.table_digest(table)
     if algorithm == "blake3":
         from blake3 import blake3
 
         # AUTO: as many threads as cores; blake3 releases the GIL while it hashes.
-        tree = blake3(max_threads=blake3.AUTO)
-        for start in range(0, memory.nbytes, _BLAKE3_CHUNK):
-            with memory[start : start + _BLAKE3_CHUNK] as piece:
-                tree.update(piece)
-        return tree.hexdigest()
-    digest = hashlib.sha256()
-    for start in range(0, memory.nbytes, _HASH_CHUNK):
-        with memory[start : start + _HASH_CHUNK] as piece:
-            digest.update(piece)
-    return digest.hexdigest()
+        hasher: Any = blake3(max_threads=blake3.AUTO)
+        chunk = _BLAKE3_CHUNK
+    else:
+        hasher, chunk = hashlib.sha256(), _HASH_CHUNK
+    zeros = bytes(min(chunk, memory.nbytes))
+    step = len(zeros) or 1
+    at = 0
+    for start, end in [(0, memory.nbytes)] if data is None else data:
+        for gap in range(at, start, step):
+            hasher.update(zeros[: min(step, start - gap)])
+        for piece_start in range(start, end, chunk):
+            with memory[piece_start : min(piece_start + chunk, end)] as piece:
+                hasher.update(piece)
+        at = end
+    for gap in range(at, memory.nbytes, step):
+        hasher.update(zeros[: min(step, memory.nbytes - gap)])
+    return str(hasher.hexdigest())
+
+
+def _data_ranges(fd: int, size: int, page_size: int) -> list[tuple[int, int]]:
+    """The byte ranges of ``fd``'s file that hold data (SEEK_DATA/SEEK_HOLE), widened to whole pages."""
+    ranges: list[tuple[int, int]] = []
+    at = 0
+    try:
+        while at < size:
+            try:
+                start = os.lseek(fd, at, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    break  # only a hole from here on
+                raise
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            start = start // page_size * page_size
+            end = min(-(-end // page_size) * page_size, size)
+            if ranges and start <= ranges[-1][1]:
+                start = ranges.pop()[0]
+            ranges.append((start, end))
+            at = end
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+            raise TargetError(f"cannot find the data of a target file: {exc.strerror or exc}") from exc
+        return [(0, size)]  # no SEEK_DATA here: read it all
+    return ranges
 
 
 Layout = Iterable[tuple[str, int]]
@@ -164,6 +209,8 @@ class RamBlock:
     path: Path | None = None
     final: Path | None = None
     """Where a staged target's file (``path``) goes on commit; None once there, or when not staged."""
+    fd: int | None = field(default=None, repr=False)
+    """A target's file, kept open while mapped: the receiver writes pages to it (mfdcomp.pagestore)."""
     dirty: npt.NDArray[np.bool_] = field(init=False, repr=False)
     _map: mmap.mmap | None = field(default=None, repr=False)
 
@@ -175,6 +222,9 @@ class RamBlock:
         return self.size // self.page_size
 
     def _release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
         try:
             self.memory.release()
             if self._map is not None:
@@ -223,9 +273,13 @@ class RamClient:
 
     @classmethod
     def create_targets(
-        cls, layout: Layout, path_for: PathFor, page_size: int = 4096, *, staged: bool = False
+        cls, layout: Layout, path_for: PathFor, page_size: int = 4096, *, staged: bool = False, reserve: bool = True
     ) -> RamClient:
         """One zeroed file per block, its space checked in total and then allocated (see reserve.py), mapped shared.
+
+        With ``reserve`` false the space is checked but not allocated: for a writer that stores every page
+        with pwrite (mfdcomp.pagestore), where a full filesystem is an error and not a SIGBUS. Pages
+        never written then stay holes, and the digests read around them (:meth:`digest`).
 
         Without ``staged`` the files are ``path_for(name)``, created or
         truncated. With ``staged`` each is a new temporary file beside
@@ -248,9 +302,10 @@ class RamClient:
                 fd, path = _create_beside(final) if staged else (_open_target(final), final)
                 made.append(path)
                 try:
-                    blocks.append(_map_target(name, fd, path, final, size, page_size))
-                finally:
-                    os.close(fd)  # the mapping keeps its own reference to the file
+                    blocks.append(_map_target(name, fd, path, final, size, page_size, reserve))
+                except BaseException:
+                    os.close(fd)
+                    raise
                 if staged:
                     blocks[-1].final = final
             return cls(blocks)
@@ -357,7 +412,8 @@ class RamClient:
         block = self._block(block_name)
         if block._map is not None:
             block._map.madvise(mmap.MADV_SEQUENTIAL)  # one pass in order: read ahead as far as it likes
-        return block_digest(block.memory, algorithm, block.page_size)
+        data = None if block.fd is None else _data_ranges(block.fd, block.size, block.page_size)
+        return block_digest(block.memory, algorithm, block.page_size, data=data)
 
     def digests(self, algorithm: str = "sha256") -> dict[str, str]:
         """Every block's hex digest by ``algorithm`` (sha256 or blake3)."""
@@ -417,12 +473,9 @@ class RamClient:
 
 
 TARGET_FLAGS = mmap.MAP_SHARED
-"""Target memory is not populated when mapped: pages fault in as the channels
-write them, so pages that stay zero are never allocated, and no thread spends
-the start of a session populating what the channels would touch anyway.
-Measured on 1 GiB of nocomp packets over 2 channels (alternating runs, median
-of 5): faulting 0.87-0.90 s; MAP_POPULATE before the first packet 1.32 s;
-MADV_POPULATE_WRITE per run of pages before each read 1.00-1.05 s."""
+"""Target memory is not populated when mapped: a file target's pages are
+written with pwrite (mfdcomp.pagestore) and never faulted in during the
+transfer; an anonymous target's pages fault in as the channels write them."""
 
 
 _FILE_KINDS = {
@@ -502,11 +555,12 @@ def _open_target(path: Path) -> int:
         raise TargetError(f"cannot open {path}: {exc.strerror or exc}") from exc
 
 
-def _map_target(name: str, fd: int, path: Path, final: Path, size: int, page_size: int) -> RamBlock:
-    """Size ``fd``'s file, allocate all of it (so no page write can SIGBUS), map it shared."""
+def _map_target(name: str, fd: int, path: Path, final: Path, size: int, page_size: int, allocate: bool) -> RamBlock:
+    """Size ``fd``'s file, allocate all of it when ``allocate`` (so no page write can SIGBUS), map it shared."""
     try:
         os.ftruncate(fd, size)
-        reserve(fd, size)
+        if allocate:
+            reserve(fd, size)
     except OSError as exc:
         message = f"no room for target {final} ({size} bytes): {exc.strerror or exc}"
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
@@ -522,7 +576,7 @@ def _map_target(name: str, fd: int, path: Path, final: Path, size: int, page_siz
     # alternating, median of 5 on 1 GiB over 2 channels: 90%-zero image 1.22 ->
     # 0.47 s, mixed image 2.13 -> 1.45 s (a cold-memory moment of this VM).
     region.madvise(mmap.MADV_RANDOM)
-    return RamBlock(name, size, page_size, memoryview(region), path=path, _map=region)
+    return RamBlock(name, size, page_size, memoryview(region), path=path, fd=fd, _map=region)
 
 
 def _release_all(blocks: Iterable[RamBlock]) -> None:

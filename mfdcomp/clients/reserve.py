@@ -2,7 +2,10 @@
 
 A page written through a shared mapping that the filesystem cannot back ends
 the process with SIGBUS in the middle of a copy: no error, no clean-up, a
-full filesystem left behind. Two steps make that impossible:
+full filesystem left behind. A receiver that writes its pages with pwrite
+(the socket receiver, mfdcomp.pagestore) gets ENOSPC instead and needs only
+the first step; one that writes through the mapping (a mapped-ram load)
+takes both, which make the SIGBUS impossible:
 
 * :func:`check_room` compares the total size of all targets on each
   filesystem with its free space before any file is made, so several blocks

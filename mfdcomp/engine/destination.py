@@ -8,20 +8,19 @@ the channel until the main thread reaches the matching FLUSH.
 
 from __future__ import annotations
 
-import contextlib
-import os
+import errno
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from mfdcomp import speedups
 from mfdcomp.engine.state import RunState
 from mfdcomp.engine.stats import ChannelStats
-from mfdcomp.errors import TruncatedError, WireError
+from mfdcomp.errors import NoSpaceError, TargetError, TruncatedError, WireError
 from mfdcomp.methods import Codec, CodecPath, MultiFDMethods, PageViews, choose_path
 from mfdcomp.pagedigest import PageDigests
+from mfdcomp.pagestore import store_pages
 from mfdcomp.transport.base import PeerGoneError, Stream
 from mfdcomp.wire import (
     DEVICE_STATE_SIZE,
@@ -47,10 +46,17 @@ class TargetBlock(Protocol):
     memory: memoryview
 
 
+@runtime_checkable
+class FileTarget(Protocol):
+    """A target block that maps a file it keeps open: pages are written to ``fd`` (see mfdcomp.pagestore)."""
+
+    fd: int | None
+
+
 class TargetMemory:
     """Target blocks with QEMU's received bitmap (one flag per page).
 
-    With ``hash_pages``, every page written is hashed right after (the xxh3-128 verification, see
+    With ``hash_pages``, every page written is hashed on its way in (the xxh3-128 verification, see
     mfdcomp.pagedigest): :attr:`page_digests` then holds the targets' digests at the end of the stream.
     """
 
@@ -61,43 +67,25 @@ class TargetMemory:
         self.page_digests = (
             PageDigests({name: block.size for name, block in blocks.items()}, page_size) if hash_pages else None
         )
+        self._fds = {name: _fd_of(block) for name, block in blocks.items()}
         self._zero = bytes(page_size)
-        self._populator: _Populator | None = None  # owner's thread only (Incoming's main thread)
         # One byte per page: channels of one epoch touch distinct pages.
         self.received = {name: np.zeros(block.size // page_size, dtype=np.bool_) for name, block in blocks.items()}
 
-    def start_populate(self) -> None:
-        """Map the targets' pages ahead on a thread of its own while the channels write (compiled path only).
+    def store(self, name: str, offsets: Sequence[int], staged: memoryview) -> None:
+        """Staged page k (packed) becomes the page at ``offsets[k]`` of block ``name``; hashed first, when hashing.
 
-        A fault per page as the channels write and as the digest reads costs
-        more than one MADV_POPULATE_WRITE call per chunk; the content is unchanged.
-        Call :meth:`finish_populate` before hashing and :meth:`stop_populate` before
-        the blocks are released.
+        Offsets are checked ones (pages of the block). TargetError, or NoSpaceError, if the file takes no more.
         """
-        compiled = speedups.compiled()
-        if compiled is not None and self._populator is None:
-            self._populator = _Populator([block.memory for block in self.blocks.values()], compiled)
-            self._populator.thread.start()
-
-    def finish_populate(self) -> None:
-        """Wait until every page is mapped: the digest then reads them without a fault each."""
-        if self._populator is not None:
-            self._populator.thread.join()
-
-    def stop_populate(self) -> None:
-        """Stop mapping ahead (after at most one chunk) and wait: the blocks may be released after this."""
-        if self._populator is not None:
-            self._populator.stop.set()
-            self._populator.thread.join()
-
-    def pages(self, name: str, offsets: Sequence[int]) -> PageViews:
-        return PageViews(self.blocks[name].memory, offsets, self.page_size)
-
-    def mark_received(self, name: str, offsets: Sequence[int]) -> None:
-        """Pages at ``offsets`` were written (and, when hashing, are hashed from the target now)."""
+        table = None if self.page_digests is None else self.page_digests.tables[name]
+        try:
+            store_pages(self._fds[name], self.blocks[name].memory, staged, offsets, self.page_size, table)
+        except OSError as exc:
+            message = f"cannot write {len(offsets)} pages into target block {name!r}: {exc.strerror or exc}"
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpaceError(message, needed=len(offsets) * self.page_size, available=None) from exc
+            raise TargetError(message) from exc
         self.received[name][np.array(offsets, dtype=np.intp) // self.page_size] = True
-        if self.page_digests is not None:
-            self.page_digests.hash_pages(name, self.blocks[name].memory, offsets)
 
     def apply_zero(self, name: str, offsets: Sequence[int]) -> None:
         """Zero a page only if it was received before; a fresh target is zero already."""
@@ -114,30 +102,9 @@ class TargetMemory:
             self.page_digests.set_zero(name, offsets)
 
 
-# Mapped ahead in pieces of this size, so that stop_populate waits for one piece at most (~5 ms).
-_POPULATE_CHUNK = 32 << 20
-
-
-class _Populator:
-    """The thread that maps target pages ahead (TargetMemory.start_populate)."""
-
-    def __init__(self, views: list[memoryview], compiled: Any) -> None:
-        self.views = views  # set once
-        self.compiled = compiled  # set once
-        self.stop = threading.Event()  # set by the owner; read by the thread between pieces
-        self.thread = threading.Thread(target=self._run, name="mfdcomp-populate", daemon=True)
-
-    def _run(self) -> None:
-        # Lowest priority: it runs in the channels' idle gaps instead of taking their core (Linux: per thread).
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        for view in self.views:
-            for start in range(0, view.nbytes, _POPULATE_CHUNK):
-                if self.stop.is_set():
-                    return
-                with view[start : start + _POPULATE_CHUNK] as piece:
-                    if not self.compiled.populate_write(piece):
-                        return  # a kernel before 5.14: the pages fault in as they are used, as without it
+def _fd_of(block: TargetBlock) -> int:
+    fd = block.fd if isinstance(block, FileTarget) else None
+    return -1 if fd is None else fd
 
 
 class _Payload:
@@ -242,6 +209,8 @@ class RecvChannel:
         header_buf = bytearray(max(ram_packet_size(ps), DEVICE_STATE_SIZE))
         header = memoryview(header_buf)
         payload = _Payload(self.stream, bytearray(self.limits.max_payload))
+        # The codec writes a packet's pages here, packed; TargetMemory.store puts them in place.
+        staging = memoryview(bytearray(self.limits.capacity * ps))
         stats = self.stats
         while True:
             if self.stream.recv_exact_into(header[:HEADER_SIZE]) == 0:
@@ -258,7 +227,7 @@ class RecvChannel:
             stats.packets += 1
             stats.wire_bytes += ram_packet_size(ps) + payload.size
             if packet.has_pages:
-                self._apply(packet, payload)
+                self._apply(packet, payload, staging)
             if packet.is_sync:
                 stats.sync_packets += 1
                 self.barrier.arrive(self.id)
@@ -267,14 +236,16 @@ class RecvChannel:
         if self.stream.recv_exact_into(view) == 0:
             raise TruncatedError(f"channel {self.id} ended after a {what} header", field=what, value=HEADER_SIZE)
 
-    def _apply(self, packet: RamPacket, payload: _Payload) -> None:
+    def _apply(self, packet: RamPacket, payload: _Payload, staging: memoryview) -> None:
         name = packet.ramblock
         zero = packet.zero_offsets
         self.memory.apply_zero(name, zero)
         normal = packet.normal_offsets
         if normal:
-            path = self.method.recv(packet, payload, self.memory.pages(name, normal))
-            self.memory.mark_received(name, normal)
+            ps = self.limits.page_size
+            staged = staging[: len(normal) * ps]
+            path = self.method.recv(packet, payload, PageViews(staged, range(0, staged.nbytes, ps), ps))
+            self.memory.store(name, normal, staged)
             self.stats.count(path, self.method.implementation)
         self.stats.normal_pages += len(normal)
         self.stats.zero_pages += len(zero)

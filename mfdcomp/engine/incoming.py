@@ -212,8 +212,6 @@ class Incoming:
             for channel in channels:
                 channel.thread.join()
                 channel.stream.close()
-            if self._memory is not None:
-                self._memory.stop_populate()
             if self._main is not None:
                 self._main.stream.close()
             self.state.close()
@@ -265,7 +263,6 @@ class Incoming:
             self._path = path
             self._limits = limits
             self._memory = TargetMemory(blocks, session.page_size, hash_pages=session.digest == STREAMED_DIGEST)
-            self._memory.start_populate()  # stopped in run()'s finally, before the targets go
             self._barrier = Barrier(self.state, session.channels)
             self._session_ready = True
             self.state.cond.notify_all()
@@ -301,8 +298,6 @@ class Incoming:
                 if memory.page_digests is not None:
                     digests = memory.page_digests.hexdigests()  # hashed as the pages were written
                 else:
-                    memory.finish_populate()  # the digest reads mapped pages, not a fault per page
-                    self._mark("targets mapped")
                     digests = self._digests(session.digest)
                 self._mark("destination hashed")
                 source_digests = self._read_source_digests(main, session.digest)
