@@ -285,6 +285,27 @@ done:
     return result;
 }
 
+/* All size bytes at file offset at: pwrite again after a short write or EINTR. 0, or -1 with errno. */
+static int
+pwrite_all(int fd, const unsigned char *from, size_t size, off_t at)
+{
+    while (size > 0) {
+        ssize_t done = pwrite(fd, from, size, at);
+        if (done < 0 && errno == EINTR)
+            continue;
+        if (done < 0)
+            return -1;
+        if (done == 0) {
+            errno = EIO; /* a regular file that takes nothing: treated as an error, never spun on */
+            return -1;
+        }
+        from += done;
+        size -= (size_t)done;
+        at += done;
+    }
+    return 0;
+}
+
 /* Write staged page k to offsets[k] of the target: runs of adjacent pages as one pwrite to fd (the file
  * the block maps, at the same offsets), or one memcpy into block when fd < 0. 0, or -1 with errno. */
 static int
@@ -297,26 +318,11 @@ write_runs(int fd, unsigned char *block, const unsigned char *staged, const Py_s
         while (k + run < count && offsets[k + run] == offsets[k] + run * page_size)
             run++;
         const unsigned char *from = staged + k * page_size;
-        size_t left = (size_t)(run * page_size);
-        off_t at = (off_t)offsets[k];
-        if (fd < 0) {
-            memcpy(block + offsets[k], from, left);
-        }
-        while (fd >= 0 && left > 0) {
-            ssize_t done = pwrite(fd, from, left, at);
-            if (done < 0) {
-                if (errno == EINTR)
-                    continue;
-                return -1;
-            }
-            if (done == 0) {
-                errno = EIO; /* a regular file that takes nothing: treated as an error, never spun on */
-                return -1;
-            }
-            from += done;
-            left -= (size_t)done;
-            at += done;
-        }
+        size_t size = (size_t)(run * page_size);
+        if (fd < 0)
+            memcpy(block + offsets[k], from, size);
+        else if (pwrite_all(fd, from, size, (off_t)offsets[k]) < 0)
+            return -1;
         k += run;
     }
     return 0;

@@ -109,14 +109,19 @@ def table_digest(table: Buffer | Table) -> str:
     return xxhash.xxh3_128_hexdigest(cast(Buffer, table))
 
 
-def block_digest(memory: Buffer, page_size: int) -> str:
-    """The xxh3-128 digest of a whole block, in one pass (what the streamed tables end at)."""
+def block_digest(memory: Buffer, page_size: int, data: Sequence[tuple[int, int]] | None = None) -> str:
+    """The xxh3-128 digest of a whole block, in one pass (what the streamed tables end at).
+
+    With ``data`` (page-aligned byte ranges), only those pages are read: the others count as zero pages.
+    """
     view = memoryview(memory).cast("B")
     table = new_table(view.nbytes, page_size)
     pages_end = view.nbytes - view.nbytes % page_size  # a partial last page has no slot, as in new_table
     step = _BLOCK_STEP // page_size * page_size or page_size
-    for start in range(0, pages_end, step):
-        hash_pages(view, range(start, min(start + step, pages_end), page_size), page_size, table)
+    for first, last in [(0, pages_end)] if data is None else data:
+        end = min(last, pages_end)
+        for start in range(first, end, step):
+            hash_pages(view, range(start, min(start + step, end), page_size), page_size, table)
     return table_digest(table)
 
 

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -132,3 +132,11 @@ def make_image(path: Path, size: str, seed: int) -> Path:
     )
     assert done.returncode == 0, done.stderr
     return path
+
+
+def outcome(call: Callable[[], object]) -> tuple[str, object]:
+    """What a call did, to compare a compiled path with its pure twin: its result, or its error's type and text."""
+    try:
+        return "result", call()
+    except Exception as exc:
+        return type(exc).__name__, str(exc)

@@ -9,13 +9,14 @@ destination wrote wrong, with every zero-page mode and over several rounds.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 import xxhash
+from conftest import outcome
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -88,13 +89,6 @@ def test_one_changed_byte_changes_the_digest(path: object) -> None:
     assert pagedigest.block_digest(data, 4096) != before
 
 
-def _outcome(call: Callable[[], object]) -> tuple[str, object]:
-    try:
-        return "result", call()
-    except Exception as exc:
-        return type(exc).__name__, str(exc)
-
-
 Outcome = tuple[tuple[str, object], bytes]
 """What a call did: its result or error, and the table it left."""
 
@@ -106,7 +100,7 @@ def _both(data: bytes, offsets: Sequence[object], page_size: int, table_size: in
         for module in (None, COMPILED):
             pagedigest._speedups = module
             table = bytearray(table_size)
-            result = _outcome(lambda t=table: pagedigest.hash_pages(data, offsets, page_size, t))  # type: ignore[arg-type,misc]
+            result = outcome(lambda t=table: pagedigest.hash_pages(data, offsets, page_size, t))  # type: ignore[arg-type,misc]
             outcomes.append((result, bytes(table)))
     finally:
         pagedigest._speedups = saved

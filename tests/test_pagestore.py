@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 import xxhash
+from conftest import outcome
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -47,13 +48,6 @@ def _pages(count: int, page_size: int, seed: int) -> bytes:
     return np.random.default_rng(seed).integers(0, 256, count * page_size, dtype=np.uint8).tobytes()
 
 
-def _outcome(call: Callable[[], object]) -> tuple[str, object]:
-    try:
-        return "result", call()
-    except Exception as exc:
-        return type(exc).__name__, str(exc)
-
-
 def _both(
     block_size: int, staged: bytes, offsets: Sequence[object], page_size: int, table_size: int | None
 ) -> list[tuple[tuple[str, object], bytes, bytes | None]]:
@@ -65,7 +59,7 @@ def _both(
             pagestore._speedups = module
             block = bytearray(block_size)
             table = None if table_size is None else np.zeros(table_size, dtype=np.uint8)
-            result = _outcome(
+            result = outcome(
                 lambda b=block, t=table: pagestore.store_pages(-1, b, staged, offsets, page_size, t)  # type: ignore[arg-type,misc]
             )
             outcomes.append((result, bytes(block), None if table is None else table.tobytes()))

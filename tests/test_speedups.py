@@ -13,10 +13,11 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import ModuleType
 
 import pytest
+from conftest import outcome
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,20 +31,13 @@ except ImportError:  # no compiler at install: only the pure path runs here
 needs_compiled = pytest.mark.skipif(COMPILED is None, reason="mfdcomp._speedups is not built here")
 
 
-def _outcome(call: Callable[[], object]) -> tuple[str, object]:
-    try:
-        return "result", call()
-    except Exception as exc:
-        return type(exc).__name__, str(exc)
-
-
 def _both(block: object, offsets: Sequence[int], page_size: int) -> tuple[tuple[str, object], tuple[str, object]]:
     saved = zeropage._speedups
     try:
         zeropage._speedups = None
-        pure = _outcome(lambda: zeropage.zero_flags(block, offsets, page_size))  # type: ignore[arg-type]
+        pure = outcome(lambda: zeropage.zero_flags(block, offsets, page_size))  # type: ignore[arg-type]
         zeropage._speedups = COMPILED
-        fast = _outcome(lambda: zeropage.zero_flags(block, offsets, page_size))  # type: ignore[arg-type]
+        fast = outcome(lambda: zeropage.zero_flags(block, offsets, page_size))  # type: ignore[arg-type]
     finally:
         zeropage._speedups = saved
     return pure, fast

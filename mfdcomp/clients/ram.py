@@ -86,14 +86,7 @@ def block_digest(
     which a read through a tmpfs mapping would allocate.
     """
     if check_digest_available(algorithm) == pagedigest.ALGORITHM:
-        if data is None:
-            return pagedigest.block_digest(memory, page_size)
-        table = pagedigest.new_table(memory.nbytes, page_size)
-        for start, end in data:
-            with memory[start:end] as piece:
-                rows = table[start // page_size : end // page_size]
-                pagedigest.hash_pages(piece, range(0, piece.nbytes - page_size + 1, page_size), page_size, rows)
-        return pagedigest.table_digest(table)
+        return pagedigest.block_digest(memory, page_size, data)
     if algorithm == "blake3":
         from blake3 import blake3
 
