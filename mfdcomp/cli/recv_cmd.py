@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import string
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from mfdcomp.clients.ram import RamClient
 from mfdcomp.engine import mainchannel as mc
 from mfdcomp.engine.incoming import HANDSHAKE_TIMEOUT, Incoming, IncomingResult
 from mfdcomp.engine.mappedram import load_from_file
+from mfdcomp.engine.threads import signals_held
 from mfdcomp.errors import MfdcompError, SessionError, TargetError
 from mfdcomp.progress import Progress
 from mfdcomp.registry import get_codec
@@ -208,17 +207,6 @@ def _check_codec(wanted: str | None, session: mc.Session) -> None:
         )
 
 
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block ends: removing the targets must not be interrupted half-way."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
-
-
 def run(args: argparse.Namespace) -> int:
     # Ctrl-C and SIGTERM arrive as KeyboardInterrupt (mfdcomp.cli.main): the finally below removes the targets.
     try:
@@ -305,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
         if result.ok and not committed:
             commit()
     finally:
-        with _signals_held():
+        with signals_held():  # removing the targets must not be interrupted half-way
             progress.close()
             for client in clients:
                 client.close()  # removes the .part files not committed

@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from mfdcomp.engine import threads
 from mfdcomp.engine.state import RunState
 from mfdcomp.engine.stats import ChannelStats
 from mfdcomp.errors import NoSpaceError, TargetError, TruncatedError, WireError
@@ -192,7 +193,7 @@ class RecvChannel:
         self.thread = threading.Thread(target=self._run, name=f"mfdcomp-recv-{channel_id}")
 
     def start(self) -> None:
-        self.thread.start()
+        threads.start(self.thread)
 
     def _run(self) -> None:
         try:

@@ -31,6 +31,7 @@ from typing import Any
 
 from mfdcomp.clients.ram import check_digest_available
 from mfdcomp.engine import mainchannel as mc
+from mfdcomp.engine import threads
 from mfdcomp.engine.destination import Barrier, RecvChannel, TargetBlock, TargetMemory
 from mfdcomp.engine.mainstream import MainStream
 from mfdcomp.engine.state import RemoteError, RunState
@@ -169,8 +170,8 @@ class Incoming:
         started = time.monotonic()
         self._cpu_started = time.process_time()
         acceptor = threading.Thread(target=self._accept_loop, name="mfdcomp-accept")
-        acceptor.start()
         try:
+            threads.start(acceptor)
             self.state.wait_for(lambda: self._first is not None, "the main channel", None)
             assert self._main is not None and self._first is not None
             main = self._main
@@ -204,13 +205,13 @@ class Incoming:
             with self.state.cond:
                 self._finishing = True
             self.listener.close()
-            acceptor.join()
+            threads.join(acceptor)
             self._end_handshakes()
             # Only now: a handshake may have added a channel while this thread was failing.
             with self.state.cond:
                 channels = list(self._channels.values())
             for channel in channels:
-                channel.thread.join()
+                threads.join(channel.thread)
                 channel.stream.close()
             if self._main is not None:
                 self._main.stream.close()
@@ -377,7 +378,7 @@ class Incoming:
                 stream.close()
                 return
             self._handshakes.add(hs)
-        hs.thread.start()
+        threads.start(hs.thread)
 
     def _end_handshakes(self) -> None:
         """At the end of the session: stop the connections still in their handshake, and join every thread."""
@@ -392,7 +393,7 @@ class Incoming:
                         hs.stream.shutdown()
         for hs in pending:
             assert hs.thread is not None
-            hs.thread.join()
+            threads.join(hs.thread)
 
     def _drop(self, hs: _Handshake, why: str) -> None:
         with self.state.cond:

@@ -24,6 +24,7 @@ import numpy.typing as npt
 from typing_extensions import Buffer
 
 from mfdcomp.engine import mainchannel as mc
+from mfdcomp.engine import threads
 from mfdcomp.engine.destination import TargetBlock
 from mfdcomp.engine.incoming import IncomingResult
 from mfdcomp.engine.migrate import MigrateOptions, MigrateResult, SourceRam, send_rounds
@@ -261,11 +262,18 @@ def _read_chunks(
         except BaseException as exc:
             state.fail(exc)
 
-    threads = [threading.Thread(target=run, args=(i,), name=f"mfdcomp-load-{i}") for i in range(channels)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    loaders = [threading.Thread(target=run, args=(i,), name=f"mfdcomp-load-{i}") for i in range(channels)]
+    try:
+        for thread in loaders:
+            threads.start(thread)
+        for thread in loaders:
+            thread.join()
+    except BaseException as exc:
+        state.fail(exc)  # Ctrl-C: the loaders stop before the caller unmaps their targets
+        raise
+    finally:
+        for thread in loaders:
+            threads.join(thread)
     state.raise_if_failed("load")
     return stats
 

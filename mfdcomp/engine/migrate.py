@@ -13,6 +13,7 @@ import numpy as np
 
 from mfdcomp.clients.ram import check_digest_available
 from mfdcomp.engine import mainchannel as mc
+from mfdcomp.engine import threads
 from mfdcomp.engine.mainstream import MainStream
 from mfdcomp.engine.source import ChannelEngine, PageBlock, SourceEngine
 from mfdcomp.engine.state import RemoteError, RunState
@@ -170,7 +171,7 @@ def migrate(
         reader = threading.Thread(
             target=_read_main, args=(main, state, outcome, ready, got_result), name="mfdcomp-main-reader"
         )
-        reader.start()
+        threads.start(reader)
         # A destination that cannot take the session (no room for its target, say)
         # answers ERROR here, before any channel connects to a listener it has closed.
         accept_wait = options.result_timeout
@@ -226,8 +227,7 @@ def migrate(
             for stream in streams:
                 stream.close()
         main.stream.shutdown()
-        if reader is not None:
-            reader.join()
+        threads.join(reader)
         main.stream.close()
         state.close()
     return MigrateResult(

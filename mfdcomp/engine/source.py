@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Generic, Protocol, TypeVar
 
+from mfdcomp.engine import threads
 from mfdcomp.engine.state import RunState
 from mfdcomp.engine.stats import ChannelStats
 from mfdcomp.methods import (
@@ -110,7 +111,7 @@ class ChannelEngine(abc.ABC, Generic[EndT]):
     def start(self) -> None:
         for channel in self.channels:
             channel.thread = threading.Thread(target=self._run, args=(channel,), name=f"mfdcomp-send-{channel.id}")
-            channel.thread.start()
+            threads.start(channel.thread)
 
     def send_round(self, batches: Iterable[Batch]) -> None:
         """Send every batch of ``batches``, then a SYNC packet on every channel; returns when all are written.
@@ -140,8 +141,7 @@ class ChannelEngine(abc.ABC, Generic[EndT]):
 
     def join(self) -> None:
         for channel in self.channels:
-            if channel.thread is not None:
-                channel.thread.join()
+            threads.join(channel.thread)
 
     def close(self) -> None:
         """End the threads (after a failure they stop at once) and close the streams."""

@@ -19,6 +19,7 @@ from typing_extensions import Buffer
 
 from mfdcomp.clients.ram import RamClient
 from mfdcomp.engine import mainchannel as mc
+from mfdcomp.engine import threads
 from mfdcomp.engine.incoming import Incoming, IncomingResult
 from mfdcomp.engine.migrate import MigrateOptions, MigrateResult, SourceRam, migrate
 from mfdcomp.errors import MfdcompError
@@ -182,7 +183,7 @@ def run_loopback(
             dest["error"] = exc
 
     thread = threading.Thread(target=destination, name="mfdcomp-loopback-destination")
-    thread.start()
+    threads.start(thread)
     opened = 0
 
     def open_stream() -> Stream:
