@@ -42,12 +42,14 @@ setup(
             "mfdcomp._speedups",
             [
                 "mfdcomp/_speedups.c",
+                # A nocomp destination channel's packets, read and stored without the GIL.
+                "mfdcomp/_recvloop.c",
                 # XXH3 page hashing, one build per instruction set, picked at load (mfdcomp/_xxh3_pages.h).
                 "mfdcomp/_xxh3_default.c",
                 "mfdcomp/_xxh3_avx2.c",
                 "mfdcomp/_xxh3_avx512.c",
             ],
-            depends=["mfdcomp/_vendor/xxhash.h", "mfdcomp/_xxh3_pages.h"],
+            depends=["mfdcomp/_vendor/xxhash.h", "mfdcomp/_xxh3_pages.h", "mfdcomp/_speedups.h"],
             extra_compile_args=["-O3", "-std=c11"],
             optional=True,
         )

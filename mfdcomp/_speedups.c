@@ -16,6 +16,10 @@
  *     hashed into table from the staging buffer, then written with pwrite to
  *     the file block maps (or copied into block), without the GIL.
  *
+ * recv_packets(fd, header, staging, blocks, page_size, capacity, max_packets, zero_digest) -> tuple
+ *     A nocomp destination channel's packets, read from its socket, checked and stored without the GIL
+ *     until a SYNC packet or one the Python loop must take (mfdcomp/_recvloop.c, mfdcomp.engine.fastrecv).
+ *
  * zero_flags(block, offsets, page_size) -> list[bool]
  *     For each byte offset, whether the page_size bytes there are all zero.
  *     numpy's reduceat reads every byte of every page; here a page stops at
@@ -23,16 +27,14 @@
  *     loads and only zero pages are read whole. The scan runs without
  *     the GIL: the other channels' threads keep going meanwhile.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_speedups.h"
+
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
 #include <unistd.h>
 
 /* The xxh3-128 page digests: one build per instruction set (mfdcomp/_xxh3_pages.h), picked at load. */
-typedef void (*xxh3_pages_fn)(const unsigned char *base, const ssize_t *offsets, ssize_t count, ssize_t page_size,
-                              int packed, unsigned char *table);
 void mfdcomp_xxh3_pages_default(const unsigned char *, const ssize_t *, ssize_t, ssize_t, int, unsigned char *);
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define XXH3_X86_BUILDS 1
@@ -78,6 +80,12 @@ static const struct xxh3_build xxh3_builds_known[] = {
 
 /* Set at import (PyInit) and by set_xxh3_build, both under the GIL; read by hashing threads between calls. */
 static const struct xxh3_build *xxh3_build = &xxh3_builds_known[XXH3_BUILDS - 1];
+
+xxh3_pages_fn
+mfdcomp_xxh3_pages(void)
+{
+    return xxh3_build->fn;
+}
 
 /* Pages at least this long (in total) are scanned with the GIL released: below it the release costs more. */
 #define RELEASE_GIL_BYTES (64 * 1024)
@@ -308,8 +316,8 @@ pwrite_all(int fd, const unsigned char *from, size_t size, off_t at)
 
 /* Write staged page k to offsets[k] of the target: runs of adjacent pages as one pwrite to fd (the file
  * the block maps, at the same offsets), or one memcpy into block when fd < 0. 0, or -1 with errno. */
-static int
-write_runs(int fd, unsigned char *block, const unsigned char *staged, const Py_ssize_t *offsets, Py_ssize_t count,
+int
+mfdcomp_write_runs(int fd, unsigned char *block, const unsigned char *staged, const Py_ssize_t *offsets, Py_ssize_t count,
            Py_ssize_t page_size)
 {
     Py_ssize_t k = 0;
@@ -382,7 +390,7 @@ store_pages(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     if (hashing)
         hash(staged.buf, offsets, count, page_size, 1, table.buf);
-    rc = write_runs(fd, block.buf, staged.buf, offsets, count, page_size);
+    rc = mfdcomp_write_runs(fd, block.buf, staged.buf, offsets, count, page_size);
     saved_errno = errno;
     Py_END_ALLOW_THREADS
     if (rc < 0) {
@@ -455,6 +463,9 @@ static PyMethodDef methods[] = {
      "page_digests(block, offsets, page_size, table): XXH3-128 of each page into its 16-byte slot of table."},
     {"store_pages", store_pages, METH_VARARGS,
      "store_pages(fd, block, staged, offsets, page_size, table): staged pages into the target (and their digests)."},
+    {"recv_packets", mfdcomp_recv_packets, METH_VARARGS,
+     "recv_packets(fd, header, staging, blocks, page_size, capacity, max_packets, zero_digest) -> tuple: "
+     "nocomp RAM packets from a socket into the targets (mfdcomp/_recvloop.c)."},
     {"xxh3_builds", xxh3_builds, METH_NOARGS, "xxh3_builds() -> list[str]: page-hashing builds this CPU runs."},
     {"xxh3_build", xxh3_build_name, METH_NOARGS, "xxh3_build() -> str: the page-hashing build in use."},
     {"set_xxh3_build", set_xxh3_build, METH_O, "set_xxh3_build(name) -> str: use that build; returns the last."},

@@ -11,11 +11,13 @@ from __future__ import annotations
 import errno
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 import numpy as np
+from typing_extensions import Buffer
 
 from mfdcomp.engine import threads
+from mfdcomp.engine.fastrecv import FastReceive
 from mfdcomp.engine.state import RunState
 from mfdcomp.engine.stats import ChannelStats
 from mfdcomp.errors import NoSpaceError, TargetError, TruncatedError, WireError
@@ -82,11 +84,31 @@ class TargetMemory:
         try:
             store_pages(self._fds[name], self.blocks[name].memory, staged, offsets, self.page_size, table)
         except OSError as exc:
-            message = f"cannot write {len(offsets)} pages into target block {name!r}: {exc.strerror or exc}"
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise NoSpaceError(message, needed=len(offsets) * self.page_size, available=None) from exc
-            raise TargetError(message) from exc
+            raise self.store_error(name, len(offsets), exc) from exc
         self.received[name][np.array(offsets, dtype=np.intp) // self.page_size] = True
+
+    def store_error(self, name: str, pages: int, exc: OSError) -> TargetError:
+        """What a write of ``pages`` pages into block ``name`` that failed with ``exc`` raises."""
+        message = f"cannot write {pages} pages into target block {name!r}: {exc.strerror or exc}"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return NoSpaceError(message, needed=pages * self.page_size, available=None)
+        return TargetError(message)
+
+    def descriptors(self, sizes: Mapping[str, int]) -> list[tuple[bytes, int, int, memoryview, Buffer, Buffer | None]]:
+        """Each block as mfdcomp._speedups.recv_packets takes it: name, ``sizes[name]`` (the checked length),
+        the file it maps (or -1), its mapping, received flags and digest slots (None when not hashing)."""
+        tables = None if self.page_digests is None else self.page_digests.tables
+        return [
+            (
+                name.encode(),
+                size,
+                self._fds[name],
+                self.blocks[name].memory,
+                cast(Buffer, self.received[name]),
+                None if tables is None else cast(Buffer, tables[name]),
+            )
+            for name, size in sizes.items()
+        ]
 
     def apply_zero(self, name: str, offsets: Sequence[int]) -> None:
         """Zero a page only if it was received before; a fresh target is zero already."""
@@ -180,6 +202,7 @@ class RecvChannel:
         barrier: Barrier,
         on_device_state: Callable[[DeviceStatePacket, bytes], None] | None = None,
         on_packet: Callable[[int], None] | None = None,
+        fast: bool = True,
     ) -> None:
         self.id = channel_id  # set once
         self.stream = stream  # set once
@@ -189,7 +212,9 @@ class RecvChannel:
         self.barrier = barrier  # set once
         self.stats = ChannelStats(channel_id)  # channel thread only; read after join
         self._on_device_state = on_device_state
-        self._on_packet = on_packet
+        self.on_packet = on_packet  # set once
+        # The compiled loop for what it takes (mfdcomp.engine.fastrecv); False: this module's loop alone.
+        self.fast = fast
         self.thread = threading.Thread(target=self._run, name=f"mfdcomp-recv-{channel_id}")
 
     def start(self) -> None:
@@ -207,31 +232,40 @@ class RecvChannel:
 
     def _loop(self) -> None:
         ps = self.limits.page_size
-        header_buf = bytearray(max(ram_packet_size(ps), DEVICE_STATE_SIZE))
-        header = memoryview(header_buf)
+        header = memoryview(bytearray(max(ram_packet_size(ps), DEVICE_STATE_SIZE)))
         payload = _Payload(self.stream, bytearray(self.limits.max_payload))
         # The codec writes a packet's pages here, packed; TargetMemory.store puts them in place.
         staging = memoryview(bytearray(self.limits.capacity * ps))
-        stats = self.stats
+        fast = FastReceive.for_channel(self, header, staging) if self.fast else None
         while True:
-            if self.stream.recv_exact_into(header[:HEADER_SIZE]) == 0:
+            if fast is not None:
+                fast.run(lambda: self.barrier.arrive(self.id))  # returns when the next packet is this loop's
+            if not self._packet(header, payload, staging):
                 return
-            head = Header.decode(header)
-            check_header(head)
-            if head.flags & Flag.DEVICE_STATE:
-                self._device_state(header, payload)
-                continue
-            self._read_rest(header[HEADER_SIZE : ram_packet_size(ps)], "RAM packet")
-            packet = RamPacket.decode(header, ps)
-            check_ram(packet, self.limits)
-            payload.size = ram_payload_size(packet, self.limits)
-            stats.packets += 1
-            stats.wire_bytes += ram_packet_size(ps) + payload.size
-            if packet.has_pages:
-                self._apply(packet, payload, staging)
-            if packet.is_sync:
-                stats.sync_packets += 1
-                self.barrier.arrive(self.id)
+
+    def _packet(self, header: memoryview, payload: _Payload, staging: memoryview) -> bool:
+        """Read and apply the next packet: the reference path. False at the end of the stream."""
+        ps = self.limits.page_size
+        stats = self.stats
+        if self.stream.recv_exact_into(header[:HEADER_SIZE]) == 0:
+            return False
+        head = Header.decode(header)
+        check_header(head)
+        if head.flags & Flag.DEVICE_STATE:
+            self._device_state(header, payload)
+            return True
+        self._read_rest(header[HEADER_SIZE : ram_packet_size(ps)], "RAM packet")
+        packet = RamPacket.decode(header, ps)
+        check_ram(packet, self.limits)
+        payload.size = ram_payload_size(packet, self.limits)
+        stats.packets += 1
+        stats.wire_bytes += ram_packet_size(ps) + payload.size
+        if packet.has_pages:
+            self._apply(packet, payload, staging)
+        if packet.is_sync:
+            stats.sync_packets += 1
+            self.barrier.arrive(self.id)
+        return True
 
     def _read_rest(self, view: memoryview, what: str) -> None:
         if self.stream.recv_exact_into(view) == 0:
@@ -251,8 +285,8 @@ class RecvChannel:
         self.stats.normal_pages += len(normal)
         self.stats.zero_pages += len(zero)
         self.stats.payload_bytes += payload.size
-        if self._on_packet is not None:
-            self._on_packet((len(normal) + len(zero)) * self.limits.page_size)
+        if self.on_packet is not None:
+            self.on_packet((len(normal) + len(zero)) * self.limits.page_size)
 
     def _device_state(self, header: memoryview, payload: _Payload) -> None:
         self._read_rest(header[HEADER_SIZE:DEVICE_STATE_SIZE], "device-state packet")

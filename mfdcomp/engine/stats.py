@@ -20,11 +20,11 @@ class ChannelStats:
     # Packets with normal pages by the implementation that encoded or decoded them (isal, zlib, libqpl...).
     implementations: Counter[str] = field(default_factory=Counter)
 
-    def count(self, path: str, implementation: str) -> None:
-        """One packet with normal pages, through ``path``, by ``implementation`` ("" when the codec does not say)."""
-        self.paths[path] += 1
+    def count(self, path: str, implementation: str, packets: int = 1) -> None:
+        """Packets with normal pages, through ``path``, by ``implementation`` ("" when the codec does not say)."""
+        self.paths[path] += packets
         if implementation:
-            self.implementations[implementation] += 1
+            self.implementations[implementation] += packets
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -9,7 +9,7 @@ thread blocked in the stream with a :class:`ChannelError`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from typing_extensions import Buffer
 
@@ -51,6 +51,20 @@ class Stream(ChannelEnd, Protocol):
 
     def peek(self, size: int) -> bytes:
         """The next ``size`` bytes without consuming them (fewer only at end of stream)."""
+
+
+@runtime_checkable
+class DescriptorStream(Stream, Protocol):
+    """A stream whose bytes a compiled loop may read from its descriptor (mfdcomp.engine.fastrecv)."""
+
+    def readable_fd(self) -> int | None:
+        """The descriptor to read from, or None while it may not be read directly (bytes are queued, say)."""
+
+    def unread(self, data: bytes) -> None:
+        """Put ``data`` back in front of the stream: the next reads return it first."""
+
+    def recv_error(self, exc: OSError) -> ChannelError:
+        """The error a read of this stream that failed with ``exc`` raises."""
 
 
 class Listener(Protocol):

@@ -178,6 +178,21 @@ class SocketStream:
             raise self._error(exc) from exc
         return bytes(self._peeked[:size])
 
+    def readable_fd(self) -> int | None:
+        """The socket's descriptor while nothing is queued in front of it and it is open (DescriptorStream).
+
+        Only the channel's own thread reads it, and the stream is closed only after that thread ends.
+        """
+        if self._peeked or self._shut or self._closed:
+            return None
+        return self._sock.fileno()
+
+    def unread(self, data: bytes) -> None:
+        self._peeked[:0] = data
+
+    def recv_error(self, exc: OSError) -> ChannelError:
+        return self._error(exc)
+
     def take_socket(self) -> socket.socket:
         """Hand the socket over (to a TLS layer, say); this stream is then closed. Only before any peek."""
         if self._peeked:

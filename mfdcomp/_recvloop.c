@@ -1,0 +1,360 @@
+/* mfdcomp._speedups.recv_packets: a nocomp destination channel's packets, read and stored without the GIL.
+ *
+ * The pure-Python channel loop (mfdcomp/engine/destination.py) costs a few GIL hand-offs per packet (a read
+ * of the header, of its rest, of the payload, the store), and with two channels and the main thread taking
+ * turns those hand-offs, not the Python itself, were most of the interpreter's share of a transfer. Here one
+ * call reads packet after packet from a plain socket, checks each as mfdcomp.wire does, and stores its pages
+ * (hashed into the digest table, zero pages by QEMU's received-bitmap rule) until a SYNC packet, max_packets
+ * packets, or anything it does not take.
+ *
+ * It takes only what the Python loop accepts and would treat the same way; everything else (a device-state
+ * packet, any check that fails, the end of the stream) is left to the Python loop, which raises the typed
+ * error with its message: the bytes of that packet read so far are handed back (header first, then the
+ * payload in staging) for the caller to put in front of the stream. A failing read gives its errno, for the
+ * caller to translate as the stream would.
+ *
+ * recv_packets(fd, header, staging, blocks, page_size, capacity, max_packets, zero_digest)
+ *     fd: the channel's socket (blocking; SO_RCVTIMEO makes a stall EAGAIN). header: a writable buffer of at
+ *     least one RAM packet header (320 + 8 * capacity bytes); staging: of capacity pages. blocks: a sequence
+ *     of (name: bytes, size: int, fd: int, memory, received, table or None): memory the block's writable
+ *     mapping, received its byte per page, table its 16-byte digest slots (mfdcomp.pagedigest); fd the file
+ *     memory maps, or -1. zero_digest: the 16-byte digest of a zero page.
+ *     Returns (status, given_back, errno, packets, sync_packets, pages_packets, normal_pages, zero_pages,
+ *     payload_bytes, wire_bytes, failed_pages), the counts of the packets taken whole: status 0 after
+ *     max_packets, 1 after a SYNC packet, 2 when the next packet is the Python loop's (given_back of its
+ *     bytes were read), 3 when a read failed with errno (given_back as for 2), 4 when writing failed_pages
+ *     pages into block number given_back failed with errno (its zero pages applied, its pages hashed and
+ *     maybe written in part, as TargetMemory leaves them; the packet is not counted).
+ */
+#include "_speedups.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define MAGIC 0x11223344u
+#define VERSION 1u
+#define FLAG_SYNC 0x01u
+#define FIXED_SIZE 320 /* mfdcomp.wire.packets.RAM_FIXED */
+#define HEADER_SIZE 12
+#define NAME_AT 64
+#define NAME_LEN 256
+#define MAX_BLOCKS 256
+
+enum { MORE = 0, SYNC = 1, SLOW = 2, FAILED = 3, STORE_FAILED = 4 };
+
+struct block {
+    const char *name;
+    Py_ssize_t name_len;
+    Py_ssize_t size;
+    int fd;
+    Py_buffer memory, received, table;
+    int hashing;
+};
+
+struct totals {
+    long long packets, sync_packets, pages_packets, normal, zero, payload, wire;
+};
+
+static uint32_t
+be32(const unsigned char *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static uint64_t
+be64(const unsigned char *p)
+{
+    return ((uint64_t)be32(p) << 32) | be32(p + 4);
+}
+
+/* Up to size bytes into buf; the count read (size unless the stream ended), or -1 with *err set. */
+static Py_ssize_t
+recv_full(int fd, unsigned char *buf, Py_ssize_t size, int *err)
+{
+    Py_ssize_t got = 0;
+    while (got < size) {
+        ssize_t n = recv(fd, buf + got, (size_t)(size - got), MSG_WAITALL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            *err = errno;
+            return -got - 1;
+        }
+        if (n == 0)
+            break;
+        got += n;
+    }
+    return got;
+}
+
+/* The block a RAM packet's NUL-terminated name field names, or NULL (unknown, or not terminated). */
+static struct block *
+find_block(struct block *blocks, Py_ssize_t count, const unsigned char *field)
+{
+    if (field[NAME_LEN - 1] != 0)
+        return NULL;
+    Py_ssize_t len = (Py_ssize_t)strnlen((const char *)field, NAME_LEN);
+    for (Py_ssize_t k = 0; k < count; k++) {
+        if (blocks[k].name_len == len && memcmp(blocks[k].name, field, (size_t)len) == 0)
+            return &blocks[k];
+    }
+    return NULL;
+}
+
+/* Whether slots [0, used) of the offset array are pages of block: page-aligned and inside it. */
+static int
+offsets_fit(const unsigned char *array, uint32_t used, const struct block *block, Py_ssize_t page_size,
+            Py_ssize_t *offsets)
+{
+    if (block->size < page_size)
+        return 0;
+    uint64_t last = (uint64_t)(block->size - page_size);
+    for (uint32_t k = 0; k < used; k++) {
+        uint64_t offset = be64(array + 8 * (size_t)k);
+        if (offset > last || offset % (uint64_t)page_size)
+            return 0;
+        offsets[k] = (Py_ssize_t)offset;
+    }
+    return 1;
+}
+
+/* Zero pages by QEMU's rule (only a page received before is cleared; a fresh target is zero), as
+ * TargetMemory.apply_zero: every page is tested before any is marked, then all are marked. */
+static void
+apply_zero(struct block *block, const Py_ssize_t *offsets, uint32_t count, Py_ssize_t page_size,
+           const unsigned char *zero_digest)
+{
+    unsigned char *received = block->received.buf;
+    unsigned char *memory = block->memory.buf;
+    for (uint32_t k = 0; k < count; k++) {
+        if (received[offsets[k] / page_size])
+            memset(memory + offsets[k], 0, (size_t)page_size);
+    }
+    for (uint32_t k = 0; k < count; k++) {
+        Py_ssize_t index = offsets[k] / page_size;
+        received[index] = 1;
+        if (block->hashing)
+            memcpy((unsigned char *)block->table.buf + 16 * index, zero_digest, 16);
+    }
+}
+
+struct loop {
+    int fd;
+    unsigned char *header;
+    unsigned char *staging;
+    struct block *blocks;
+    Py_ssize_t nblocks, page_size, capacity, max_packets;
+    const unsigned char *zero_digest;
+    Py_ssize_t *offsets;
+    /* out */
+    int status, err;
+    Py_ssize_t given_back, failed_pages;
+    struct totals totals;
+};
+
+/* Runs without the GIL: touches only the buffers acquired for it. */
+static void
+run_loop(struct loop *loop)
+{
+    const Py_ssize_t ps = loop->page_size;
+    const Py_ssize_t header_size = FIXED_SIZE + 8 * loop->capacity;
+    struct totals *t = &loop->totals;
+    for (Py_ssize_t done = 0; done < loop->max_packets; done++) {
+        unsigned char *h = loop->header;
+        /* The 12-byte header first, as the Python loop reads it: a device-state packet is shorter. */
+        Py_ssize_t got = recv_full(loop->fd, h, HEADER_SIZE, &loop->err);
+        if (got < 0) {
+            loop->status = FAILED;
+            loop->given_back = -got - 1;
+            return;
+        }
+        uint32_t flags = be32(h + 8);
+        if (got < HEADER_SIZE || be32(h) != MAGIC || be32(h + 4) != VERSION || (flags & ~FLAG_SYNC)) {
+            loop->status = SLOW; /* the end, a device-state packet, another codec, a bad header */
+            loop->given_back = got;
+            return;
+        }
+        got = recv_full(loop->fd, h + HEADER_SIZE, header_size - HEADER_SIZE, &loop->err);
+        if (got < 0) {
+            loop->status = FAILED;
+            loop->given_back = HEADER_SIZE - got - 1;
+            return;
+        }
+        loop->given_back = HEADER_SIZE + got;
+        if (got < header_size - HEADER_SIZE) {
+            loop->status = SLOW;
+            return;
+        }
+        uint32_t pages_alloc = be32(h + 12), normal = be32(h + 16), zero = be32(h + 32);
+        if (pages_alloc > (uint64_t)loop->capacity || normal > pages_alloc || zero > pages_alloc - normal) {
+            loop->status = SLOW;
+            return;
+        }
+        struct block *block = NULL;
+        if (normal + zero > 0) {
+            block = find_block(loop->blocks, loop->nblocks, h + NAME_AT);
+            if (block == NULL || !offsets_fit(h + FIXED_SIZE, normal + zero, block, ps, loop->offsets)) {
+                loop->status = SLOW;
+                return;
+            }
+        } else if (h[NAME_AT] != 0 && find_block(loop->blocks, loop->nblocks, h + NAME_AT) == NULL) {
+            loop->status = SLOW; /* a name the Python loop would decode (or refuse) itself */
+            return;
+        } else if (h[NAME_AT + NAME_LEN - 1] != 0) {
+            loop->status = SLOW;
+            return;
+        }
+        Py_ssize_t payload = (Py_ssize_t)normal * ps;
+        if (payload > 0) {
+            got = recv_full(loop->fd, loop->staging, payload, &loop->err);
+            if (got < 0) {
+                loop->status = FAILED;
+                loop->given_back = header_size - got - 1;
+                return;
+            }
+            if (got < payload) {
+                loop->status = SLOW;
+                loop->given_back = header_size + got;
+                return;
+            }
+        }
+        /* The whole packet is in: it is this loop's now, nothing is handed back. */
+        loop->given_back = 0;
+        if (block != NULL) {
+            apply_zero(block, loop->offsets + normal, zero, ps, loop->zero_digest);
+            if (normal > 0) {
+                if (block->hashing)
+                    mfdcomp_xxh3_pages()(loop->staging, loop->offsets, normal, ps, 1, block->table.buf);
+                if (mfdcomp_write_runs(block->fd, block->memory.buf, loop->staging, loop->offsets, normal, ps) < 0) {
+                    /* Stored in part: the Python loop can't redo it. The caller raises the store's error. */
+                    loop->err = errno;
+                    loop->status = STORE_FAILED;
+                    loop->given_back = block - loop->blocks;
+                    loop->failed_pages = normal;
+                    return;
+                }
+                unsigned char *received = block->received.buf;
+                for (uint32_t k = 0; k < normal; k++)
+                    received[loop->offsets[k] / ps] = 1;
+                t->pages_packets++;
+            }
+            t->normal += normal;
+            t->zero += zero;
+            t->payload += payload;
+        }
+        t->packets++;
+        t->wire += header_size + payload;
+        if (flags & FLAG_SYNC) {
+            t->sync_packets++;
+            loop->status = SYNC;
+            return;
+        }
+    }
+    loop->status = MORE;
+}
+
+static void
+release_blocks(struct block *blocks, Py_ssize_t count)
+{
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyBuffer_Release(&blocks[k].memory);
+        PyBuffer_Release(&blocks[k].received);
+        if (blocks[k].hashing)
+            PyBuffer_Release(&blocks[k].table);
+    }
+}
+
+/* The blocks argument into blocks[]; the count filled (all, or those to release after an error). */
+static Py_ssize_t
+take_blocks(PyObject *seq, struct block *blocks, Py_ssize_t count, Py_ssize_t page_size)
+{
+    for (Py_ssize_t k = 0; k < count; k++) {
+        struct block *b = &blocks[k];
+        PyObject *table_obj;
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, k);
+        memset(b, 0, sizeof *b);
+        if (!PyArg_ParseTuple(item, "y#niw*w*O:recv_packets block", &b->name, &b->name_len, &b->size, &b->fd,
+                              &b->memory, &b->received, &table_obj))
+            return k;
+        b->hashing = table_obj != Py_None;
+        if (b->hashing && PyObject_GetBuffer(table_obj, &b->table, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+            PyBuffer_Release(&b->memory);
+            PyBuffer_Release(&b->received);
+            return k;
+        }
+        Py_ssize_t pages = b->size / page_size;
+        if (b->size < 0 || b->memory.len < b->size || b->received.len < pages ||
+            (b->hashing && b->table.len / 16 < pages) || b->fd < -1) {
+            PyErr_Format(PyExc_ValueError, "block %zd: memory, received or table too short for %zd bytes", k,
+                         b->size);
+            return k + 1;
+        }
+    }
+    return count;
+}
+
+PyObject *
+mfdcomp_recv_packets(PyObject *self, PyObject *args)
+{
+    struct loop loop;
+    Py_buffer header, staging, zero_digest;
+    PyObject *blocks_obj;
+    (void)self;
+    memset(&loop, 0, sizeof loop);
+    if (!PyArg_ParseTuple(args, "iw*w*Onnny*:recv_packets", &loop.fd, &header, &staging, &blocks_obj,
+                          &loop.page_size, &loop.capacity, &loop.max_packets, &zero_digest))
+        return NULL;
+    PyObject *result = NULL, *seq = NULL;
+    struct block *blocks = NULL;
+    Py_ssize_t nblocks = 0, taken = 0;
+    if (loop.page_size <= 0 || loop.capacity <= 0 || loop.capacity > (1 << 20) || loop.max_packets <= 0) {
+        PyErr_SetString(PyExc_ValueError, "page_size, capacity and max_packets must be positive");
+        goto done;
+    }
+    if (header.len < FIXED_SIZE + 8 * loop.capacity || staging.len / loop.page_size < loop.capacity ||
+        zero_digest.len != 16) {
+        PyErr_SetString(PyExc_ValueError, "header, staging or zero_digest too short");
+        goto done;
+    }
+    seq = PySequence_Fast(blocks_obj, "blocks must be a sequence");
+    if (seq == NULL)
+        goto done;
+    nblocks = PySequence_Fast_GET_SIZE(seq);
+    if (nblocks > MAX_BLOCKS) {
+        PyErr_Format(PyExc_ValueError, "at most %d blocks", MAX_BLOCKS);
+        goto done;
+    }
+    blocks = PyMem_Calloc((size_t)(nblocks ? nblocks : 1), sizeof *blocks);
+    loop.offsets = PyMem_Calloc((size_t)loop.capacity, sizeof *loop.offsets);
+    if (blocks == NULL || loop.offsets == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    taken = take_blocks(seq, blocks, nblocks, loop.page_size);
+    if (PyErr_Occurred())
+        goto done;
+    loop.header = header.buf;
+    loop.staging = staging.buf;
+    loop.blocks = blocks;
+    loop.nblocks = nblocks;
+    loop.zero_digest = zero_digest.buf;
+    Py_BEGIN_ALLOW_THREADS
+    run_loop(&loop);
+    Py_END_ALLOW_THREADS
+    struct totals *t = &loop.totals;
+    result = Py_BuildValue("(inLLLLLLLLn)", loop.status, loop.given_back, (long long)loop.err, t->packets,
+                           t->sync_packets, t->pages_packets, t->normal, t->zero, t->payload, t->wire,
+                           loop.failed_pages);
+done:
+    if (blocks != NULL)
+        release_blocks(blocks, taken);
+    PyMem_Free(blocks);
+    PyMem_Free(loop.offsets);
+    Py_XDECREF(seq);
+    PyBuffer_Release(&zero_digest);
+    PyBuffer_Release(&staging);
+    PyBuffer_Release(&header);
+    return result;
+}

@@ -1,0 +1,24 @@
+/* What mfdcomp/_speedups.c shares with the other sources of the extension. */
+#ifndef MFDCOMP_SPEEDUPS_H
+#define MFDCOMP_SPEEDUPS_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+/* XXH3-128 of count pages (at offsets of base, or packed one after another when packed != 0),
+ * canonical, into their 16-byte slots of table (slot = offset / page_size). */
+typedef void (*xxh3_pages_fn)(const unsigned char *base, const ssize_t *offsets, ssize_t count, ssize_t page_size,
+                              int packed, unsigned char *table);
+
+/* The build of the page hashing in use (set at load, or by set_xxh3_build under the GIL). */
+xxh3_pages_fn mfdcomp_xxh3_pages(void);
+
+/* Staged page k into offsets[k] of the target: pwrite to fd per run of adjacent pages, or memcpy into
+ * block when fd < 0. 0, or -1 with errno. */
+int mfdcomp_write_runs(int fd, unsigned char *block, const unsigned char *staged, const Py_ssize_t *offsets,
+                       Py_ssize_t count, Py_ssize_t page_size);
+
+/* recv_packets(...): see mfdcomp/_recvloop.c. */
+PyObject *mfdcomp_recv_packets(PyObject *self, PyObject *args);
+
+#endif

@@ -1,0 +1,429 @@
+"""The compiled nocomp receive loop (mfdcomp/_recvloop.c, mfdcomp.engine.fastrecv) against the Python loop.
+
+Each input (a real QEMU nocomp channel or mfdcomp's own, mutated as test_fuzz_wire mutates them) goes through a
+real destination channel thread over a real socket twice: with the compiled loop and with the Python loop
+alone. Both must end the same way (no error, or the same error type and message) and leave the same target
+bytes, received flags, page digests and counters.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from test_fuzz_wire import (
+    FUZZ,
+    TIME_BOUND,
+    FreeBarrier,
+    GuardedBlock,
+    Op,
+    Seed,
+    _without_init,
+    all_seeds,
+    fuzz_settings,
+    mutate,
+    ops_strategy,
+)
+
+from mfdcomp import speedups
+from mfdcomp.clients.ram import RamClient
+from mfdcomp.engine import fastrecv
+from mfdcomp.engine.destination import RecvChannel, TargetMemory
+from mfdcomp.engine.state import RunState
+from mfdcomp.errors import NoSpaceError
+from mfdcomp.methods.nocomp import Nocomp
+from mfdcomp.transport.sockets import SocketStream
+from mfdcomp.wire import ReceiverLimits
+
+pytestmark = pytest.mark.skipif(speedups.compiled() is None, reason="mfdcomp._speedups is not built here")
+
+
+def nocomp_seeds() -> list[Seed]:
+    seeds = [s for s in all_seeds() if s.codec == "none"]
+    assert any(not s.name.startswith("mfdcomp/") for s in seeds), "no QEMU nocomp capture"
+    return seeds
+
+
+@dataclass
+class Outcome:
+    error: tuple[str, str] | None
+    blocks: dict[str, bytes]
+    received: dict[str, bytes]
+    digests: dict[str, bytes]
+    stats: dict[str, Any]
+    syncs: int
+    guards: bool
+
+
+class CountingCompiled:
+    """The compiled module, counting the packets its receive loop took whole."""
+
+    def __init__(self) -> None:
+        module = speedups.compiled()
+        assert module is not None
+        self._module = module
+        self.packets = 0
+
+    def recv_packets(self, *args: Any) -> tuple[int, ...]:
+        result: tuple[int, ...] = self._module.recv_packets(*args)
+        self.packets += result[3]
+        return result
+
+
+def _feed(data: bytes) -> tuple[SocketStream, threading.Thread]:
+    """A real socket whose peer writes ``data`` and ends the stream."""
+    ours, theirs = socket.socketpair()
+
+    def write() -> None:
+        try:
+            theirs.sendall(data)
+        except OSError:
+            pass  # the reader stopped at an error: the rest is not wanted
+        finally:
+            theirs.close()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    return SocketStream(ours, "fuzz"), writer
+
+
+def receive(data: bytes, limits: ReceiverLimits, *, fast: bool) -> Outcome:
+    assert limits.ramblocks is not None
+    blocks = {name: GuardedBlock.make(name, size) for name, size in limits.ramblocks.items()}
+    memory = TargetMemory(blocks, limits.page_size, hash_pages=True)
+    state = RunState()
+    barrier = FreeBarrier(state, 1)
+    stream, writer = _feed(data)
+    channel = RecvChannel(
+        0,
+        stream,
+        Nocomp().methods(limits.page_size, None),
+        limits=limits,
+        memory=memory,
+        barrier=barrier,
+        fast=fast,
+    )
+    channel.start()
+    channel.thread.join(TIME_BOUND * 4)
+    assert not channel.thread.is_alive(), "the channel thread is still running"
+    stream.close()
+    writer.join()
+    error = state.error
+    assert memory.page_digests is not None
+    return Outcome(
+        error=None if error is None else (type(error).__name__, str(error)),
+        blocks={name: bytes(block.memory) for name, block in blocks.items()},
+        received={name: flags.tobytes() for name, flags in memory.received.items()},
+        digests={name: table.tobytes() for name, table in memory.page_digests.tables.items()},
+        stats=channel.stats.as_dict(),
+        syncs=barrier.arrived,
+        guards=all(block.guards_intact() for block in blocks.values()),
+    )
+
+
+def assert_same(data: bytes, limits: ReceiverLimits, what: str) -> Outcome:
+    compiled = receive(data, limits, fast=True)
+    pure = receive(data, limits, fast=False)
+    assert compiled.guards and pure.guards, f"{what}: bytes written outside the target"
+    assert compiled.error == pure.error, what
+    assert compiled.stats == pure.stats, what
+    assert compiled.syncs == pure.syncs, what
+    assert compiled.received == pure.received, what
+    assert compiled.digests == pure.digests, what
+    assert compiled.blocks == pure.blocks, what
+    return compiled
+
+
+@pytest.fixture
+def counting(monkeypatch: pytest.MonkeyPatch) -> Iterator[CountingCompiled]:
+    proxy = CountingCompiled()
+    monkeypatch.setattr(fastrecv.speedups, "compiled", lambda: proxy)
+    yield proxy
+
+
+@pytest.mark.parametrize("seed", nocomp_seeds(), ids=lambda s: s.name)
+def test_a_valid_channel_is_taken_whole_by_the_compiled_loop(seed: Seed, counting: CountingCompiled) -> None:
+    outcome = assert_same(_without_init(seed.data), seed.limits, seed.name)
+    assert outcome.error is None
+    assert outcome.stats["packets"] == len(seed.bounds) - 2  # records less the init packet
+    assert counting.packets == outcome.stats["packets"], "packets left to the Python loop"
+    assert outcome.stats["normal_pages"] > 0
+
+
+@FUZZ
+@given(index=st.integers(0, 1000), ops=ops_strategy)
+def test_mutated_nocomp_channels_end_the_same_in_both_loops(index: int, ops: list[Op]) -> None:
+    seeds = nocomp_seeds()
+    seed = seeds[index % len(seeds)]
+    assert_same(_without_init(mutate(seed, ops, seeds)), seed.limits, f"{seed.name} {ops}")
+
+
+# --- packets built field by field, each field at and around its limits ----------------------------------
+
+PS = 4096
+CAPACITY = 128
+BLOCKS = {"pc.ram": 24 * PS, "small": PS // 2, "vga.vram": 4 * PS}
+LIMITS = ReceiverLimits(page_size=PS, channels=1, ramblocks=BLOCKS, codec_flag=0)
+RAM_FIXED = struct.Struct(">IIIIIIQII24x256s")
+
+
+def _valid_offsets(block: str) -> st.SearchStrategy[int]:
+    return st.integers(0, max(0, BLOCKS[block] // PS - 1)).map(lambda k: k * PS)
+
+
+def _bad_offset(block: str) -> st.SearchStrategy[int]:
+    size = BLOCKS[block]
+    return st.sampled_from([size, size + PS, size - 1, size - PS + 1, PS // 2, 1, 2**63, 2**64 - PS])
+
+
+ODD_NAMES = [b"small", b"", b"pc.ra", b"pc.ram\0junk", b"\xff\xfe", b"x" * 255, b"vga.vram"]
+DEFECTS = (
+    "magic",
+    "version",
+    "flags",
+    "pages_alloc",
+    "room",
+    "normal",
+    "zero",
+    "name",
+    "unterminated",
+    "offset",
+    "size",
+)
+
+
+@st.composite
+def packets(draw: st.DrawFn) -> bytes:
+    """A valid nocomp packet (or SYNC) of LIMITS' blocks, then up to two defects, each at or near a limit."""
+    defects = draw(st.sampled_from([(), (), *((d,) for d in DEFECTS)]) | st.lists(st.sampled_from(DEFECTS), max_size=2))
+    block = draw(st.sampled_from(["pc.ram", "pc.ram", "vga.vram"]))
+    magic, version = 0x11223344, 1
+    flags = draw(st.sampled_from([0, 0, 1]))
+    pages_alloc = CAPACITY
+    normal = draw(st.sampled_from([0, 1, 2, CAPACITY - 1, CAPACITY]) | st.integers(0, CAPACITY))
+    zero = draw(st.sampled_from([0, CAPACITY - normal]) | st.integers(0, CAPACITY - normal))
+    name = block.encode().ljust(256, b"\0")
+    offsets = draw(st.lists(_valid_offsets(block), min_size=normal + zero, max_size=normal + zero))
+    next_size = normal * PS
+    for defect in defects:
+        if defect == "magic":
+            magic = draw(st.sampled_from([0x11223345, 0, 0x44332211]))
+        elif defect == "version":
+            version = draw(st.sampled_from([0, 2, 2**32 - 1]))
+        elif defect == "flags":
+            flags = draw(st.sampled_from([2, 3, 0x40, 0x41, 0x80, 0x3E, 0x3F, 0x100, 2**31]))
+        elif defect == "pages_alloc":
+            pages_alloc = draw(st.sampled_from([CAPACITY + 1, CAPACITY + 5, 2**32 - 1]))
+        elif defect == "room":  # one page more than pages_alloc holds, normal or zero
+            if normal + zero == 0:
+                zero = 1
+                offsets.append(0)
+            pages_alloc = normal + zero - 1
+        elif defect == "normal":
+            normal = draw(st.sampled_from([CAPACITY + 1, 2**32 - 1, pages_alloc - zero + 1]))
+        elif defect == "zero":
+            zero = draw(st.sampled_from([CAPACITY + 1, 2**32 - 1, pages_alloc - normal + 1]))
+        elif defect == "size":
+            next_size = draw(st.sampled_from([0, 1, 2**32 - 1]))
+        elif defect == "name":
+            name = draw(st.sampled_from(ODD_NAMES)).ljust(256, b"\0")
+        elif defect == "unterminated":
+            name = name[:255] + b"x"
+        elif offsets:
+            offsets[draw(st.integers(0, len(offsets) - 1))] = draw(_bad_offset(block))
+    slots = (offsets + [0] * CAPACITY)[:CAPACITY]
+    u32 = 2**32  # a defect may push a count past 32 bits: it travels cut to 32, as any sender's would
+    fields = (magic, version, flags, pages_alloc % u32, normal % u32, next_size, draw(st.integers(0, 2**64 - 1)),
+              zero % u32, draw(st.sampled_from([0, 7])), name)  # fmt: skip
+    fixed = RAM_FIXED.pack(*fields)
+    payload = bytes([draw(st.integers(0, 255))]) * (min(normal, CAPACITY) * PS)
+    return fixed + struct.pack(f">{CAPACITY}Q", *slots) + payload
+
+
+@fuzz_settings(5 * int(os.environ.get("MFDCOMP_FUZZ_EXAMPLES", "100")))  # cheap: ~20 ms an input
+@given(stream=st.lists(packets(), min_size=1, max_size=4), cut=st.integers(0, 2**20), whole=st.booleans())
+def test_packets_with_fields_at_their_limits_end_the_same_in_both_loops(
+    stream: list[bytes], cut: int, whole: bool
+) -> None:
+    data = b"".join(stream)
+    if not whole:
+        data = data[: cut % (len(data) + 1)]
+    assert_same(data, LIMITS, f"{len(stream)} packets, {len(data)} bytes")
+
+
+def build(
+    *,
+    magic: int = 0x11223344,
+    version: int = 1,
+    flags: int = 0,
+    pages_alloc: int = CAPACITY,
+    normal: int = 3,
+    zero: int = 2,
+    name: bytes = b"pc.ram",
+    offsets: tuple[int, ...] = (0, 5 * PS, 6 * PS, PS, 23 * PS),
+    terminated: bool = True,
+) -> bytes:
+    """One RAM packet, field by field (a nocomp payload of its normal pages follows)."""
+    field = name.ljust(256, b"\0")[:256]
+    if not terminated:
+        field = field[:255] + b"x"
+    slots = (list(offsets) + [0] * CAPACITY)[:CAPACITY]
+    fixed = RAM_FIXED.pack(magic, version, flags, pages_alloc, normal, normal * PS % 2**32, 9, zero, 0, field)
+    return fixed + struct.pack(f">{CAPACITY}Q", *slots) + b"\x5a" * (min(normal, CAPACITY) * PS)
+
+
+SIZE = BLOCKS["pc.ram"]
+ONE_DEFECT = {
+    "valid": {},
+    "sync": {"flags": 1},
+    "sync without pages": {"flags": 1, "normal": 0, "zero": 0, "name": b""},
+    "sync named": {"flags": 1, "normal": 0, "zero": 0, "name": b"vga.vram"},
+    "sync with an unknown name": {"flags": 1, "normal": 0, "zero": 0, "name": b"nope"},
+    "sync unterminated": {"flags": 1, "normal": 0, "zero": 0, "name": b"", "terminated": False},
+    "magic": {"magic": 0x11223345},
+    "version": {"version": 2},
+    "zlib flag": {"flags": 2},
+    "device state": {"flags": 0x40},
+    "unknown flag": {"flags": 0x80},
+    "pages_alloc past capacity": {"pages_alloc": CAPACITY + 1},
+    "normal past pages_alloc": {"pages_alloc": 2, "zero": 0},
+    "zero past room": {"pages_alloc": 4},
+    "counts at pages_alloc": {"pages_alloc": 5},
+    "normal huge": {"normal": 2**32 - 1},
+    "zero huge": {"zero": 2**32 - 1},
+    "unknown block": {"name": b"pc.ra"},
+    "block smaller than a page": {"name": b"small"},
+    "unterminated": {"terminated": False},
+    "not utf-8": {"name": b"\xff\xfe"},
+    "offset at the end": {"offsets": (0, SIZE, 6 * PS, PS, 23 * PS)},
+    "offset last page": {"offsets": (0, SIZE - PS, 6 * PS, PS, 23 * PS)},
+    "offset misaligned": {"offsets": (0, 5 * PS, 6 * PS + 1, PS, 23 * PS)},
+    "zero offset at the end": {"offsets": (0, 5 * PS, 6 * PS, PS, SIZE)},
+    "zero offset misaligned": {"offsets": (0, 5 * PS, 6 * PS, PS // 2, 23 * PS)},
+    "offset huge": {"offsets": (2**64 - PS, 5 * PS, 6 * PS, PS, 23 * PS)},
+    "a page twice": {"offsets": (PS, PS, 6 * PS, PS, PS)},
+}
+
+
+@pytest.mark.parametrize("defect", ONE_DEFECT, ids=str)
+def test_each_field_at_its_limit_ends_the_same_in_both_loops(defect: str) -> None:
+    """One defect in a packet after a valid one (that writes the pages a zero page may clear)."""
+    first = build(offsets=(PS, 23 * PS, 2 * PS, 3 * PS, 4 * PS))
+    outcome = assert_same(first + build(**ONE_DEFECT[defect]), LIMITS, defect)  # type: ignore[arg-type]
+    assert outcome.stats["packets"] >= 1
+
+
+@pytest.mark.parametrize("cut", [1, 11, 12, 13, 700, 1343, 1344, 1345, 5000])
+def test_a_stream_cut_inside_a_packet_ends_the_same(cut: int) -> None:
+    seed = next(s for s in nocomp_seeds() if s.name.startswith("mfdcomp/"))
+    data = _without_init(seed.data)
+    start = seed.bounds[2] - seed.bounds[1]  # the second packet
+    outcome = assert_same(data[: start + cut], seed.limits, f"cut at {cut}")
+    assert outcome.error is not None and outcome.error[0] == "TruncatedError"
+
+
+def test_a_file_target_gets_the_same_pages_and_holes(tmp_path: Path) -> None:
+    seed = next(s for s in nocomp_seeds() if not s.name.startswith("mfdcomp/"))
+    assert seed.limits.ramblocks is not None
+    data = _without_init(seed.data)
+    results = []
+    for fast in (True, False):
+        client = RamClient.create_targets(
+            list(seed.limits.ramblocks.items()),
+            lambda name, fast=fast: tmp_path / f"{fast}-{name.replace('/', '_')}.img",
+            page_size=seed.limits.page_size,
+            staged=True,
+            reserve=False,
+        )
+        memory = TargetMemory(client.blocks, seed.limits.page_size, hash_pages=True)
+        state = RunState()
+        stream, writer = _feed(data)
+        channel = RecvChannel(
+            0,
+            stream,
+            Nocomp().methods(seed.limits.page_size, None),
+            limits=seed.limits,
+            memory=memory,
+            barrier=FreeBarrier(state, 1),
+            fast=fast,
+        )
+        channel.start()
+        channel.thread.join(TIME_BOUND * 4)
+        stream.close()
+        writer.join()
+        assert state.error is None
+        files = sorted(tmp_path.glob(f"{fast}-*.img"))
+        allocated = [os.stat(f).st_blocks for f in files]
+        assert memory.page_digests is not None
+        results.append(([f.read_bytes() for f in files], allocated, memory.page_digests.hexdigests()))
+        client.close()
+    assert results[0] == results[1]
+
+
+def test_a_write_that_fails_is_the_stores_typed_error() -> None:
+    """/dev/full takes no byte: the compiled loop raises what TargetMemory.store raises."""
+    seed = next(s for s in nocomp_seeds() if s.name.startswith("mfdcomp/"))
+    assert seed.limits.ramblocks is not None
+    errors = []
+    for fast in (True, False):
+        fd = os.open("/dev/full", os.O_WRONLY)
+        try:
+            blocks = {}
+            for name, size in seed.limits.ramblocks.items():
+                block = GuardedBlock.make(name, size)
+                blocks[name] = FdBlock(block.name, block.size, block.memory, fd)
+            state = RunState()
+            stream, writer = _feed(_without_init(seed.data))
+            channel = RecvChannel(
+                0,
+                stream,
+                Nocomp().methods(seed.limits.page_size, None),
+                limits=seed.limits,
+                memory=TargetMemory(blocks, seed.limits.page_size),
+                barrier=FreeBarrier(state, 1),
+                fast=fast,
+            )
+            channel.start()
+            channel.thread.join(TIME_BOUND * 4)
+            stream.close()
+            writer.join()
+        finally:
+            os.close(fd)
+        assert isinstance(state.error, NoSpaceError)
+        errors.append(str(state.error))
+    assert errors[0] == errors[1]
+
+
+@dataclass
+class FdBlock:
+    name: str
+    size: int
+    memory: memoryview
+    fd: int | None
+
+
+def test_recv_packets_refuses_short_buffers() -> None:
+    compiled = speedups.compiled()
+    assert compiled is not None
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        block = (b"pc.ram", 8192, -1, memoryview(bytearray(8192)), np.zeros(2, np.bool_), None)
+        args: list[Any] = [ours.fileno(), bytearray(1344), bytearray(128 * 4096), [block], 4096, 128, 8, bytes(16)]
+        for index, bad in [(1, bytearray(1343)), (2, bytearray(4096)), (7, bytes(15)), (4, 0), (6, 0)]:
+            wrong = list(args)
+            wrong[index] = bad
+            with pytest.raises(ValueError):
+                compiled.recv_packets(*wrong)
+        short = (b"pc.ram", 8192, -1, memoryview(bytearray(4096)), np.zeros(2, np.bool_), None)
+        with pytest.raises(ValueError, match="too short"):
+            compiled.recv_packets(*args[:3], [short], *args[4:])
