@@ -44,6 +44,8 @@ setup(
                 "mfdcomp/_speedups.c",
                 # A nocomp destination channel's packets, read and stored without the GIL.
                 "mfdcomp/_recvloop.c",
+                # A nocomp source channel's packet, scanned, written and hashed without the GIL.
+                "mfdcomp/_sendloop.c",
                 # XXH3 page hashing, one build per instruction set, picked at load (mfdcomp/_xxh3_pages.h).
                 "mfdcomp/_xxh3_default.c",
                 "mfdcomp/_xxh3_avx2.c",

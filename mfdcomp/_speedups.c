@@ -20,6 +20,10 @@
  *     A nocomp destination channel's packets, read from its socket, checked and stored without the GIL
  *     until a SYNC packet or one the Python loop must take (mfdcomp/_recvloop.c, mfdcomp.engine.fastrecv).
  *
+ * send_nocomp(fd, block, offsets, page_size, capacity, detect_zero, packet_num, name_field, table, zero_digest)
+ *     One nocomp RAM packet of a source channel: zero pages found and put last as QEMU does, header and
+ *     pages written with sendmsg, pages hashed, all without the GIL (mfdcomp/_sendloop.c).
+ *
  * zero_flags(block, offsets, page_size) -> list[bool]
  *     For each byte offset, whether the page_size bytes there are all zero.
  *     numpy's reduceat reads every byte of every page; here a page stops at
@@ -122,8 +126,8 @@ page_is_zero(const unsigned char *page, Py_ssize_t size)
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
-static void
-scan_pages(const unsigned char *base, const Py_ssize_t *offsets, Py_ssize_t count, Py_ssize_t page_size,
+void
+mfdcomp_scan_pages(const unsigned char *base, const Py_ssize_t *offsets, Py_ssize_t count, Py_ssize_t page_size,
            unsigned char *flags)
 {
     for (Py_ssize_t k = 0; k < count; k++)
@@ -133,8 +137,8 @@ scan_pages(const unsigned char *base, const Py_ssize_t *offsets, Py_ssize_t coun
 /* Offsets of a sequence as Py_ssize_t, each a page of a len-byte buffer, NULL with ValueError otherwise:
  * aligned to page_size with page_digests' message when aligned != 0, anywhere with zero_flags' otherwise
  * (each the message of its pure-Python twin). *count gets the length; free the result with PyMem_Free. */
-static Py_ssize_t *
-page_offsets(PyObject *offsets_obj, Py_ssize_t len, Py_ssize_t page_size, int aligned, Py_ssize_t *count)
+Py_ssize_t *
+mfdcomp_page_offsets(PyObject *offsets_obj, Py_ssize_t len, Py_ssize_t page_size, int aligned, Py_ssize_t *count)
 {
     PyObject *seq = PySequence_Fast(offsets_obj, "offsets must be a sequence of ints");
     if (seq == NULL)
@@ -203,7 +207,7 @@ zero_flags(PyObject *self, PyObject *args)
     PyObject *result = NULL;
     unsigned char *flags = NULL;
     Py_ssize_t count = 0;
-    Py_ssize_t *offsets = page_offsets(offsets_obj, view.len, page_size, 0, &count);
+    Py_ssize_t *offsets = mfdcomp_page_offsets(offsets_obj, view.len, page_size, 0, &count);
     if (offsets == NULL)
         goto done;
     flags = PyMem_Malloc((size_t)(count ? count : 1));
@@ -214,10 +218,10 @@ zero_flags(PyObject *self, PyObject *args)
     const unsigned char *base = view.buf;
     if ((double)count * (double)page_size >= RELEASE_GIL_BYTES) {
         Py_BEGIN_ALLOW_THREADS
-        scan_pages(base, offsets, count, page_size, flags);
+        mfdcomp_scan_pages(base, offsets, count, page_size, flags);
         Py_END_ALLOW_THREADS
     } else {
-        scan_pages(base, offsets, count, page_size, flags);
+        mfdcomp_scan_pages(base, offsets, count, page_size, flags);
     }
     result = PyList_New(count);
     if (result == NULL)
@@ -271,7 +275,7 @@ page_digests(PyObject *self, PyObject *args)
     }
     PyObject *result = NULL;
     Py_ssize_t count = 0;
-    Py_ssize_t *offsets = page_offsets(offsets_obj, view.len, page_size, 1, &count);
+    Py_ssize_t *offsets = mfdcomp_page_offsets(offsets_obj, view.len, page_size, 1, &count);
     if (offsets == NULL)
         goto done;
     if (check_slots(offsets, count, page_size, table.len) < 0)
@@ -375,7 +379,7 @@ store_pages(PyObject *self, PyObject *args)
     }
     PyObject *result = NULL;
     Py_ssize_t count = 0;
-    Py_ssize_t *offsets = page_offsets(offsets_obj, block.len, page_size, 1, &count);
+    Py_ssize_t *offsets = mfdcomp_page_offsets(offsets_obj, block.len, page_size, 1, &count);
     if (offsets == NULL)
         goto done;
     if (hashing && check_slots(offsets, count, page_size, table.len) < 0)
@@ -463,6 +467,9 @@ static PyMethodDef methods[] = {
      "page_digests(block, offsets, page_size, table): XXH3-128 of each page into its 16-byte slot of table."},
     {"store_pages", store_pages, METH_VARARGS,
      "store_pages(fd, block, staged, offsets, page_size, table): staged pages into the target (and their digests)."},
+    {"send_nocomp", mfdcomp_send_nocomp, METH_VARARGS,
+     "send_nocomp(fd, block, offsets, page_size, capacity, detect_zero, packet_num, name_field, table, zero_digest)"
+     " -> tuple: one nocomp RAM packet, scanned, written and hashed (mfdcomp/_sendloop.c)."},
     {"recv_packets", mfdcomp_recv_packets, METH_VARARGS,
      "recv_packets(fd, header, staging, blocks, page_size, capacity, max_packets, zero_digest) -> tuple: "
      "nocomp RAM packets from a socket into the targets (mfdcomp/_recvloop.c)."},

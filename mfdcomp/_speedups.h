@@ -18,7 +18,17 @@ xxh3_pages_fn mfdcomp_xxh3_pages(void);
 int mfdcomp_write_runs(int fd, unsigned char *block, const unsigned char *staged, const Py_ssize_t *offsets,
                        Py_ssize_t count, Py_ssize_t page_size);
 
-/* recv_packets(...): see mfdcomp/_recvloop.c. */
+/* Offsets of a sequence, each a page of a len-byte buffer (aligned to page_size when aligned != 0), or NULL
+ * with ValueError (the message of the pure-Python twin); *count gets the length; free with PyMem_Free. */
+Py_ssize_t *mfdcomp_page_offsets(PyObject *offsets_obj, Py_ssize_t len, Py_ssize_t page_size, int aligned,
+                                 Py_ssize_t *count);
+
+/* flags[k] = whether the page at offsets[k] of base is all zero. */
+void mfdcomp_scan_pages(const unsigned char *base, const Py_ssize_t *offsets, Py_ssize_t count, Py_ssize_t page_size,
+                        unsigned char *flags);
+
+/* recv_packets(...): see mfdcomp/_recvloop.c. send_nocomp(...): see mfdcomp/_sendloop.c. */
 PyObject *mfdcomp_recv_packets(PyObject *self, PyObject *args);
+PyObject *mfdcomp_send_nocomp(PyObject *self, PyObject *args);
 
 #endif

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from mfdcomp.engine import threads
+from mfdcomp.engine.fastsend import FastSend
 from mfdcomp.engine.state import RunState
 from mfdcomp.engine.stats import ChannelStats
 from mfdcomp.methods import (
@@ -62,6 +63,7 @@ class _SendChannel(Generic[EndT]):
         self.stats = ChannelStats(channel_id)  # channel thread only; read after join
         self.rounds_done = 0  # under RunState.cond: rounds whose SYNC this channel wrote
         self.thread: threading.Thread | None = None  # set once by start()
+        self.fast: FastSend | None = None  # channel thread only: the compiled packet path, if it applies
 
 
 class ChannelEngine(abc.ABC, Generic[EndT]):
@@ -236,11 +238,32 @@ class ChannelEngine(abc.ABC, Generic[EndT]):
 class SourceEngine(ChannelEngine[Stream]):
     """QEMU's multifd channels over connected streams: init packet, RAM packets, SYNC packets."""
 
+    # The compiled packet path where it applies (mfdcomp.engine.fastsend); False: this module's alone.
+    # Set before start().
+    fast = True
+
     def _open_channel(self, channel: _SendChannel[Stream]) -> None:
         """First words of a channel: QEMU's init packet."""
         init = InitPacket(uuid=self.uuid, id=channel.id).encode()
         channel.stream.send_all([init])
         channel.stats.wire_bytes += len(init)
+        if self.fast:
+            channel.fast = FastSend.for_channel(
+                channel,
+                page_size=self.page_size,
+                capacity=self.capacity,
+                detect_zero_pages=self.detect_zero_pages,
+                page_digests=self.page_digests,
+                packet_num=self._next_packet_num,
+            )
+
+    def _send_batch(self, channel: _SendChannel[Stream], block: PageBlock, offsets: list[int]) -> None:
+        fast = channel.fast
+        if fast is not None and fast.send(channel, block, offsets):
+            if self._on_packet is not None:
+                self._on_packet(len(offsets) * self.page_size)
+            return
+        super()._send_batch(channel, block, offsets)
 
     def _write_batch(
         self, channel: _SendChannel[Stream], block: PageBlock, normal: list[int], zero: list[int], payload: SendPayload

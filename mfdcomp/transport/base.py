@@ -55,7 +55,7 @@ class Stream(ChannelEnd, Protocol):
 
 @runtime_checkable
 class DescriptorStream(Stream, Protocol):
-    """A stream whose bytes a compiled loop may read from its descriptor (mfdcomp.engine.fastrecv)."""
+    """A stream a compiled loop may read or write through its descriptor (mfdcomp.engine.fastrecv, fastsend)."""
 
     def readable_fd(self) -> int | None:
         """The descriptor to read from, or None while it may not be read directly (bytes are queued, say)."""
@@ -65,6 +65,12 @@ class DescriptorStream(Stream, Protocol):
 
     def recv_error(self, exc: OSError) -> ChannelError:
         """The error a read of this stream that failed with ``exc`` raises."""
+
+    def writable_fd(self) -> int | None:
+        """The descriptor to write to, or None while it may not be written directly (shut down, say)."""
+
+    def send_error(self, exc: OSError) -> ChannelError:
+        """The error a write to this stream that failed with ``exc`` raises."""
 
 
 class Listener(Protocol):

@@ -193,6 +193,15 @@ class SocketStream:
     def recv_error(self, exc: OSError) -> ChannelError:
         return self._error(exc)
 
+    def writable_fd(self) -> int | None:
+        """The socket's descriptor while it is open (DescriptorStream); only the channel's thread writes it."""
+        if self._shut or self._closed:
+            return None
+        return self._sock.fileno()
+
+    def send_error(self, exc: OSError) -> ChannelError:
+        return self._error(exc, sending=True)
+
     def take_socket(self) -> socket.socket:
         """Hand the socket over (to a TLS layer, say); this stream is then closed. Only before any peek."""
         if self._peeked:

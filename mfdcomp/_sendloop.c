@@ -1,0 +1,213 @@
+/* mfdcomp._speedups.send_nocomp: one nocomp RAM packet of a source channel, prepared and written without the GIL.
+ *
+ * The Python path (mfdcomp.engine.source) takes a few GIL hand-offs per packet: the zero-page scan, the
+ * sendmsg, the page hashing, each released and taken again, with the other channel threads waiting in
+ * between. Here one call scans the batch for zero pages, orders it as QEMU's sender does (normal pages
+ * first, mfdcomp.zeropage.partition), builds the header (mfdcomp.wire.RamPacket.data().encode()), writes it
+ * and the normal pages with sendmsg (MSG_NOSIGNAL, short writes resumed) and hashes the pages into the
+ * digest table, with the GIL released once. The Python path stays the reference; tests demand the same
+ * bytes on the wire, the same order of offsets and the same digests of both.
+ *
+ * send_nocomp(fd, block, offsets, page_size, capacity, detect_zero, packet_num, name_field, table,
+ *             zero_digest) -> (normal, zero, written, errno, ordered)
+ *     block: the source RAM block (readable buffer); offsets: a list of byte offsets of its pages (at most
+ *     capacity; checked: ValueError otherwise, with zero_flags' message); name_field: the 256-byte NUL
+ *     padded block name; table: its 16-byte digest slots or None; zero_digest: a zero page's digest.
+ *     written: bytes sent; errno: 0, or why the sendmsg failed (the packet may be cut: the channel is
+ *     then unusable, as after the Python path's failed send_all). ordered: the offsets as sent.
+ */
+#include "_speedups.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#define MAGIC 0x11223344u
+#define VERSION 1u
+#define FIXED_SIZE 320
+#define NAME_AT 64
+#define NAME_LEN 256
+#define MAX_IOV 1024
+
+static void
+put32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+static void
+put64(unsigned char *p, uint64_t v)
+{
+    put32(p, (uint32_t)(v >> 32));
+    put32(p + 4, (uint32_t)v);
+}
+
+/* QEMU's partition of a batch: normal pages first (mfdcomp.zeropage.partition, swap for swap). */
+static Py_ssize_t
+partition(Py_ssize_t *offsets, unsigned char *zero, Py_ssize_t count)
+{
+    Py_ssize_t i = 0, j = count - 1;
+    while (i <= j) {
+        if (!zero[i]) {
+            i++;
+        } else {
+            Py_ssize_t o = offsets[i];
+            offsets[i] = offsets[j];
+            offsets[j] = o;
+            unsigned char z = zero[i];
+            zero[i] = zero[j];
+            zero[j] = z;
+            j--;
+        }
+    }
+    return i;
+}
+
+/* All iov bytes with sendmsg, resuming after short writes and EINTR; the bytes sent, *err set on failure. */
+static Py_ssize_t
+sendmsg_all(int fd, struct iovec *iov, int iovcnt, int *err)
+{
+    Py_ssize_t sent = 0;
+    int first = 0;
+    while (first < iovcnt) {
+        struct msghdr msg;
+        memset(&msg, 0, sizeof msg);
+        msg.msg_iov = iov + first;
+        msg.msg_iovlen = (size_t)(iovcnt - first > MAX_IOV ? MAX_IOV : iovcnt - first);
+        ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            *err = errno;
+            return sent;
+        }
+        sent += n;
+        while (first < iovcnt && (size_t)n >= iov[first].iov_len) {
+            n -= (ssize_t)iov[first].iov_len;
+            first++;
+        }
+        if (first < iovcnt) {
+            iov[first].iov_base = (char *)iov[first].iov_base + n;
+            iov[first].iov_len -= (size_t)n;
+        }
+    }
+    return sent;
+}
+
+PyObject *
+mfdcomp_send_nocomp(PyObject *self, PyObject *args)
+{
+    int fd, detect_zero;
+    Py_buffer block, name, zero_digest, table = {0};
+    PyObject *offsets_obj, *table_obj;
+    Py_ssize_t page_size, capacity;
+    unsigned long long packet_num;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iy*OnnpKy*Oy*:send_nocomp", &fd, &block, &offsets_obj, &page_size, &capacity,
+                          &detect_zero, &packet_num, &name, &table_obj, &zero_digest))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t *offsets = NULL, count = 0;
+    unsigned char *packet = NULL, *zero = NULL;
+    struct iovec *iov = NULL;
+    int hashing = table_obj != Py_None;
+    if (hashing && PyObject_GetBuffer(table_obj, &table, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+        hashing = 0;
+        goto done;
+    }
+    if (page_size <= 0 || page_size % 8 || capacity <= 0 || capacity > (1 << 20) || name.len != NAME_LEN ||
+        zero_digest.len != 16 || fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "bad page_size, capacity, name field, zero digest or fd");
+        goto done;
+    }
+    offsets = mfdcomp_page_offsets(offsets_obj, block.len, page_size, 0, &count);
+    if (offsets == NULL)
+        goto done;
+    if (count > capacity) {
+        PyErr_Format(PyExc_ValueError, "a batch holds at most %zd pages, got %zd", capacity, count);
+        goto done;
+    }
+    for (Py_ssize_t k = 0; hashing && k < count; k++) {
+        if (offsets[k] % page_size || (offsets[k] / page_size + 1) * 16 > table.len) {
+            PyErr_Format(PyExc_ValueError, "page offset %zd has no digest slot in a %zd-byte table", offsets[k],
+                         table.len);
+            goto done;
+        }
+    }
+    Py_ssize_t header_size = FIXED_SIZE + 8 * capacity;
+    packet = PyMem_Calloc((size_t)header_size, 1);
+    zero = PyMem_Calloc((size_t)(count ? count : 1), 1);
+    iov = PyMem_Calloc((size_t)count + 1, sizeof *iov);
+    if (packet == NULL || zero == NULL || iov == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const unsigned char *base = block.buf;
+    Py_ssize_t normal = count, written = 0;
+    int err = 0;
+    xxh3_pages_fn hash = mfdcomp_xxh3_pages();
+    Py_BEGIN_ALLOW_THREADS
+    if (detect_zero) {
+        mfdcomp_scan_pages(base, offsets, count, page_size, zero);
+        normal = partition(offsets, zero, count);
+    }
+    unsigned char *h = packet;
+    put32(h, MAGIC);
+    put32(h + 4, VERSION);
+    put32(h + 8, 0); /* nocomp, no SYNC */
+    put32(h + 12, (uint32_t)capacity);
+    put32(h + 16, (uint32_t)normal);
+    put32(h + 20, (uint32_t)(normal * page_size));
+    put64(h + 24, packet_num);
+    put32(h + 32, (uint32_t)(count - normal));
+    memcpy(h + NAME_AT, name.buf, NAME_LEN);
+    for (Py_ssize_t k = 0; k < count; k++)
+        put64(h + FIXED_SIZE + 8 * k, (uint64_t)offsets[k]);
+    int iovcnt = 0;
+    iov[iovcnt].iov_base = packet;
+    iov[iovcnt++].iov_len = (size_t)header_size;
+    for (Py_ssize_t k = 0; k < normal;) {
+        Py_ssize_t run = 1;
+        while (k + run < normal && offsets[k + run] == offsets[k] + run * page_size)
+            run++;
+        iov[iovcnt].iov_base = (void *)(base + offsets[k]);
+        iov[iovcnt++].iov_len = (size_t)(run * page_size);
+        k += run;
+    }
+    written = sendmsg_all(fd, iov, iovcnt, &err);
+    if (err == 0 && hashing) {
+        /* After the write, as the Python path: the pages were just read, and are hashed from the cache. */
+        hash(base, offsets, normal, page_size, 0, table.buf);
+        for (Py_ssize_t k = normal; k < count; k++)
+            memcpy((unsigned char *)table.buf + 16 * (offsets[k] / page_size), zero_digest.buf, 16);
+    }
+    Py_END_ALLOW_THREADS
+    PyObject *ordered = PyList_New(count);
+    if (ordered == NULL)
+        goto done;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *o = PyLong_FromSsize_t(offsets[k]);
+        if (o == NULL) {
+            Py_DECREF(ordered);
+            goto done;
+        }
+        PyList_SET_ITEM(ordered, k, o);
+    }
+    result = Py_BuildValue("(nnniN)", normal, count - normal, written, err, ordered);
+done:
+    PyMem_Free(offsets);
+    PyMem_Free(packet);
+    PyMem_Free(zero);
+    PyMem_Free(iov);
+    if (hashing)
+        PyBuffer_Release(&table);
+    PyBuffer_Release(&zero_digest);
+    PyBuffer_Release(&name);
+    PyBuffer_Release(&block);
+    return result;
+}
