@@ -8,6 +8,7 @@ bytes, received flags, page digests and counters.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import struct
@@ -37,7 +38,6 @@ from test_fuzz_wire import (
 
 from mfdcomp import speedups
 from mfdcomp.clients.ram import RamClient
-from mfdcomp.engine import fastrecv
 from mfdcomp.engine.destination import RecvChannel, TargetMemory
 from mfdcomp.engine.state import RunState
 from mfdcomp.errors import NoSpaceError
@@ -97,12 +97,8 @@ def _feed(data: bytes) -> tuple[SocketStream, threading.Thread]:
     return SocketStream(ours, "fuzz"), writer
 
 
-def receive(data: bytes, limits: ReceiverLimits, *, fast: bool) -> Outcome:
-    assert limits.ramblocks is not None
-    blocks = {name: GuardedBlock.make(name, size) for name, size in limits.ramblocks.items()}
-    memory = TargetMemory(blocks, limits.page_size, hash_pages=True)
-    state = RunState()
-    barrier = FreeBarrier(state, 1)
+def run_channel(data: bytes, limits: ReceiverLimits, memory: TargetMemory, *, fast: bool) -> RecvChannel:
+    """A real nocomp destination channel thread reads ``data`` from a real socket into ``memory``, to its end."""
     stream, writer = _feed(data)
     channel = RecvChannel(
         0,
@@ -110,7 +106,7 @@ def receive(data: bytes, limits: ReceiverLimits, *, fast: bool) -> Outcome:
         Nocomp().methods(limits.page_size, None),
         limits=limits,
         memory=memory,
-        barrier=barrier,
+        barrier=FreeBarrier(RunState(), 1),
         fast=fast,
     )
     channel.start()
@@ -118,7 +114,17 @@ def receive(data: bytes, limits: ReceiverLimits, *, fast: bool) -> Outcome:
     assert not channel.thread.is_alive(), "the channel thread is still running"
     stream.close()
     writer.join()
-    error = state.error
+    return channel
+
+
+def receive(data: bytes, limits: ReceiverLimits, *, fast: bool) -> Outcome:
+    assert limits.ramblocks is not None
+    blocks = {name: GuardedBlock.make(name, size) for name, size in limits.ramblocks.items()}
+    memory = TargetMemory(blocks, limits.page_size, hash_pages=True)
+    channel = run_channel(data, limits, memory, fast=fast)
+    error = channel.barrier.state.error
+    assert isinstance(channel.barrier, FreeBarrier)
+    barrier = channel.barrier
     assert memory.page_digests is not None
     return Outcome(
         error=None if error is None else (type(error).__name__, str(error)),
@@ -147,7 +153,7 @@ def assert_same(data: bytes, limits: ReceiverLimits, what: str) -> Outcome:
 @pytest.fixture
 def counting(monkeypatch: pytest.MonkeyPatch) -> Iterator[CountingCompiled]:
     proxy = CountingCompiled()
-    monkeypatch.setattr(fastrecv.speedups, "compiled", lambda: proxy)
+    monkeypatch.setattr(speedups, "compiled", lambda: proxy)  # the module fastrecv asks
     yield proxy
 
 
@@ -332,6 +338,10 @@ def test_a_stream_cut_inside_a_packet_ends_the_same(cut: int) -> None:
     assert outcome.error is not None and outcome.error[0] == "TruncatedError"
 
 
+def _target_path(folder: Path, fast: bool, name: str) -> Path:
+    return folder / f"{fast}-{name.replace('/', '_')}.img"
+
+
 def test_a_file_target_gets_the_same_pages_and_holes(tmp_path: Path) -> None:
     seed = next(s for s in nocomp_seeds() if not s.name.startswith("mfdcomp/"))
     assert seed.limits.ramblocks is not None
@@ -340,28 +350,13 @@ def test_a_file_target_gets_the_same_pages_and_holes(tmp_path: Path) -> None:
     for fast in (True, False):
         client = RamClient.create_targets(
             list(seed.limits.ramblocks.items()),
-            lambda name, fast=fast: tmp_path / f"{fast}-{name.replace('/', '_')}.img",
+            functools.partial(_target_path, tmp_path, fast),
             page_size=seed.limits.page_size,
             staged=True,
             reserve=False,
         )
         memory = TargetMemory(client.blocks, seed.limits.page_size, hash_pages=True)
-        state = RunState()
-        stream, writer = _feed(data)
-        channel = RecvChannel(
-            0,
-            stream,
-            Nocomp().methods(seed.limits.page_size, None),
-            limits=seed.limits,
-            memory=memory,
-            barrier=FreeBarrier(state, 1),
-            fast=fast,
-        )
-        channel.start()
-        channel.thread.join(TIME_BOUND * 4)
-        stream.close()
-        writer.join()
-        assert state.error is None
+        assert run_channel(data, seed.limits, memory, fast=fast).barrier.state.error is None
         files = sorted(tmp_path.glob(f"{fast}-*.img"))
         allocated = [os.stat(f).st_blocks for f in files]
         assert memory.page_digests is not None
@@ -382,25 +377,12 @@ def test_a_write_that_fails_is_the_stores_typed_error() -> None:
             for name, size in seed.limits.ramblocks.items():
                 block = GuardedBlock.make(name, size)
                 blocks[name] = FdBlock(block.name, block.size, block.memory, fd)
-            state = RunState()
-            stream, writer = _feed(_without_init(seed.data))
-            channel = RecvChannel(
-                0,
-                stream,
-                Nocomp().methods(seed.limits.page_size, None),
-                limits=seed.limits,
-                memory=TargetMemory(blocks, seed.limits.page_size),
-                barrier=FreeBarrier(state, 1),
-                fast=fast,
-            )
-            channel.start()
-            channel.thread.join(TIME_BOUND * 4)
-            stream.close()
-            writer.join()
+            memory = TargetMemory(blocks, seed.limits.page_size)
+            error = run_channel(_without_init(seed.data), seed.limits, memory, fast=fast).barrier.state.error
         finally:
             os.close(fd)
-        assert isinstance(state.error, NoSpaceError)
-        errors.append(str(state.error))
+        assert isinstance(error, NoSpaceError)
+        errors.append(str(error))
     assert errors[0] == errors[1]
 
 

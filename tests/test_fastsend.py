@@ -142,9 +142,10 @@ def test_the_compiled_path_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     class Counting:
         def send_nocomp(self, *args: Any) -> Any:
             calls.append(len(args[2]))
+            assert module is not None
             return module.send_nocomp(*args)
 
-    monkeypatch.setattr("mfdcomp.engine.fastsend.speedups.compiled", lambda: Counting())
+    monkeypatch.setattr(speedups, "compiled", lambda: Counting())  # the module fastsend asks
     block = make_block([k % 4 for k in range(PAGES)])
     sent = send(block, [[k * PS for k in range(128)], [PS, 0]], fast=True, detect=True, hashing=True)
     assert sent.error is None

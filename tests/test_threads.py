@@ -19,7 +19,7 @@ class _InterruptedWhileStarting(threading.Thread):
 
 
 def test_a_ctrl_c_while_a_thread_starts_is_raised_after_it_started() -> None:
-    masks: list[set[signal.Signals]] = []
+    masks: list[set[int]] = []
     thread = _InterruptedWhileStarting(target=lambda: masks.append(signal.pthread_sigmask(signal.SIG_BLOCK, [])))
     with pytest.raises(KeyboardInterrupt):
         threads.start(thread)
