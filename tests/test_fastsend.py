@@ -170,7 +170,7 @@ def test_a_peer_gone_is_the_same_error_on_both_paths() -> None:
         engine.close()
         # The channel's own error (where the caller noticed it, "send" or "sync", is timing).
         error = engine.state.error
-        errors.append((type(error).__name__, str(error)))
+        errors.append((type(error).__name__, str(error), engine.stats()[0].as_dict()))
     assert errors[0] == errors[1]
 
 

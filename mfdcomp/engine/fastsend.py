@@ -96,15 +96,15 @@ class FastSend:
             self._zero_digest,
         )
         offsets[:] = ordered
+        if err:  # as the Python path's send_all: nothing counted for a packet that did not go out whole
+            error = OSError(err, os.strerror(err))
+            raise self._stream.send_error(error) from error
         stats = channel.stats
         stats.packets += 1
         stats.normal_pages += normal
         stats.zero_pages += zero
         stats.payload_bytes += normal * self._page_size
         stats.wire_bytes += written
-        if err:
-            error = OSError(err, os.strerror(err))
-            raise self._stream.send_error(error) from error
         if normal:
             stats.count(CodecPath.RAW, channel.method.implementation)
         return True
