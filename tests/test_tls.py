@@ -101,9 +101,15 @@ class Recv:
         return self.proc.returncode, out
 
     def kill(self) -> None:
+        """SIGTERM, then SIGKILL if it has not ended within DEADLINE: a hung receiver never outlives its test."""
         with contextlib.suppress(ProcessLookupError):
             self.proc.terminate()
-        self.proc.communicate(timeout=DEADLINE)
+        try:
+            self.proc.communicate(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            raise
 
 
 def send(image: Path, port: int, *args: str) -> subprocess.CompletedProcess[str]:
