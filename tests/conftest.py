@@ -6,7 +6,9 @@ root) when that directory exists, else the ones bundled in ``tests/vectors/qemu`
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
+import importlib
 import os
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from hypothesis import settings
@@ -132,6 +135,26 @@ def make_image(path: Path, size: str, seed: int) -> Path:
     )
     assert done.returncode == 0, done.stderr
     return path
+
+
+try:
+    COMPILED: ModuleType | None = importlib.import_module("mfdcomp._speedups")
+except ImportError:  # no compiler at install: only the pure path runs here
+    COMPILED = None
+"""The compiled module, whatever MFDCOMP_PURE_PYTHON says: the differential tests run both paths."""
+
+
+@contextlib.contextmanager
+def speedups_as(module: ModuleType | None, *owners: ModuleType) -> Iterator[None]:
+    """Each of ``owners`` (a module with a ``_speedups`` attribute) uses ``module``, None being its pure path."""
+    saved = [vars(owner)["_speedups"] for owner in owners]
+    for owner in owners:
+        vars(owner)["_speedups"] = module
+    try:
+        yield
+    finally:
+        for owner, before in zip(owners, saved, strict=True):
+            vars(owner)["_speedups"] = before
 
 
 def outcome(call: Callable[[], object]) -> tuple[str, object]:

@@ -8,15 +8,13 @@ destination wrote wrong, with every zero-page mode and over several rounds.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import xxhash
-from conftest import outcome
+from conftest import COMPILED, outcome, speedups_as
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,20 +25,13 @@ from mfdcomp.methods import CodecPath, MultiFDMethods
 from mfdcomp.registry import get_codec
 from mfdcomp.testing import run_loopback
 
-try:
-    COMPILED: ModuleType | None = importlib.import_module("mfdcomp._speedups")
-except ImportError:  # no compiler at install: only the pure path runs here
-    COMPILED = None
-
 PATHS = ["pure", pytest.param("compiled", marks=pytest.mark.skipif(COMPILED is None, reason="not built here"))]
 
 
 @pytest.fixture(params=PATHS)
 def path(request: pytest.FixtureRequest) -> object:
-    saved = pagedigest._speedups
-    pagedigest._speedups = None if request.param == "pure" else COMPILED
-    yield request.param
-    pagedigest._speedups = saved
+    with speedups_as(None if request.param == "pure" else COMPILED, pagedigest):
+        yield request.param
 
 
 def _reference(data: bytes, page_size: int) -> str:
@@ -95,15 +86,11 @@ Outcome = tuple[tuple[str, object], bytes]
 
 def _both(data: bytes, offsets: Sequence[object], page_size: int, table_size: int) -> list[Outcome]:
     outcomes: list[Outcome] = []
-    saved = pagedigest._speedups
-    try:
-        for module in (None, COMPILED):
-            pagedigest._speedups = module
+    for module in (None, COMPILED):
+        with speedups_as(module, pagedigest):
             table = bytearray(table_size)
             result = outcome(lambda t=table: pagedigest.hash_pages(data, offsets, page_size, t))  # type: ignore[arg-type,misc]
             outcomes.append((result, bytes(table)))
-    finally:
-        pagedigest._speedups = saved
     return outcomes
 
 

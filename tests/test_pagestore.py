@@ -9,16 +9,14 @@ filesystem is a typed error; every build of the compiled page hashing
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import xxhash
-from conftest import outcome
+from conftest import COMPILED, outcome, speedups_as
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,21 +25,13 @@ from mfdcomp.clients.ram import RamClient, block_digest
 from mfdcomp.engine.destination import TargetMemory
 from mfdcomp.errors import NoSpaceError
 
-try:
-    COMPILED: ModuleType | None = importlib.import_module("mfdcomp._speedups")
-except ImportError:  # no compiler at install: only the pure path runs here
-    COMPILED = None
-
 PATHS = ["pure", pytest.param("compiled", marks=pytest.mark.skipif(COMPILED is None, reason="not built here"))]
 
 
 @pytest.fixture(params=PATHS)
 def path(request: pytest.FixtureRequest) -> Iterator[str]:
-    saved = pagestore._speedups, pagedigest._speedups
-    module = None if request.param == "pure" else COMPILED
-    pagestore._speedups = pagedigest._speedups = module
-    yield request.param
-    pagestore._speedups, pagedigest._speedups = saved
+    with speedups_as(None if request.param == "pure" else COMPILED, pagestore, pagedigest):
+        yield request.param
 
 
 def _pages(count: int, page_size: int, seed: int) -> bytes:
@@ -53,18 +43,14 @@ def _both(
 ) -> list[tuple[tuple[str, object], bytes, bytes | None]]:
     """Each path's outcome, target and table for one call into fresh memory (fd -1)."""
     outcomes = []
-    saved = pagestore._speedups
-    try:
-        for module in (None, COMPILED):
-            pagestore._speedups = module
+    for module in (None, COMPILED):
+        with speedups_as(module, pagestore):
             block = bytearray(block_size)
             table = None if table_size is None else np.zeros(table_size, dtype=np.uint8)
             result = outcome(
                 lambda b=block, t=table: pagestore.store_pages(-1, b, staged, offsets, page_size, t)  # type: ignore[arg-type,misc]
             )
             outcomes.append((result, bytes(block), None if table is None else table.tobytes()))
-    finally:
-        pagestore._speedups = saved
     return outcomes
 
 

@@ -8,38 +8,27 @@ line are checked in fresh processes, where the choice is made.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Sequence
-from types import ModuleType
 
 import pytest
-from conftest import outcome
+from conftest import COMPILED, outcome, speedups_as
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mfdcomp import speedups, zeropage
 
-try:
-    COMPILED: ModuleType | None = importlib.import_module("mfdcomp._speedups")
-except ImportError:  # no compiler at install: only the pure path runs here
-    COMPILED = None
-
 needs_compiled = pytest.mark.skipif(COMPILED is None, reason="mfdcomp._speedups is not built here")
 
 
 def _both(block: object, offsets: Sequence[int], page_size: int) -> tuple[tuple[str, object], tuple[str, object]]:
-    saved = zeropage._speedups
-    try:
-        zeropage._speedups = None
+    with speedups_as(None, zeropage):
         pure = outcome(lambda: zeropage.zero_flags(block, offsets, page_size))  # type: ignore[arg-type]
-        zeropage._speedups = COMPILED
+    with speedups_as(COMPILED, zeropage):
         fast = outcome(lambda: zeropage.zero_flags(block, offsets, page_size))  # type: ignore[arg-type]
-    finally:
-        zeropage._speedups = saved
     return pure, fast
 
 

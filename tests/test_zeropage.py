@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import mmap
 import tracemalloc
 from collections import Counter
@@ -12,6 +11,7 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 import pytest
+from conftest import COMPILED, speedups_as
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typing_extensions import Buffer
@@ -25,18 +25,10 @@ PAGE_SIZES = [4096, 8192, 65536]
 @pytest.fixture(autouse=True, params=["compiled", "pure"])
 def hot_path(request: pytest.FixtureRequest) -> Iterator[str]:
     """Every test on both paths: mfdcomp._speedups and the pure-Python reference (issue 18.3)."""
-    saved = zeropage._speedups
-    if request.param == "pure":
-        zeropage._speedups = None
-    else:
-        try:
-            zeropage._speedups = importlib.import_module("mfdcomp._speedups")
-        except ImportError:
-            pytest.skip("mfdcomp._speedups is not built here")
-    try:
+    if request.param == "compiled" and COMPILED is None:
+        pytest.skip("mfdcomp._speedups is not built here")
+    with speedups_as(None if request.param == "pure" else COMPILED, zeropage):
         yield request.param
-    finally:
-        zeropage._speedups = saved
 
 
 Maker = Callable[[bytes], Buffer]
