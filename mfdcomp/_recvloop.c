@@ -33,13 +33,6 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#define MAGIC 0x11223344u
-#define VERSION 1u
-#define FLAG_SYNC 0x01u
-#define FIXED_SIZE 320 /* mfdcomp.wire.packets.RAM_FIXED */
-#define HEADER_SIZE 12
-#define NAME_AT 64
-#define NAME_LEN 256
 #define MAX_BLOCKS 256
 
 enum { MORE = 0, SYNC = 1, SLOW = 2, FAILED = 3, STORE_FAILED = 4 };
@@ -171,7 +164,8 @@ run_loop(struct loop *loop)
             return;
         }
         uint32_t flags = be32(h + 8);
-        if (got < HEADER_SIZE || be32(h) != MAGIC || be32(h + 4) != VERSION || (flags & ~FLAG_SYNC)) {
+        if (got < HEADER_SIZE || be32(h) != MULTIFD_MAGIC || be32(h + 4) != MULTIFD_VERSION ||
+            (flags & ~FLAG_SYNC)) {
             loop->status = SLOW; /* the end, a device-state packet, another codec, a bad header */
             loop->given_back = got;
             return;

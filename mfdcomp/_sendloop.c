@@ -24,11 +24,6 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-#define MAGIC 0x11223344u
-#define VERSION 1u
-#define FIXED_SIZE 320
-#define NAME_AT 64
-#define NAME_LEN 256
 #define MAX_IOV 1024
 
 static void
@@ -125,20 +120,16 @@ mfdcomp_send_nocomp(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "bad page_size, capacity, name field, zero digest or fd");
         goto done;
     }
-    offsets = mfdcomp_page_offsets(offsets_obj, block.len, page_size, 0, &count);
+    /* Pages anywhere in the block, as zero_flags takes them; page-aligned when hashed, as page_digests. */
+    offsets = mfdcomp_page_offsets(offsets_obj, block.len, page_size, hashing, &count);
     if (offsets == NULL)
         goto done;
     if (count > capacity) {
         PyErr_Format(PyExc_ValueError, "a batch holds at most %zd pages, got %zd", capacity, count);
         goto done;
     }
-    for (Py_ssize_t k = 0; hashing && k < count; k++) {
-        if (offsets[k] % page_size || (offsets[k] / page_size + 1) * 16 > table.len) {
-            PyErr_Format(PyExc_ValueError, "page offset %zd has no digest slot in a %zd-byte table", offsets[k],
-                         table.len);
-            goto done;
-        }
-    }
+    if (hashing && mfdcomp_check_slots(offsets, count, page_size, table.len) < 0)
+        goto done;
     Py_ssize_t header_size = FIXED_SIZE + 8 * capacity;
     packet = PyMem_Calloc((size_t)header_size, 1);
     zero = PyMem_Calloc((size_t)(count ? count : 1), 1);
@@ -157,8 +148,8 @@ mfdcomp_send_nocomp(PyObject *self, PyObject *args)
         normal = partition(offsets, zero, count);
     }
     unsigned char *h = packet;
-    put32(h, MAGIC);
-    put32(h + 4, VERSION);
+    put32(h, MULTIFD_MAGIC);
+    put32(h + 4, MULTIFD_VERSION);
     put32(h + 8, 0); /* nocomp, no SYNC */
     put32(h + 12, (uint32_t)capacity);
     put32(h + 16, (uint32_t)normal);

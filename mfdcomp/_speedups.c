@@ -240,9 +240,9 @@ done:
 
 #define DIGEST_SIZE 16
 
-/* Slot check of page_digests and store_pages: every page's 16-byte slot lies in the table. */
-static int
-check_slots(const Py_ssize_t *offsets, Py_ssize_t count, Py_ssize_t page_size, Py_ssize_t table_len)
+/* Slot check of page_digests, store_pages and send_nocomp: every page's 16-byte slot lies in the table. */
+int
+mfdcomp_check_slots(const Py_ssize_t *offsets, Py_ssize_t count, Py_ssize_t page_size, Py_ssize_t table_len)
 {
     for (Py_ssize_t k = 0; k < count; k++) {
         if ((offsets[k] / page_size + 1) * DIGEST_SIZE > table_len) {
@@ -278,7 +278,7 @@ page_digests(PyObject *self, PyObject *args)
     Py_ssize_t *offsets = mfdcomp_page_offsets(offsets_obj, view.len, page_size, 1, &count);
     if (offsets == NULL)
         goto done;
-    if (check_slots(offsets, count, page_size, table.len) < 0)
+    if (mfdcomp_check_slots(offsets, count, page_size, table.len) < 0)
         goto done;
     xxh3_pages_fn hash = xxh3_build->fn;
     if ((double)count * (double)page_size >= RELEASE_GIL_BYTES) {
@@ -382,7 +382,7 @@ store_pages(PyObject *self, PyObject *args)
     Py_ssize_t *offsets = mfdcomp_page_offsets(offsets_obj, block.len, page_size, 1, &count);
     if (offsets == NULL)
         goto done;
-    if (hashing && check_slots(offsets, count, page_size, table.len) < 0)
+    if (hashing && mfdcomp_check_slots(offsets, count, page_size, table.len) < 0)
         goto done;
     if ((double)count * (double)page_size > (double)staged.len) {
         PyErr_Format(PyExc_ValueError, "%zd pages of %zd bytes are not staged in a %zd-byte buffer", count,

@@ -5,6 +5,16 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+/* A RAM packet's layout (mfdcomp.wire.packets): magic, version, flags, then the fixed fields with the
+ * block name at NAME_AT, then the big-endian u64 offset array from FIXED_SIZE. */
+#define MULTIFD_MAGIC 0x11223344u
+#define MULTIFD_VERSION 1u
+#define FLAG_SYNC 0x01u
+#define HEADER_SIZE 12        /* magic, version, flags: mfdcomp.wire.packets.HEADER */
+#define FIXED_SIZE 320        /* mfdcomp.wire.packets.RAM_FIXED */
+#define NAME_AT 64
+#define NAME_LEN 256
+
 /* XXH3-128 of count pages (at offsets of base, or packed one after another when packed != 0),
  * canonical, into their 16-byte slots of table (slot = offset / page_size). */
 typedef void (*xxh3_pages_fn)(const unsigned char *base, const ssize_t *offsets, ssize_t count, ssize_t page_size,
@@ -22,6 +32,10 @@ int mfdcomp_write_runs(int fd, unsigned char *block, const unsigned char *staged
  * with ValueError (the message of the pure-Python twin); *count gets the length; free with PyMem_Free. */
 Py_ssize_t *mfdcomp_page_offsets(PyObject *offsets_obj, Py_ssize_t len, Py_ssize_t page_size, int aligned,
                                  Py_ssize_t *count);
+
+/* 0 if every page's 16-byte slot (offset / page_size) lies in a table_len-byte digest table, else -1
+ * with ValueError (the message of mfdcomp.pagedigest.check_slots). */
+int mfdcomp_check_slots(const Py_ssize_t *offsets, Py_ssize_t count, Py_ssize_t page_size, Py_ssize_t table_len);
 
 /* flags[k] = whether the page at offsets[k] of base is all zero. */
 void mfdcomp_scan_pages(const unsigned char *base, const Py_ssize_t *offsets, Py_ssize_t count, Py_ssize_t page_size,
