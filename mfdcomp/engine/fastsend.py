@@ -10,54 +10,30 @@ socket (not TLS); MFDCOMP_PURE_PYTHON=1 turns it off with the rest.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mfdcomp import speedups
-from mfdcomp.methods import CodecPath
 from mfdcomp.methods.nocomp import NocompMethods
-from mfdcomp.pagedigest import PageDigests, zero_page_digest
+from mfdcomp.pagedigest import zero_page_digest
 from mfdcomp.transport.base import DescriptorStream
 from mfdcomp.wire.constants import RAMBLOCK_NAME_LEN
 
 if TYPE_CHECKING:
-    from mfdcomp.engine.source import PageBlock, _SendChannel
+    from mfdcomp.engine.source import PageBlock, SourceEngine, _SendChannel
     from mfdcomp.transport.base import Stream
 
 
 class FastSend:
-    """One source channel's compiled packet path; :meth:`send` says False where the Python path must run."""
+    """One source channel's compiled packet path; :meth:`send` says None where the Python path must run."""
 
-    def __init__(
-        self,
-        stream: DescriptorStream,
-        *,
-        page_size: int,
-        capacity: int,
-        detect_zero_pages: bool,
-        page_digests: PageDigests | None,
-        packet_num: Callable[[], int],
-    ) -> None:
+    def __init__(self, engine: SourceEngine, stream: DescriptorStream) -> None:
+        self._engine = engine  # set once; its page size, capacity, zero-page choice and digests are read
         self._stream = stream  # channel thread only, like everything here
-        self._page_size = page_size
-        self._capacity = capacity
-        self._detect_zero = detect_zero_pages
-        self._digests = page_digests
-        self._packet_num = packet_num
-        self._zero_digest = zero_page_digest(page_size) if page_digests is not None else bytes(16)
+        self._zero_digest = zero_page_digest(engine.page_size) if engine.page_digests is not None else bytes(16)
         self._names: dict[str, bytes | None] = {}
 
     @classmethod
-    def for_channel(
-        cls,
-        channel: _SendChannel[Stream],
-        *,
-        page_size: int,
-        capacity: int,
-        detect_zero_pages: bool,
-        page_digests: PageDigests | None,
-        packet_num: Callable[[], int],
-    ) -> FastSend | None:
+    def for_channel(cls, engine: SourceEngine, channel: _SendChannel[Stream]) -> FastSend | None:
         """The compiled path for ``channel``, or None where only the Python path applies."""
         if (
             speedups.compiled() is None
@@ -66,48 +42,37 @@ class FastSend:
             or not isinstance(channel.stream, DescriptorStream)
         ):
             return None
-        return cls(
-            channel.stream,
-            page_size=page_size,
-            capacity=capacity,
-            detect_zero_pages=detect_zero_pages,
-            page_digests=page_digests,
-            packet_num=packet_num,
-        )
+        return cls(engine, channel.stream)
 
-    def send(self, channel: _SendChannel[Stream], block: PageBlock, offsets: list[int]) -> bool:
-        """Write one packet of ``offsets`` (reordered in place, normal pages first, as the Python path does)."""
+    def send(self, block: PageBlock, offsets: list[int]) -> tuple[int, int, int] | None:
+        """Write one packet of ``offsets`` (reordered in place, normal pages first, as the Python path does).
+
+        Returns its normal and zero pages and the bytes written, or None if the Python path must send it.
+        """
         compiled = speedups.compiled()
+        engine = self._engine
         field = self._name_field(block.name)
         fd = self._stream.writable_fd()
-        if compiled is None or field is None or fd is None or len(offsets) > self._capacity:
-            return False
-        table = None if self._digests is None else self._digests.tables[block.name]
+        if compiled is None or field is None or fd is None or len(offsets) > engine.capacity:
+            return None
+        digests = engine.page_digests
         normal, zero, written, err, ordered = compiled.send_nocomp(
             fd,
             block.memory,
             offsets,
-            self._page_size,
-            self._capacity,
-            self._detect_zero,
-            self._packet_num(),
+            engine.page_size,
+            engine.capacity,
+            engine.detect_zero_pages,
+            engine.next_packet_num(),
             field,
-            table,
+            None if digests is None else digests.tables[block.name],
             self._zero_digest,
         )
         offsets[:] = ordered
         if err:  # as the Python path's send_all: nothing counted for a packet that did not go out whole
             error = OSError(err, os.strerror(err))
             raise self._stream.send_error(error) from error
-        stats = channel.stats
-        stats.packets += 1
-        stats.normal_pages += normal
-        stats.zero_pages += zero
-        stats.payload_bytes += normal * self._page_size
-        stats.wire_bytes += written
-        if normal:
-            stats.count(CodecPath.RAW, channel.method.implementation)
-        return True
+        return normal, zero, written
 
     def _name_field(self, name: str) -> bytes | None:
         """The block name as a RAM packet carries it, or None for one the Python path refuses (too long)."""
