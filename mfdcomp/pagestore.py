@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import cast
 
 from typing_extensions import Buffer
@@ -27,7 +27,7 @@ from typing_extensions import Buffer
 from mfdcomp import speedups
 from mfdcomp.pagedigest import Table, check_pages, check_slots, hash_packed
 
-__all__ = ["store_pages"]
+__all__ = ["page_runs", "store_pages"]
 
 
 def store_pages(
@@ -59,7 +59,7 @@ def store_pages(
         raise ValueError(f"{len(checked)} pages of {page_size} bytes are not staged in a {source.nbytes}-byte buffer")
     if slots is not None:
         hash_packed(source, checked, page_size, slots)
-    for first, count in _runs(checked, page_size):
+    for first, count in page_runs(checked, page_size):
         data = source[first * page_size : (first + count) * page_size]
         if fd < 0:
             target[checked[first] : checked[first] + data.nbytes] = data
@@ -67,16 +67,13 @@ def store_pages(
             _pwrite_all(fd, data, checked[first])
 
 
-def _runs(offsets: list[int], page_size: int) -> list[tuple[int, int]]:
-    """(index of the first page, pages) of each run of adjacent pages, in order."""
-    runs: list[tuple[int, int]] = []
-    for k, offset in enumerate(offsets):
-        if runs and offset == offsets[k - 1] + page_size:
-            first, count = runs[-1]
-            runs[-1] = (first, count + 1)
-        else:
-            runs.append((k, 1))
-    return runs
+def page_runs(offsets: Sequence[int], page_size: int) -> Iterator[tuple[int, int]]:
+    """(index of the first page, pages) of each run of adjacent pages in ``offsets``, in order."""
+    start = 0
+    for i in range(1, len(offsets) + 1):
+        if i == len(offsets) or offsets[i] != offsets[i - 1] + page_size:
+            yield start, i - start
+            start = i
 
 
 def _pwrite_all(fd: int, data: memoryview, at: int) -> None:

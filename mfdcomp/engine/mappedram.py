@@ -33,6 +33,7 @@ from mfdcomp.engine.state import RunState
 from mfdcomp.engine.stats import ChannelStats
 from mfdcomp.errors import ChannelError, CodecError, MfdcompError, TruncatedError, WireError
 from mfdcomp.methods import Codec, PathChoice, SendPayload, choose_path
+from mfdcomp.pagestore import page_runs
 from mfdcomp.transport import mappedram as mr
 
 
@@ -63,15 +64,6 @@ def _pwrite_all(fd: int, data: Buffer, offset: int) -> None:
         done += written
 
 
-def _runs(offsets: list[int], page_size: int) -> Iterator[tuple[int, int]]:
-    """(first index, count) of each run of consecutive pages in ``offsets``."""
-    start = 0
-    for i in range(1, len(offsets) + 1):
-        if i == len(offsets) or offsets[i] != offsets[i - 1] + page_size:
-            yield start, i - start
-            start = i
-
-
 class MappedRamSourceEngine(ChannelEngine[SlotWriter]):
     """Channel threads that put pages in their fixed slots of the file."""
 
@@ -95,7 +87,7 @@ class MappedRamSourceEngine(ChannelEngine[SlotWriter]):
         place = self.places[block.name]
         ps = self.page_size
         fd = channel.stream.fd
-        for first, count in _runs(normal, ps):
+        for first, count in page_runs(normal, ps):
             # Raw pages only (checked at the start): a run of adjacent pages is one slice of the block.
             start = normal[first]
             offset = place.pages_offset + start
