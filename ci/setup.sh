@@ -23,14 +23,16 @@ die() {
     exit 1
 }
 
-# Debian packages the set-up needs: venv for the environment, a compiler and Python's headers
-# for packages that build at install.
+# Debian packages the set-up needs: venv for the environment, a compiler, Python's headers and
+# libzstd's for the extensions built at install.
 debs=()
 [[ -x "$PYTHON" ]] || debs+=(python3)
 "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || debs+=(python3-venv)
 command -v gcc >/dev/null || debs+=(gcc)
 "$PYTHON" -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
     2>/dev/null || debs+=(python3-dev)
+# The zstd plugin's compiled streams link the system's libzstd, the one QEMU links.
+[[ -f /usr/include/zstd.h ]] || debs+=(libzstd-dev)
 if ((${#debs[@]})); then
     echo "setup: installing ${debs[*]} from Debian"
     apt-get update -qq || die "apt-get update failed"

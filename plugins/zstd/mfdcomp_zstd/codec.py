@@ -5,19 +5,30 @@ channel's compression stream and ends the packet with a block flush
 (ZSTD_e_flush): the frame header opens the channel's first payload and the
 frame is never ended. The receiver decompresses with one stream per channel,
 in packet order, into the packet's pages in target memory.
+
+Two implementations: python-zstandard, the reference, and where it was built
+at install the compiled ``_zstdpages`` on the system's libzstd (the library
+QEMU links), which compresses a packet and decodes a payload straight into its
+pages in one call each, without the GIL. MFDCOMP_PURE_PYTHON=1 chooses the
+reference; the conformance suite and the fuzz tests run each against the other.
 """
 
 from __future__ import annotations
 
-import functools
+import importlib
+import os
 from collections.abc import Sequence
+from types import ModuleType
 from typing import IO, cast
 
 import zstandard
 from typing_extensions import Buffer
 
+from mfdcomp import speedups
 from mfdcomp.errors import CodecError
 from mfdcomp.methods import CodecInfo, CodecPath, MultiFDMethods, PageViews, PathProbe, PayloadSource, SendPayload
+from mfdcomp.methods.impls import Implementations
+from mfdcomp.methods.probed import ProbedCodec
 from mfdcomp.wire import MULTIFD_PACKET_SIZE, Flag, RamPacket
 
 ZSTD_INFO = CodecInfo(
@@ -55,6 +66,25 @@ _OUTPUT_SIZE = MULTIFD_PACKET_SIZE + 1
 
 class _TooMuch(Exception):
     """The payload decoded past the packet's pages."""
+
+
+class _Corrupt(Exception):
+    """The library refused the payload; the message is the library's."""
+
+
+LIBZSTD = "libzstd"
+PYTHON_ZSTANDARD = "python-zstandard"
+ZSTD_IMPLS = Implementations(env="MFDCOMP_ZSTD_IMPL", names=(LIBZSTD, PYTHON_ZSTANDARD))
+
+
+def _load_compiled() -> tuple[ModuleType | None, str]:
+    """The compiled streams (or None) and why: mfdcomp's MFDCOMP_PURE_PYTHON switch holds here too."""
+    if os.environ.get(speedups.ENV, "") not in ("", "0"):
+        return None, f"{speedups.ENV}={os.environ[speedups.ENV]} runs the pure paths"
+    try:
+        return importlib.import_module("mfdcomp_zstd._zstdpages"), "compiled"
+    except ImportError as exc:
+        return None, f"the compiled mfdcomp_zstd._zstdpages is not built here: {exc}"
 
 
 def _spans(pages: Sequence[memoryview]) -> Sequence[memoryview]:
@@ -107,21 +137,26 @@ class ZstdMethods(MultiFDMethods):
 
     info = ZSTD_INFO
 
-    def __init__(self, page_size: int, level: int | None) -> None:
+    def __init__(self, page_size: int, level: int | None, compiled: ModuleType | None = None) -> None:
         super().__init__(page_size, level)
         # A session's level bounds the decoder's window; with none (the tap, a capture: QEMU's level is
         # not on the wire) any QEMU level's window is allowed.
         self._max_window = MAX_WINDOW if level is None else window_for(level)
-        self._compress: zstandard.ZstdCompressionObj | None = None
-        self._decompress: zstandard.ZstdDecompressionWriter | None = None
+        self._compiled = compiled  # mfdcomp_zstd._zstdpages, or None for python-zstandard
+        # The channel's stream in one direction: a python-zstandard object or a compiled one.
+        self._compress: zstandard.ZstdCompressionObj | object | None = None
+        self._decompress: zstandard.ZstdDecompressionWriter | object | None = None
         self._sink = _PageSink()
         self._started = False
 
     def send_setup(self, channel: int) -> None:
         super().send_setup(channel)
         assert self.level is not None, "ZSTD_INFO has a default level"
-        # Library defaults otherwise, as ZSTD_initCStream(level): no checksum, unknown content size.
-        self._compress = zstandard.ZstdCompressor(level=self.level).compressobj()
+        if self._compiled is not None:
+            self._compress = self._compiled.CStream(self.level)
+        else:
+            # Library defaults otherwise, as ZSTD_initCStream(level): no checksum, unknown content size.
+            self._compress = zstandard.ZstdCompressor(level=self.level).compressobj()
 
     def send_prepare(self, pages: Sequence[memoryview]) -> SendPayload:
         self.owner.check()
@@ -130,21 +165,38 @@ class ZstdMethods(MultiFDMethods):
             raise self._closed()
         self._compress = None
         try:
-            # Straight from the pages, with no copy into one buffer; the stream
-            # buffers up to a block anyway, so how the input is split does not matter.
-            chunks = [compress.compress(span) for span in _spans(pages)]
-            chunks.append(compress.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
-        except zstandard.ZstdError as exc:
+            chunks = self._compress_packet(compress, _spans(pages))
+        except _Corrupt as exc:
             raise CodecError(f"zstd compression failed: {exc}") from exc
         self._compress = compress
         buffers: list[Buffer] = [chunk for chunk in chunks if chunk]
         return SendPayload(buffers=buffers, size=sum(map(len, chunks)), path=CodecPath.SOFTWARE)
+
+    def _compress_packet(self, compress: object, spans: Sequence[memoryview]) -> list[bytes] | list[memoryview]:
+        """The packet's payload, in pieces: the spans fed to the stream, then a block flush."""
+        if self._compiled is not None:
+            try:
+                return [cast(memoryview, compress.compress(spans))]  # type: ignore[attr-defined]
+            except self._compiled.Error as exc:
+                raise _Corrupt(str(exc)) from exc
+        reference = cast("zstandard.ZstdCompressionObj", compress)
+        try:
+            # Straight from the pages, with no copy into one buffer; the stream
+            # buffers up to a block anyway, so how the input is split does not matter.
+            chunks = [reference.compress(span) for span in spans]
+            chunks.append(reference.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
+        except zstandard.ZstdError as exc:
+            raise _Corrupt(str(exc)) from exc
+        return chunks
 
     def send_cleanup(self) -> None:
         self._compress = None
 
     def recv_setup(self, channel: int) -> None:
         super().recv_setup(channel)
+        if self._compiled is not None:
+            self._decompress = self._compiled.DStream(self._max_window.bit_length() - 1, _OUTPUT_SIZE)
+            return
         decompressor = zstandard.ZstdDecompressor(max_window_size=self._max_window)
         self._decompress = decompressor.stream_writer(
             cast(IO[bytes], self._sink), write_size=_OUTPUT_SIZE, closefd=False
@@ -156,26 +208,42 @@ class ZstdMethods(MultiFDMethods):
         if decompress is None:
             raise self._closed()
         self._decompress = None
-        sink = self._sink
         payload = source.read()
         # A block header never starts with these bytes, so only a sender that
         # ended its frame and began another writes them after the first packet.
         if self._started and payload[: len(FRAME_MAGIC)] == FRAME_MAGIC:
             raise self._bad(packet, pages, "starts a new zstd frame, but QEMU keeps one open frame per channel")
-        sink.start(pages, len(pages) * self.page_size)
+        limit = len(pages) * self.page_size
         try:
-            decompress.write(payload)
-        except zstandard.ZstdError as exc:
+            written = self._decode(decompress, payload, _spans(pages), limit)
+        except _Corrupt as exc:
             raise self._bad(packet, pages, f"is corrupt or unsupported: {exc}") from exc
-        except _TooMuch:
-            raise self._bad(packet, pages, f"decodes to more than {sink.limit} bytes") from None
-        finally:
-            sink.spans = ()
-        if sink.written != sink.limit:
-            raise self._bad(packet, pages, f"decodes to {sink.written} bytes, short of {sink.limit}")
+        if written > limit:
+            raise self._bad(packet, pages, f"decodes to more than {limit} bytes")
+        if written != limit:
+            raise self._bad(packet, pages, f"decodes to {written} bytes, short of {limit}")
         self._started = True
         self._decompress = decompress
         return CodecPath.SOFTWARE
+
+    def _decode(self, decompress: object, payload: bytes | memoryview, spans: Sequence[memoryview], limit: int) -> int:
+        """All of the payload into the spans: the bytes it decoded to, more than ``limit`` if too many."""
+        if self._compiled is not None:
+            try:
+                return cast(int, decompress.decompress_into(payload, spans))  # type: ignore[attr-defined]
+            except self._compiled.Error as exc:
+                raise _Corrupt(str(exc)) from exc
+        sink = self._sink
+        sink.start(spans, limit)
+        try:
+            cast("zstandard.ZstdDecompressionWriter", decompress).write(payload)
+        except zstandard.ZstdError as exc:
+            raise _Corrupt(str(exc)) from exc
+        except _TooMuch:
+            return limit + 1
+        finally:
+            sink.spans = ()
+        return sink.written
 
     def recv_cleanup(self) -> None:
         self._decompress = None
@@ -191,20 +259,57 @@ class ZstdMethods(MultiFDMethods):
         )
 
 
-@functools.cache
-def _probe() -> tuple[PathProbe, ...]:
-    version = ".".join(map(str, zstandard.ZSTD_VERSION))
-    reason = f"python-zstandard {zstandard.__version__} ({zstandard.backend} backend) with libzstd {version}"
-    return (PathProbe(CodecPath.SOFTWARE, True, reason, library="libzstd", version=version),)
+class ZstdCodec(ProbedCodec):
+    """The registered codec. ``impl`` forces ``libzstd`` or ``python-zstandard`` over ``MFDCOMP_ZSTD_IMPL``.
 
+    Unset, the compiled streams on the system's libzstd where they were built
+    and MFDCOMP_PURE_PYTHON is not set; python-zstandard otherwise.
+    """
 
-class ZstdCodec:
     info = ZSTD_INFO
+    impls = ZSTD_IMPLS
 
-    def probe(self) -> tuple[PathProbe, ...]:
-        return _probe()
+    def __init__(self, impl: str | None = None) -> None:
+        super().__init__()
+        self.impl = impl
+        self._compiled: ModuleType | None = None  # set by the probe when the compiled streams run
+        self._chosen: str | None = None  # set by the probe
+
+    def _probe(self) -> list[PathProbe]:
+        reference = f"python-zstandard {zstandard.__version__} ({zstandard.backend} backend)"
+        try:
+            forced = ZSTD_IMPLS.forced(self.impl)
+        except ValueError as exc:
+            return [PathProbe(CodecPath.SOFTWARE, False, str(exc))]
+        compiled, status = _load_compiled()
+        if forced == LIBZSTD and compiled is None:
+            return [PathProbe(CodecPath.SOFTWARE, False, f"{LIBZSTD} is forced, but {status}", LIBZSTD)]
+        why = "forced" if forced is not None else "the default"
+        if forced != PYTHON_ZSTANDARD and compiled is not None:
+            self._compiled, self._chosen = compiled, LIBZSTD
+            version = str(compiled.version())
+            reason = (
+                f"compiled mfdcomp_zstd._zstdpages on the system's libzstd {version} ({why}; reference: {reference})"
+            )
+        else:
+            self._chosen = PYTHON_ZSTANDARD
+            version = ".".join(map(str, zstandard.ZSTD_VERSION))
+            reason = f"{reference} with its libzstd {version} ({why if forced else status})"
+        return [PathProbe(CodecPath.SOFTWARE, True, reason, library="libzstd", version=version)]
+
+    @property
+    def implementation(self) -> str | None:
+        self.probe()
+        return self._chosen
+
+    def implementations(self) -> dict[str, ZstdCodec]:
+        """The other implementation when it runs here (the conformance suite cross-decodes them)."""
+        mine = self.implementation
+        runs = {PYTHON_ZSTANDARD} | ({LIBZSTD} if _load_compiled()[0] is not None else set())
+        return {name: ZstdCodec(impl=name) for name in ZSTD_IMPLS.names if name != mine and name in runs}
 
     def methods(self, page_size: int, level: int | None, path: CodecPath = CodecPath.SOFTWARE) -> ZstdMethods:
         if path is not CodecPath.SOFTWARE:
             raise CodecError(f"zstd has only the software path, not {path}")
-        return ZstdMethods(page_size, level)
+        self.require_path(path)
+        return ZstdMethods(page_size, level, self._compiled)

@@ -1,0 +1,368 @@
+/* A multifd zstd channel's stream, compiled against the system's libzstd (the library QEMU links).
+ *
+ * CStream.compress(spans): a packet's pages into the channel's one open frame, ended with a block
+ * flush; DStream.decompress_into(payload, spans): a packet's payload straight into its pages. Each
+ * call holds its buffers and runs without the GIL. python-zstandard in codec.py is the reference;
+ * decompress_into reproduces its outcome exactly (tests/test_zstd_compiled.py), including where a
+ * payload that decodes to too much and a corrupt one part: the reference decodes into one buffer of
+ * `output_size` bytes and judges after each call, so the pages here are followed by a scratch area
+ * that makes up the same size.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <zstd.h>
+
+static PyObject *ZstdPagesError;
+
+/* A sequence of buffers, held for a call made without the GIL. */
+typedef struct {
+    Py_buffer *views;
+    Py_ssize_t count;
+    size_t total;
+} Spans;
+
+static void spans_release(Spans *spans) {
+    for (Py_ssize_t i = 0; i < spans->count; i++)
+        PyBuffer_Release(&spans->views[i]);
+    PyMem_Free(spans->views);
+    spans->views = NULL;
+    spans->count = 0;
+}
+
+static int spans_get(PyObject *sequence, int flags, Spans *spans) {
+    spans->views = NULL;
+    spans->count = 0;
+    spans->total = 0;
+    PyObject *fast = PySequence_Fast(sequence, "spans must be a sequence of buffers");
+    if (fast == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    spans->views = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Py_buffer));
+    if (spans->views == NULL) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, i), &spans->views[i], flags | PyBUF_C_CONTIGUOUS) < 0) {
+            Py_DECREF(fast);
+            spans_release(spans);
+            return -1;
+        }
+        spans->count = i + 1;
+        spans->total += (size_t)spans->views[i].len;
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+/* One channel's object is used by one thread at a time; a second caller is refused, not raced. */
+static int claim(int *busy) {
+    if (*busy) {
+        PyErr_SetString(PyExc_RuntimeError, "this zstd stream is already in use by another thread");
+        return -1;
+    }
+    *busy = 1;
+    return 0;
+}
+
+/* --- CStream ----------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    ZSTD_CCtx *cctx;
+    /* The payloads' bytearray, reused once no view of the last payload is left: a fresh 512 KiB
+     * object per packet is mapped and faulted in anew by malloc (~70 page faults a packet). */
+    PyObject *out;
+    int busy;
+} CStream;
+
+static int CStream_init(CStream *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"level", NULL};
+    int level;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "i", keywords, &level))
+        return -1;
+    if (self->cctx == NULL)
+        self->cctx = ZSTD_createCCtx();
+    if (self->cctx == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    /* The library's defaults otherwise, as QEMU's ZSTD_initCStream(level). */
+    size_t rc = ZSTD_CCtx_reset(self->cctx, ZSTD_reset_session_and_parameters);
+    if (!ZSTD_isError(rc))
+        rc = ZSTD_CCtx_setParameter(self->cctx, ZSTD_c_compressionLevel, level);
+    if (ZSTD_isError(rc)) {
+        PyErr_Format(ZstdPagesError, "zstd compress error: %s", ZSTD_getErrorName(rc));
+        return -1;
+    }
+    return 0;
+}
+
+static void CStream_dealloc(CStream *self) {
+    ZSTD_freeCCtx(self->cctx);
+    Py_XDECREF(self->out);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* A bytearray of at least `size` bytes that nobody else sees: the last one unless a view of it lives. */
+static char *CStream_output(CStream *self, size_t size) {
+    PyByteArrayObject *out = (PyByteArrayObject *)self->out;
+    if (out == NULL || out->ob_exports > 0 || (size_t)Py_SIZE(out) < size) {
+        Py_CLEAR(self->out);
+        self->out = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)size);
+        if (self->out == NULL)
+            return NULL;
+    }
+    return PyByteArray_AS_STRING(self->out);
+}
+
+/* Feeds every span, then flushes a block: the packet's payload, a read-only view valid for as long as
+ * it is held (the next call writes elsewhere while it lives). */
+static PyObject *CStream_compress(CStream *self, PyObject *spans_arg) {
+    if (self->cctx == NULL) {
+        PyErr_SetString(PyExc_ValueError, "CStream was not initialised");
+        return NULL;
+    }
+    Spans spans;
+    if (spans_get(spans_arg, PyBUF_SIMPLE, &spans) < 0)
+        return NULL;
+    /* A flushed stream's output fits the library's single-shot bound (frame and block headers
+     * included); the slack covers the frame header again, at most 18 bytes, in case it is not. */
+    size_t bound = ZSTD_compressBound(spans.total) + 64;
+    char *output = CStream_output(self, bound);
+    if (output == NULL || claim(&self->busy) < 0) {
+        spans_release(&spans);
+        return NULL;
+    }
+    ZSTD_outBuffer out = {output, bound, 0};
+    size_t rc = 0;
+    int full = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < spans.count && !ZSTD_isError(rc) && !full; i++) {
+        ZSTD_inBuffer in = {spans.views[i].buf, (size_t)spans.views[i].len, 0};
+        while (in.pos < in.size) {
+            rc = ZSTD_compressStream2(self->cctx, &out, &in, ZSTD_e_continue);
+            if (ZSTD_isError(rc) || (full = out.pos == out.size))
+                break;
+        }
+    }
+    if (!ZSTD_isError(rc) && !full) {
+        ZSTD_inBuffer none = {NULL, 0, 0};
+        do {
+            rc = ZSTD_compressStream2(self->cctx, &out, &none, ZSTD_e_flush);
+        } while (!ZSTD_isError(rc) && rc != 0 && !(full = out.pos == out.size));
+    }
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    spans_release(&spans);
+    if (ZSTD_isError(rc) || full) {
+        if (full)
+            PyErr_Format(ZstdPagesError, "zstd compress error: output exceeds its bound of %zu bytes", bound);
+        else
+            PyErr_Format(ZstdPagesError, "zstd compress error: %s", ZSTD_getErrorName(rc));
+        return NULL;
+    }
+    PyObject *whole = PyMemoryView_FromObject(self->out);
+    if (whole == NULL)
+        return NULL;
+    PyObject *end = PyLong_FromSize_t(out.pos);
+    PyObject *part = end ? PySlice_New(NULL, end, NULL) : NULL;
+    PyObject *view = part ? PyObject_GetItem(whole, part) : NULL;
+    Py_XDECREF(part);
+    Py_XDECREF(end);
+    Py_DECREF(whole);
+    if (view == NULL)
+        return NULL;
+    /* read-only, as bytes would be: the view is the payload, not a place to write */
+    PyObject *readonly = PyObject_CallMethod(view, "toreadonly", NULL);
+    Py_DECREF(view);
+    return readonly;
+}
+
+static PyMethodDef CStream_methods[] = {
+    {"compress", (PyCFunction)CStream_compress, METH_O,
+     "compress(spans) -> memoryview: the spans through the open frame, then a block flush (ZSTD_e_flush); "
+     "the view stays valid while it is held."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject CStreamType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mfdcomp_zstd._zstdpages.CStream",
+    .tp_doc = PyDoc_STR("CStream(level): one channel's zstd compression stream (one frame, never ended)."),
+    .tp_basicsize = sizeof(CStream),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)CStream_init,
+    .tp_dealloc = (destructor)CStream_dealloc,
+    .tp_methods = CStream_methods,
+};
+
+/* --- DStream ----------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    ZSTD_DCtx *dctx;
+    char *scratch;       /* output past the pages lands here, to be counted, never kept */
+    size_t output_size;  /* the reference's output buffer: pages plus scratch add up to it */
+    int busy;
+} DStream;
+
+static int DStream_init(DStream *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"window_log_max", "output_size", NULL};
+    int window_log_max;
+    Py_ssize_t output_size;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "in", keywords, &window_log_max, &output_size))
+        return -1;
+    if (output_size < 1) {
+        PyErr_SetString(PyExc_ValueError, "output_size must be at least 1");
+        return -1;
+    }
+    if (self->dctx == NULL)
+        self->dctx = ZSTD_createDCtx();
+    PyMem_RawFree(self->scratch);
+    self->scratch = PyMem_RawMalloc((size_t)output_size);
+    if (self->dctx == NULL || self->scratch == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->output_size = (size_t)output_size;
+    size_t rc = ZSTD_DCtx_reset(self->dctx, ZSTD_reset_session_and_parameters);
+    if (!ZSTD_isError(rc))
+        rc = ZSTD_DCtx_setParameter(self->dctx, ZSTD_d_windowLogMax, window_log_max);
+    if (ZSTD_isError(rc)) {
+        PyErr_Format(ZstdPagesError, "zstd decompress error: %s", ZSTD_getErrorName(rc));
+        return -1;
+    }
+    return 0;
+}
+
+static void DStream_dealloc(DStream *self) {
+    ZSTD_freeDCtx(self->dctx);
+    PyMem_RawFree(self->scratch);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Decodes all of the payload into the spans, then the scratch; returns the bytes it decoded to,
+ * which exceed the spans' total when the payload decodes to too much (it stops counting once the
+ * scratch is full, where the reference would have judged too). */
+static PyObject *DStream_decompress_into(DStream *self, PyObject *args) {
+    Py_buffer payload;
+    PyObject *spans_arg;
+    if (self->dctx == NULL) {
+        PyErr_SetString(PyExc_ValueError, "DStream was not initialised");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "y*O", &payload, &spans_arg))
+        return NULL;
+    Spans spans;
+    if (spans_get(spans_arg, PyBUF_WRITABLE, &spans) < 0) {
+        PyBuffer_Release(&payload);
+        return NULL;
+    }
+    if (spans.total >= self->output_size) {  /* the scratch must hold at least a byte */
+        PyErr_Format(PyExc_ValueError, "the spans hold %zu bytes, not less than the output size %zu", spans.total,
+                     self->output_size);
+    } else {
+        claim(&self->busy);
+    }
+    if (PyErr_Occurred()) {
+        spans_release(&spans);
+        PyBuffer_Release(&payload);
+        return NULL;
+    }
+    size_t rc = 0, written = 0;
+    int stalled = 0;
+    Py_BEGIN_ALLOW_THREADS
+    ZSTD_inBuffer in = {payload.buf, (size_t)payload.len, 0};
+    Py_ssize_t next = 0;  /* the next span to fill; spans.count means the scratch */
+    ZSTD_outBuffer out = {NULL, 0, 0};
+    int filled = 0;       /* the last call filled its output: the decoder may hold more */
+    for (;;) {
+        if (out.pos == out.size) {
+            written += out.pos;
+            if (next > spans.count)
+                break;  /* the scratch is full: too much, as the reference judges */
+            if (next < spans.count)
+                out = (ZSTD_outBuffer){spans.views[next].buf, (size_t)spans.views[next].len, 0};
+            else
+                out = (ZSTD_outBuffer){self->scratch, self->output_size - spans.total, 0};
+            next++;
+            if (out.size == 0)
+                continue;
+        }
+        if (in.pos == in.size && !filled)
+            break;
+        size_t in_before = in.pos, out_before = out.pos;
+        rc = ZSTD_decompressStream(self->dctx, &out, &in);
+        if (ZSTD_isError(rc))
+            break;
+        filled = out.pos == out.size;
+        if (in.pos < in.size && in.pos == in_before && out.pos == out_before) {
+            stalled = 1;  /* input left, yet it neither read nor wrote: it would be called forever */
+            break;
+        }
+    }
+    if (out.pos != out.size)
+        written += out.pos;  /* the partly filled output (a full one was counted at the loop's top) */
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    spans_release(&spans);
+    PyBuffer_Release(&payload);
+    if (ZSTD_isError(rc))
+        return PyErr_Format(ZstdPagesError, "zstd decompress error: %s", ZSTD_getErrorName(rc));
+    if (stalled)
+        return PyErr_Format(ZstdPagesError, "zstd decompress error: no progress with %zu input bytes left",
+                            (size_t)payload.len);
+    return PyLong_FromSize_t(written);
+}
+
+static PyMethodDef DStream_methods[] = {
+    {"decompress_into", (PyCFunction)DStream_decompress_into, METH_VARARGS,
+     "decompress_into(payload, spans) -> int: all of the payload into the spans; the bytes it decoded to "
+     "(more than the spans hold when it decodes to too much)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject DStreamType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mfdcomp_zstd._zstdpages.DStream",
+    .tp_doc = PyDoc_STR("DStream(window_log_max, output_size): one channel's zstd decompression stream."),
+    .tp_basicsize = sizeof(DStream),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)DStream_init,
+    .tp_dealloc = (destructor)DStream_dealloc,
+    .tp_methods = DStream_methods,
+};
+
+/* --- module ------------------------------------------------------------------------------------ */
+
+static PyObject *version(PyObject *module, PyObject *unused) {
+    return PyUnicode_FromString(ZSTD_versionString());
+}
+
+static PyMethodDef module_methods[] = {
+    {"version", version, METH_NOARGS, "version() -> str: the libzstd this module runs on."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "mfdcomp_zstd._zstdpages",
+    "A multifd zstd channel's streams on the system's libzstd, without the GIL.", -1, module_methods,
+};
+
+PyMODINIT_FUNC PyInit__zstdpages(void) {
+    if (PyType_Ready(&CStreamType) < 0 || PyType_Ready(&DStreamType) < 0)
+        return NULL;
+    PyObject *module = PyModule_Create(&module_def);
+    if (module == NULL)
+        return NULL;
+    ZstdPagesError = PyErr_NewException("mfdcomp_zstd._zstdpages.Error", NULL, NULL);
+    if (ZstdPagesError == NULL || PyModule_AddObjectRef(module, "Error", ZstdPagesError) < 0 ||
+        PyModule_AddObjectRef(module, "CStream", (PyObject *)&CStreamType) < 0 ||
+        PyModule_AddObjectRef(module, "DStream", (PyObject *)&DStreamType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}
