@@ -1,20 +1,23 @@
-/* mfdcomp._speedups.send_nocomp: one nocomp RAM packet of a source channel, prepared and written without the GIL.
+/* mfdcomp._speedups.send_packet: one RAM packet of a source channel, prepared and written without the GIL.
  *
  * The Python path (mfdcomp.engine.source) takes a few GIL hand-offs per packet: the zero-page scan, the
- * sendmsg, the page hashing, each released and taken again, with the other channel threads waiting in
- * between. Here one call scans the batch for zero pages, orders it as QEMU's sender does (normal pages
- * first, mfdcomp.zeropage.partition), builds the header (mfdcomp.wire.RamPacket.data().encode()), writes it
- * and the normal pages with sendmsg (MSG_NOSIGNAL, short writes resumed) and hashes the pages into the
+ * codec, the sendmsg, the page hashing, each released and taken again, with the other channel threads
+ * waiting in between. Here one call scans the batch for zero pages, orders it as QEMU's sender does (normal
+ * pages first, mfdcomp.zeropage.partition), has the codec's compiled compressor turn the normal pages into
+ * the payload (nocomp: the pages themselves), builds the header (mfdcomp.wire.RamPacket.data().encode()),
+ * writes it and the payload with sendmsg (MSG_NOSIGNAL, short writes resumed) and hashes the pages into the
  * digest table, with the GIL released once. The Python path stays the reference; tests demand the same
  * bytes on the wire, the same order of offsets and the same digests of both.
  *
- * send_nocomp(fd, block, offsets, page_size, capacity, detect_zero, packet_num, name_field, table,
- *             zero_digest) -> (normal, zero, written, errno, ordered)
+ * send_packet(fd, block, offsets, page_size, capacity, detect_zero, packet_num, name_field, table,
+ *             zero_digest, flags=0, compressor=None) -> (normal, zero, written, errno, ordered, payload, problem)
  *     block: the source RAM block (readable buffer); offsets: a list of byte offsets of its pages (at most
  *     capacity; checked: ValueError otherwise, with zero_flags' message); name_field: the 256-byte NUL
- *     padded block name; table: its 16-byte digest slots or None; zero_digest: a zero page's digest.
+ *     padded block name; table: its 16-byte digest slots or None; zero_digest: a zero page's digest;
+ *     flags: the codec's bits of hdr.flags; compressor: a MFDCOMP_COMPRESSOR_CAPSULE or None (nocomp).
  *     written: bytes sent; errno: 0, or why the sendmsg failed (the packet may be cut: the channel is
- *     then unusable, as after the Python path's failed send_all). ordered: the offsets as sent.
+ *     then unusable, as after the Python path's failed send_all). ordered: the offsets as sent. payload:
+ *     the payload's size. problem: None, or the compressor's message (nothing was sent).
  */
 #include "_speedups.h"
 
@@ -95,17 +98,28 @@ sendmsg_all(int fd, struct iovec *iov, int iovcnt, int *err)
 }
 
 PyObject *
-mfdcomp_send_nocomp(PyObject *self, PyObject *args)
+mfdcomp_send_packet(PyObject *self, PyObject *args)
 {
     int fd, detect_zero;
     Py_buffer block, name, zero_digest, table = {0};
-    PyObject *offsets_obj, *table_obj;
+    PyObject *offsets_obj, *table_obj, *compressor_obj = Py_None;
     Py_ssize_t page_size, capacity;
     unsigned long long packet_num;
+    unsigned int flags = 0;
     (void)self;
-    if (!PyArg_ParseTuple(args, "iy*OnnpKy*Oy*:send_nocomp", &fd, &block, &offsets_obj, &page_size, &capacity,
-                          &detect_zero, &packet_num, &name, &table_obj, &zero_digest))
+    if (!PyArg_ParseTuple(args, "iy*OnnpKy*Oy*|IO:send_packet", &fd, &block, &offsets_obj, &page_size, &capacity,
+                          &detect_zero, &packet_num, &name, &table_obj, &zero_digest, &flags, &compressor_obj))
         return NULL;
+    const mfdcomp_compressor *compressor = NULL;
+    if (compressor_obj != Py_None) {
+        compressor = PyCapsule_GetPointer(compressor_obj, MFDCOMP_COMPRESSOR_CAPSULE);
+        if (compressor == NULL) {
+            PyBuffer_Release(&zero_digest);
+            PyBuffer_Release(&name);
+            PyBuffer_Release(&block);
+            return NULL;
+        }
+    }
     PyObject *result = NULL;
     Py_ssize_t *offsets = NULL, count = 0;
     unsigned char *packet = NULL, *zero = NULL;
@@ -116,8 +130,8 @@ mfdcomp_send_nocomp(PyObject *self, PyObject *args)
         goto done;
     }
     if (page_size <= 0 || page_size % 8 || capacity <= 0 || capacity > (1 << 20) || name.len != NAME_LEN ||
-        zero_digest.len != 16 || fd < 0) {
-        PyErr_SetString(PyExc_ValueError, "bad page_size, capacity, name field, zero digest or fd");
+        zero_digest.len != 16 || fd < 0 || (flags & FLAG_SYNC)) {
+        PyErr_SetString(PyExc_ValueError, "bad page_size, capacity, name field, zero digest, fd or flags");
         goto done;
     }
     /* Pages anywhere in the block, as zero_flags takes them; page-aligned when hashed, as page_digests. */
@@ -139,29 +153,17 @@ mfdcomp_send_nocomp(PyObject *self, PyObject *args)
         goto done;
     }
     const unsigned char *base = block.buf;
-    Py_ssize_t normal = count, written = 0;
+    Py_ssize_t normal = count, written = 0, payload = 0;
     int err = 0;
+    char problem[256] = "";
     xxh3_pages_fn hash = mfdcomp_xxh3_pages();
     Py_BEGIN_ALLOW_THREADS
     if (detect_zero) {
         mfdcomp_scan_pages(base, offsets, count, page_size, zero);
         normal = partition(offsets, zero, count);
     }
-    unsigned char *h = packet;
-    put32(h, MULTIFD_MAGIC);
-    put32(h + 4, MULTIFD_VERSION);
-    put32(h + 8, 0); /* nocomp, no SYNC */
-    put32(h + 12, (uint32_t)capacity);
-    put32(h + 16, (uint32_t)normal);
-    put32(h + 20, (uint32_t)(normal * page_size));
-    put64(h + 24, packet_num);
-    put32(h + 32, (uint32_t)(count - normal));
-    memcpy(h + NAME_AT, name.buf, NAME_LEN);
-    for (Py_ssize_t k = 0; k < count; k++)
-        put64(h + FIXED_SIZE + 8 * k, (uint64_t)offsets[k]);
-    int iovcnt = 0;
-    iov[iovcnt].iov_base = packet;
-    iov[iovcnt++].iov_len = (size_t)header_size;
+    /* The header first, then the normal pages in runs of adjacent ones. */
+    int iovcnt = 1;
     for (Py_ssize_t k = 0; k < normal;) {
         Py_ssize_t run = 1;
         while (k + run < normal && offsets[k + run] == offsets[k] + run * page_size)
@@ -170,8 +172,34 @@ mfdcomp_send_nocomp(PyObject *self, PyObject *args)
         iov[iovcnt++].iov_len = (size_t)(run * page_size);
         k += run;
     }
-    written = sendmsg_all(fd, iov, iovcnt, &err);
-    if (err == 0 && hashing) {
+    payload = normal * page_size;
+    if (compressor != NULL && normal > 0) {
+        /* The codec's payload replaces the pages (a packet without normal pages has none, as in Python). */
+        const char *out = NULL;
+        payload = compressor->compress(compressor->ctx, iov + 1, iovcnt - 1, &out, problem, sizeof problem);
+        iovcnt = 1;
+        if (payload > 0) {
+            iov[iovcnt].iov_base = (void *)out;
+            iov[iovcnt++].iov_len = (size_t)payload;
+        }
+    }
+    unsigned char *h = packet;
+    put32(h, MULTIFD_MAGIC);
+    put32(h + 4, MULTIFD_VERSION);
+    put32(h + 8, flags); /* the codec's bits; never SYNC */
+    put32(h + 12, (uint32_t)capacity);
+    put32(h + 16, (uint32_t)normal);
+    put32(h + 20, (uint32_t)payload);
+    put64(h + 24, packet_num);
+    put32(h + 32, (uint32_t)(count - normal));
+    memcpy(h + NAME_AT, name.buf, NAME_LEN);
+    for (Py_ssize_t k = 0; k < count; k++)
+        put64(h + FIXED_SIZE + 8 * k, (uint64_t)offsets[k]);
+    iov[0].iov_base = packet;
+    iov[0].iov_len = (size_t)header_size;
+    if (payload >= 0)
+        written = sendmsg_all(fd, iov, iovcnt, &err);
+    if (payload >= 0 && err == 0 && hashing) {
         /* After the write, as the Python path: the pages were just read, and are hashed from the cache. */
         hash(base, offsets, normal, page_size, 0, table.buf);
         for (Py_ssize_t k = normal; k < count; k++)
@@ -189,7 +217,11 @@ mfdcomp_send_nocomp(PyObject *self, PyObject *args)
         }
         PyList_SET_ITEM(ordered, k, o);
     }
-    result = Py_BuildValue("(nnniN)", normal, count - normal, written, err, ordered);
+    if (payload < 0)
+        result = Py_BuildValue("(nnniNns)", normal, count - normal, written, err, ordered, (Py_ssize_t)0,
+                               problem[0] ? problem : "the compressor failed without a message");
+    else
+        result = Py_BuildValue("(nnniNnO)", normal, count - normal, written, err, ordered, payload, Py_None);
 done:
     PyMem_Free(offsets);
     PyMem_Free(packet);

@@ -20,9 +20,11 @@
  *     A nocomp destination channel's packets, read from its socket, checked and stored without the GIL
  *     until a SYNC packet or one the Python loop must take (mfdcomp/_recvloop.c, mfdcomp.engine.fastrecv).
  *
- * send_nocomp(fd, block, offsets, page_size, capacity, detect_zero, packet_num, name_field, table, zero_digest)
- *     One nocomp RAM packet of a source channel: zero pages found and put last as QEMU does, header and
- *     pages written with sendmsg, pages hashed, all without the GIL (mfdcomp/_sendloop.c).
+ * send_packet(fd, block, offsets, page_size, capacity, detect_zero, packet_num, name_field, table, zero_digest,
+ *             flags, compressor)
+ *     One RAM packet of a source channel: zero pages found and put last as QEMU does, the normal pages
+ *     compressed by the codec's compiled compressor (or sent as they are), header and payload written with
+ *     sendmsg, pages hashed, all without the GIL (mfdcomp/_sendloop.c).
  *
  * zero_flags(block, offsets, page_size) -> list[bool]
  *     For each byte offset, whether the page_size bytes there are all zero.
@@ -240,7 +242,7 @@ done:
 
 #define DIGEST_SIZE 16
 
-/* Slot check of page_digests, store_pages and send_nocomp: every page's 16-byte slot lies in the table. */
+/* Slot check of page_digests, store_pages and send_packet: every page's 16-byte slot lies in the table. */
 int
 mfdcomp_check_slots(const Py_ssize_t *offsets, Py_ssize_t count, Py_ssize_t page_size, Py_ssize_t table_len)
 {
@@ -467,9 +469,10 @@ static PyMethodDef methods[] = {
      "page_digests(block, offsets, page_size, table): XXH3-128 of each page into its 16-byte slot of table."},
     {"store_pages", store_pages, METH_VARARGS,
      "store_pages(fd, block, staged, offsets, page_size, table): staged pages into the target (and their digests)."},
-    {"send_nocomp", mfdcomp_send_nocomp, METH_VARARGS,
-     "send_nocomp(fd, block, offsets, page_size, capacity, detect_zero, packet_num, name_field, table, zero_digest)"
-     " -> tuple: one nocomp RAM packet, scanned, written and hashed (mfdcomp/_sendloop.c)."},
+    {"send_packet", mfdcomp_send_packet, METH_VARARGS,
+     "send_packet(fd, block, offsets, page_size, capacity, detect_zero, packet_num, name_field, table, zero_digest"
+     "[, flags, compressor]) -> tuple: one RAM packet, scanned, compressed, written and hashed "
+     "(mfdcomp/_sendloop.c)."},
     {"recv_packets", mfdcomp_recv_packets, METH_VARARGS,
      "recv_packets(fd, header, staging, blocks, page_size, capacity, max_packets, zero_digest) -> tuple: "
      "nocomp RAM packets from a socket into the targets (mfdcomp/_recvloop.c)."},

@@ -41,8 +41,21 @@ int mfdcomp_check_slots(const Py_ssize_t *offsets, Py_ssize_t count, Py_ssize_t 
 void mfdcomp_scan_pages(const unsigned char *base, const Py_ssize_t *offsets, Py_ssize_t count, Py_ssize_t page_size,
                         unsigned char *flags);
 
-/* recv_packets(...): see mfdcomp/_recvloop.c. send_nocomp(...): see mfdcomp/_sendloop.c. */
+/* A codec's compiled packet compressor, handed to send_packet in a PyCapsule of this name (the contract a
+ * codec's own extension implements: MultiFDMethods.packet_compressor). compress runs without the GIL, on
+ * the channel's thread only: it feeds the pages (count buffers, in order) through the channel's stream as
+ * one packet's payload, points *out at it (the compressor's memory, valid until its next call) and returns
+ * its size; or returns -1 with the whole message for the codec's CodecError in error. */
+#define MFDCOMP_COMPRESSOR_CAPSULE "mfdcomp.compressor.v1"
+struct iovec;
+typedef struct {
+    void *ctx;
+    Py_ssize_t (*compress)(void *ctx, const struct iovec *pages, int count, const char **out, char *error,
+                           size_t error_size);
+} mfdcomp_compressor;
+
+/* recv_packets(...): see mfdcomp/_recvloop.c. send_packet(...): see mfdcomp/_sendloop.c. */
 PyObject *mfdcomp_recv_packets(PyObject *self, PyObject *args);
-PyObject *mfdcomp_send_nocomp(PyObject *self, PyObject *args);
+PyObject *mfdcomp_send_packet(PyObject *self, PyObject *args);
 
 #endif

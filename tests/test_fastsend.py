@@ -1,8 +1,9 @@
-"""The compiled nocomp send path (mfdcomp/_sendloop.c, mfdcomp.engine.fastsend) against the Python path.
+"""The compiled send path (mfdcomp/_sendloop.c, mfdcomp.engine.fastsend) against the Python path.
 
 The same batches of pages go through a real source engine over a real socket twice, with the compiled
 path and with the Python path alone; the bytes on the wire (init, RAM and SYNC packets), the page digests,
-the order the offsets end in and the counters must be equal.
+the order the offsets end in and the counters must be equal. Codecs: nocomp, and zstd on its compiled
+streams, whose packet_compressor the compiled path calls instead of send_prepare.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mfdcomp_zstd import ZstdCodec
+from mfdcomp_zstd.codec import LIBZSTD, PYTHON_ZSTANDARD
 
 from mfdcomp import speedups
 from mfdcomp.engine.source import SourceEngine
 from mfdcomp.errors import ChannelError
+from mfdcomp.methods import Codec
 from mfdcomp.methods.nocomp import Nocomp
 from mfdcomp.pagedigest import PageDigests
 from mfdcomp.transport.sockets import SocketStream
@@ -29,6 +33,24 @@ pytestmark = pytest.mark.skipif(speedups.compiled() is None, reason="mfdcomp._sp
 PS = 4096
 PAGES = 300
 UUID = bytes(range(16))
+
+
+def codec_named(name: str) -> Codec:
+    """nocomp, or zstd on one implementation (only the compiled one offers the compiled path a compressor)."""
+    if name == "none":
+        return Nocomp()
+    return ZstdCodec(impl=name.split(":")[1])
+
+
+CODECS = [
+    "none",
+    pytest.param(
+        f"zstd:{LIBZSTD}",
+        marks=pytest.mark.skipif(
+            ZstdCodec(impl=LIBZSTD).implementation is None, reason="mfdcomp_zstd._zstdpages is not built here"
+        ),
+    ),
+]
 
 
 @dataclass
@@ -60,7 +82,15 @@ def make_block(kinds: list[int]) -> Block:
 
 
 def send(
-    block: Block, batches: list[list[int]], *, fast: bool, detect: bool, hashing: bool, again: bool = False
+    block: Block,
+    batches: list[list[int]],
+    *,
+    fast: bool,
+    detect: bool,
+    hashing: bool,
+    again: bool = False,
+    codec: str = "none",
+    taken: list[bool] | None = None,
 ) -> Sent:
     """``batches`` in one round; with ``again``, a second round of them after every page turned zero."""
     ours, theirs = socket.socketpair()
@@ -75,7 +105,7 @@ def send(
     digests = PageDigests({block.name: block.memory.nbytes}, PS) if hashing else None
     engine = SourceEngine(
         [SocketStream(ours, "fast")],
-        Nocomp(),
+        codec_named(codec),
         level=None,
         page_size=PS,
         uuid=UUID,
@@ -88,6 +118,8 @@ def send(
     try:
         engine.start()
         engine.send_round([(block, b) for b in mine])
+        if taken is not None:
+            taken.append(engine.channels[0].fast is not None)
         if again:
             block.memory[:] = bytes(block.memory.nbytes)
             mine += [list(b) for b in batches]
@@ -114,6 +146,7 @@ batch = st.lists(st.integers(0, PAGES - 1).map(lambda k: k * PS), max_size=128) 
 )
 
 
+@pytest.mark.parametrize("codec", CODECS)
 @settings(max_examples=150, deadline=None, derandomize=True, database=None)
 @given(
     kinds=page_kinds,
@@ -123,10 +156,13 @@ batch = st.lists(st.integers(0, PAGES - 1).map(lambda k: k * PS), max_size=128) 
     again=st.booleans(),
 )
 def test_both_paths_put_the_same_bytes_on_the_wire(
-    kinds: list[int], batches: list[list[int]], detect: bool, hashing: bool, again: bool
+    codec: str, kinds: list[int], batches: list[list[int]], detect: bool, hashing: bool, again: bool
 ) -> None:
-    compiled = send(make_block(kinds), batches, fast=True, detect=detect, hashing=hashing, again=again)
-    pure = send(make_block(kinds), batches, fast=False, detect=detect, hashing=hashing, again=again)
+    taken: list[bool] = []
+    args = {"detect": detect, "hashing": hashing, "again": again, "codec": codec}
+    compiled = send(make_block(kinds), batches, fast=True, taken=taken, **args)  # type: ignore[arg-type]
+    pure = send(make_block(kinds), batches, fast=False, **args)  # type: ignore[arg-type]
+    assert taken == [True]
     assert compiled.error is None and pure.error is None
     assert compiled.batches == pure.batches  # QEMU's partition, swap for swap
     assert compiled.stats == pure.stats
@@ -134,22 +170,33 @@ def test_both_paths_put_the_same_bytes_on_the_wire(
     assert compiled.wire == pure.wire
 
 
-def test_the_compiled_path_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("codec", CODECS)
+def test_the_compiled_path_is_taken(monkeypatch: pytest.MonkeyPatch, codec: str) -> None:
     module = speedups.compiled()
     assert module is not None
     calls = []
 
     class Counting:
-        def send_nocomp(self, *args: Any) -> Any:
-            calls.append(len(args[2]))
+        def send_packet(self, *args: Any) -> Any:
+            calls.append((len(args[2]), args[10], args[11] is not None))
             assert module is not None
-            return module.send_nocomp(*args)
+            return module.send_packet(*args)
 
     monkeypatch.setattr(speedups, "compiled", lambda: Counting())  # the module fastsend asks
     block = make_block([k % 4 for k in range(PAGES)])
-    sent = send(block, [[k * PS for k in range(128)], [PS, 0]], fast=True, detect=True, hashing=True)
+    sent = send(block, [[k * PS for k in range(128)], [PS, 0]], fast=True, detect=True, hashing=True, codec=codec)
     assert sent.error is None
-    assert calls == [128, 2]
+    compressing = codec != "none"
+    assert calls == [(128, 4 * compressing, compressing), (2, 4 * compressing, compressing)]
+
+
+def test_zstd_on_python_zstandard_stays_on_the_python_path() -> None:
+    """python-zstandard has no compiled compressor to offer: its packets go through send_prepare."""
+    taken: list[bool] = []
+    block = make_block([k % 4 for k in range(PAGES)])
+    sent = send(block, [[0, PS]], fast=True, detect=True, hashing=False, codec=f"zstd:{PYTHON_ZSTANDARD}", taken=taken)
+    assert sent.error is None
+    assert taken == [False]
 
 
 def test_a_peer_gone_is_the_same_error_on_both_paths() -> None:
@@ -174,7 +221,7 @@ def test_a_peer_gone_is_the_same_error_on_both_paths() -> None:
     assert errors[0] == errors[1]
 
 
-def test_send_nocomp_refuses_bad_arguments() -> None:
+def test_send_packet_refuses_bad_arguments() -> None:
     module = speedups.compiled()
     assert module is not None
     ours, theirs = socket.socketpair()
@@ -186,8 +233,12 @@ def test_send_nocomp_refuses_bad_arguments() -> None:
             wrong = list(args)
             wrong[index] = bad
             with pytest.raises(ValueError):
-                module.send_nocomp(*wrong)
+                module.send_packet(*wrong)
         with pytest.raises(ValueError, match="at most 1 pages"):
-            module.send_nocomp(*args[:4], 1, *args[5:])
+            module.send_packet(*args[:4], 1, *args[5:])
         with pytest.raises(ValueError, match="no slot for its page in a 16-byte digest table"):
-            module.send_nocomp(*args[:8], bytearray(16), *args[9:])
+            module.send_packet(*args[:8], bytearray(16), *args[9:])
+        with pytest.raises(ValueError, match="or flags"):
+            module.send_packet(*args, 0x1)  # SYNC is never a data packet's
+        with pytest.raises(ValueError, match="PyCapsule"):
+            module.send_packet(*args, 0x4, object())  # not a compressor capsule

@@ -15,11 +15,13 @@ import ctypes
 import ctypes.util
 import functools
 import importlib
+import json
 import random
 from collections.abc import Sequence
 from types import ModuleType
 
 import pytest
+import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 from mfdcomp_zstd import ZstdCodec
@@ -27,12 +29,14 @@ from mfdcomp_zstd.codec import FRAME_MAGIC, LIBZSTD, MAX_WINDOW, PYTHON_ZSTANDAR
 
 from mfdcomp.errors import MfdcompError
 from mfdcomp.methods import MultiFDMethods, PageViews
-from mfdcomp.wire import MULTIFD_PACKET_SIZE, RamPacket
+from mfdcomp.testing.checks import PACKAGED_VECTORS
+from mfdcomp.wire import MULTIFD_PACKET_SIZE, ChannelReader, RamData, RamPacket
 from tests.test_fuzz_codecs import (
     PACKETS_PER_CHANNEL,
     PAGE_SIZE,
     Channel,
     GuardedPages,
+    Packet,
     Payload,
     capture_channels,
     mutate_payload,
@@ -121,11 +125,30 @@ def test_each_implementation_decodes_what_either_encodes(kind: str, encoder: str
                 )
 
 
+def packaged_channels() -> list[Channel]:
+    """The zstd channels of the QEMU captures packaged with mfdcomp (their first packets)."""
+    found = []
+    for manifest_path in sorted((PACKAGED_VECTORS / "qemu").glob("*/manifest.json")):
+        manifest = json.loads(manifest_path.read_text())
+        if manifest["codec"] != "zstd":
+            continue
+        for entry in manifest["multifd_channels"].values():
+            reader = ChannelReader()
+            reader.feed(zstandard.ZstdDecompressor().decompress((manifest_path.parent / entry["file"]).read_bytes()))
+            packets = [
+                Packet(event.packet, event.payload)
+                for event in reader
+                if isinstance(event, RamData) and event.packet.normal_pages
+            ]
+            found.append(Channel(f"packaged {manifest_path.parent.name}/{entry['file']}", "zstd", tuple(packets)))
+    return found
+
+
 def test_the_compiled_sender_writes_qemus_bytes_for_qemus_pages() -> None:
     """QEMU 10 links the system's libzstd: its captured payloads, decoded and re-encoded, come out equal."""
     assert ZSTDPAGES is not None
-    channels = capture_channels("zstd")
-    assert channels, "no zstd capture found (tests/vectors or ../shared/vectors)"
+    channels = packaged_channels() + capture_channels("zstd")
+    assert channels, f"no zstd capture found (packaged: {PACKAGED_VECTORS})"
     for channel in channels:
         method = receiver(LIBZSTD)
         source = sender(LIBZSTD, level=1)  # the captures' level (vectors/README.md)

@@ -1,10 +1,12 @@
-"""A nocomp source channel's packets through the compiled path (mfdcomp/_sendloop.c).
+"""A source channel's packets through the compiled path (mfdcomp/_sendloop.c).
 
 The Python path in mfdcomp.engine.source (zero-page scan, QEMU's partition,
-RamPacket encoding, the stream's send_all, the page hashing) is the reference;
-here one call does all of it for a packet with the GIL released once. Used when
-the compiled module is there, the codec is nocomp and the channel is a plain
-socket (not TLS); MFDCOMP_PURE_PYTHON=1 turns it off with the rest.
+the codec's send_prepare, RamPacket encoding, the stream's send_all, the page
+hashing) is the reference; here one call does all of it for a packet with the
+GIL released once. Used when the compiled module is there, the codec is nocomp
+or its context offers a compiled compressor (MultiFDMethods.packet_compressor),
+and the channel is a plain socket (not TLS); MFDCOMP_PURE_PYTHON=1 turns it off
+with the rest.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import os
 from typing import TYPE_CHECKING
 
 from mfdcomp import speedups
+from mfdcomp.errors import CodecError
+from mfdcomp.methods import CodecPath, MultiFDMethods, PacketCompressor
 from mfdcomp.methods.nocomp import NocompMethods
 from mfdcomp.pagedigest import zero_page_digest
 from mfdcomp.transport.base import DescriptorStream
@@ -26,28 +30,40 @@ if TYPE_CHECKING:
 class FastSend:
     """One source channel's compiled packet path; :meth:`send` says None where the Python path must run."""
 
-    def __init__(self, engine: SourceEngine, stream: DescriptorStream) -> None:
+    def __init__(
+        self, engine: SourceEngine, stream: DescriptorStream, method: MultiFDMethods, compressor: PacketCompressor
+    ) -> None:
         self._engine = engine  # set once; its page size, capacity, zero-page choice and digests are read
         self._stream = stream  # channel thread only, like everything here
+        self._flags = method.flag
+        self._compressor = compressor
         self._zero_digest = zero_page_digest(engine.page_size) if engine.page_digests is not None else bytes(16)
         self._names: dict[str, bytes | None] = {}
 
     @classmethod
     def for_channel(cls, engine: SourceEngine, channel: _SendChannel[Stream]) -> FastSend | None:
         """The compiled path for ``channel``, or None where only the Python path applies."""
-        if (
-            speedups.compiled() is None
-            # What the compiled path does is NocompMethods.send_prepare: any other (a subclass's, a test's) runs.
-            or getattr(channel.method.send_prepare, "__func__", None) is not NocompMethods.send_prepare
-            or not isinstance(channel.stream, DescriptorStream)
-        ):
+        method = channel.method
+        if speedups.compiled() is None or not isinstance(channel.stream, DescriptorStream):
             return None
-        return cls(engine, channel.stream)
+        # What the compiled path does for nocomp is NocompMethods.send_prepare: any other (a subclass's, a
+        # test's) runs; another codec's context must offer its compiled twin of send_prepare.
+        if getattr(method.send_prepare, "__func__", None) is NocompMethods.send_prepare:
+            compressor = PacketCompressor(None, CodecPath.RAW)
+        else:
+            offered = method.packet_compressor()
+            # A QEMU codec only (an extension's header carries its id), and not where every packet must
+            # prove a hardware path: the Python path's check refuses those packets with its own error.
+            if offered is None or method.extension_id or engine.require_hw:
+                return None
+            compressor = offered
+        return cls(engine, channel.stream, method, compressor)
 
-    def send(self, block: PageBlock, offsets: list[int]) -> tuple[int, int, int] | None:
+    def send(self, block: PageBlock, offsets: list[int]) -> tuple[int, int, int, int, CodecPath] | None:
         """Write one packet of ``offsets`` (reordered in place, normal pages first, as the Python path does).
 
-        Returns its normal and zero pages and the bytes written, or None if the Python path must send it.
+        Returns its normal and zero pages, the bytes written, the payload's size and its path, or None if
+        the Python path must send it.
         """
         compiled = speedups.compiled()
         engine = self._engine
@@ -56,7 +72,7 @@ class FastSend:
         if compiled is None or field is None or fd is None or len(offsets) > engine.capacity:
             return None
         digests = engine.page_digests
-        normal, zero, written, err, ordered = compiled.send_nocomp(
+        normal, zero, written, err, ordered, payload, problem = compiled.send_packet(
             fd,
             block.memory,
             offsets,
@@ -67,12 +83,16 @@ class FastSend:
             field,
             None if digests is None else digests.tables[block.name],
             self._zero_digest,
+            self._flags,
+            self._compressor.capsule,
         )
         offsets[:] = ordered
+        if problem is not None:  # the codec's own words, as its send_prepare raises them
+            raise CodecError(problem)
         if err:  # as the Python path's send_all: nothing counted for a packet that did not go out whole
             error = OSError(err, os.strerror(err))
             raise self._stream.send_error(error) from error
-        return normal, zero, written
+        return normal, zero, written, payload, self._compressor.path
 
     def _name_field(self, name: str) -> bytes | None:
         """The block name as a RAM packet carries it, or None for one the Python path refuses (too long)."""

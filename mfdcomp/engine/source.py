@@ -260,8 +260,8 @@ class SourceEngine(ChannelEngine[Stream]):
         if sent is None:
             super()._send_batch(channel, block, offsets)
             return
-        normal, zero, written = sent
-        self._sent(channel, normal, zero, normal * self.page_size, written, CodecPath.RAW)
+        normal, zero, written, payload, path = sent
+        self._sent(channel, normal, zero, payload, written, path)
 
     def _write_batch(
         self, channel: _SendChannel[Stream], block: PageBlock, normal: list[int], zero: list[int], payload: SendPayload

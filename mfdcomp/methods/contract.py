@@ -117,6 +117,22 @@ class SendPayload:
     flags: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class PacketCompressor:
+    """A channel context's compiled compressor, for the engine's compiled send path.
+
+    ``capsule`` is a PyCapsule named ``mfdcomp.compressor.v1`` holding the
+    ``mfdcomp_compressor`` of mfdcomp/_speedups.h: its compress() turns one
+    packet's normal pages into the payload through this context's stream,
+    without the GIL, byte for byte as ``send_prepare`` would (a channel may
+    alternate between the two). Its packets carry no flags beyond the
+    codec's ``flag`` and are counted under ``path``.
+    """
+
+    capsule: object
+    path: CodecPath
+
+
 class PayloadSource(Protocol):
     """The payload of the packet being received, still on the wire.
 
@@ -179,6 +195,10 @@ class MultiFDMethods(abc.ABC):
 
     def send_cleanup(self) -> None:
         """Release what send_setup made (default: nothing)."""
+
+    def packet_compressor(self) -> PacketCompressor | None:
+        """Optional, after ``send_setup``: a compiled twin of ``send_prepare`` (default: none)."""
+        return None
 
     def recv_setup(self, channel: int) -> None:
         self.owner.bind(channel)

@@ -12,6 +12,7 @@ on stdlib zlib: every test of the stream runs on both ("zlib/isal",
 
 from __future__ import annotations
 
+import importlib
 import json
 import random
 import threading
@@ -20,11 +21,14 @@ import tracemalloc
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mfdcomp_zstd import ZstdCodec
+from mfdcomp_zstd.codec import LIBZSTD
 
 from mfdcomp.errors import CodecError
 from mfdcomp.imagegen import DEFAULT_MIX, KINDS, generate_image, parse_mix
@@ -43,7 +47,10 @@ ZLIBS = [
     pytest.param("zlib/isal", marks=pytest.mark.skipif(not HAS_ISAL, reason="python-isal is not installed")),
     "zlib/zlib",
 ]
-CODECS = [*ZLIBS, "zstd"]
+ZSTDS = ["zstd/python-zstandard"]
+if ZstdCodec().implementation != "python-zstandard":  # the compiled streams are the registered codec's
+    ZSTDS.append("zstd/libzstd")
+CODECS = [*ZLIBS, "zstd", *ZSTDS]
 FLAGS = {"zlib": Flag.ZLIB, "zstd": Flag.ZSTD}
 LEVELS = {"zlib": (0, 9), "zstd": (0, 20)}
 SYNC_FLUSH_MARKER = b"\x00\x00\xff\xff"
@@ -68,7 +75,16 @@ def lib_of(name: str) -> libs.Deflate:
     return found
 
 
+def zstd_impl(name: str) -> str:
+    """The zstd implementation a zstd-family name runs on: the one after the slash, else the registered codec's."""
+    impl = name.partition("/")[2] or ZstdCodec().implementation
+    assert impl is not None
+    return impl
+
+
 def codec(name: str) -> Codec:
+    if "/" in name and family(name) == "zstd":
+        return ZstdCodec(impl=name.partition("/")[2])
     if "/" in name:
         from mfdcomp_zlib import ZlibCodec
 
@@ -91,8 +107,15 @@ def reference_encoder(name: str, level: int = 1) -> Coder:
     if family(name) == "zlib":
         deflate = lib_of(name).compressobj(level)
         return lambda data: deflate.compress(data) + deflate.flush(zlib.Z_SYNC_FLUSH)
+    if zstd_impl(name) == LIBZSTD:  # its own library: python-zstandard carries another libzstd version
+        stream = _zstdpages().CStream(level)
+        return lambda data: bytes(stream.compress([data]))
     compressor = zstandard.ZstdCompressor(level=level).compressobj()
     return lambda data: compressor.compress(data) + compressor.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+
+
+def _zstdpages() -> Any:
+    return importlib.import_module("mfdcomp_zstd._zstdpages")
 
 
 def reference_decoder(name: str) -> Coder:
@@ -271,8 +294,9 @@ def test_probe(name: str) -> None:
         assert getattr(found, "implementation", None) == lib.name
         assert found.probe() == found.probe()
     else:
-        assert (probe.library, probe.version) == ("libzstd", ".".join(map(str, zstandard.ZSTD_VERSION)))
-        assert found.probe() is found.probe(), "probed once"
+        version = _zstdpages().version() if zstd_impl(name) == LIBZSTD else ".".join(map(str, zstandard.ZSTD_VERSION))
+        assert (probe.library, probe.version) == ("libzstd", version)
+        assert found.probe() == found.probe()
 
 
 @pytest.mark.parametrize("name", CODECS)
@@ -478,7 +502,10 @@ def refuse(receiver: Receiver, payload: bytes, pages: int, match: str) -> CodecE
 def test_corrupt_first_payload(name: str) -> None:
     garbage = b"\xff\xff" + random.Random(4).randbytes(3000)
     error = refuse(Receiver(name), garbage, 4, "corrupt")
-    assert isinstance(error.__cause__, lib_of(name).error if family(name) == "zlib" else zstandard.ZstdError)
+    if family(name) == "zlib":
+        assert isinstance(error.__cause__, lib_of(name).error)
+    else:  # the library's own error, whichever runs the stream
+        assert isinstance(error.__cause__, _zstdpages().Error if zstd_impl(name) == LIBZSTD else zstandard.ZstdError)
 
 
 @pytest.mark.parametrize("name", CODECS)

@@ -10,7 +10,19 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/uio.h>
 #include <zstd.h>
+
+/* mfdcomp's compiled send path calls a codec's compressor through this (mfdcomp/_speedups.h, version 1 of
+ * the contract: the capsule's name says which layout it holds). */
+#define MFDCOMP_COMPRESSOR_CAPSULE "mfdcomp.compressor.v1"
+typedef struct {
+    void *ctx;
+    Py_ssize_t (*compress)(void *ctx, const struct iovec *pages, int count, const char **out, char *error,
+                           size_t error_size);
+} mfdcomp_compressor;
 
 static PyObject *ZstdPagesError;
 
@@ -74,8 +86,98 @@ typedef struct {
     /* The payloads' bytearray, reused once no view of the last payload is left: a fresh 512 KiB
      * object per packet is mapped and faulted in anew by malloc (~70 page faults a packet). */
     PyObject *out;
+    /* mfdcomp's compiled send path: the hook its capsule points at, and the payload buffer it fills
+     * (the channel thread's alone; valid until the next packet). */
+    mfdcomp_compressor hook;
+    char *raw;
+    size_t raw_size;
     int busy;
 } CStream;
+
+/* The pages through the stream, then a block flush, into out: 0, or the library's error code; *full when
+ * the output ran out of room first. Without the GIL. */
+static size_t feed(ZSTD_CCtx *cctx, const struct iovec *pages, int count, ZSTD_outBuffer *out, int *full) {
+    size_t rc = 0;
+    *full = 0;
+    for (int i = 0; i < count; i++) {
+        ZSTD_inBuffer in = {pages[i].iov_base, pages[i].iov_len, 0};
+        while (in.pos < in.size) {
+            rc = ZSTD_compressStream2(cctx, out, &in, ZSTD_e_continue);
+            if (ZSTD_isError(rc))
+                return rc;
+            if ((*full = out->pos == out->size))
+                return 0;
+        }
+    }
+    ZSTD_inBuffer none = {NULL, 0, 0};
+    do {
+        rc = ZSTD_compressStream2(cctx, out, &none, ZSTD_e_flush);
+    } while (!ZSTD_isError(rc) && rc != 0 && !(*full = out->pos == out->size));
+    return ZSTD_isError(rc) ? rc : 0;
+}
+
+/* A flushed stream's output fits the library's single-shot bound (frame and block headers included);
+ * the slack covers the frame header again, at most 18 bytes, in case it is not. */
+static size_t bound_of(size_t total) {
+    return ZSTD_compressBound(total) + 64;
+}
+
+/* mfdcomp_compressor.compress: the same bytes as CStream.compress, into the hook's own buffer. */
+static Py_ssize_t CStream_hook(void *ctx, const struct iovec *pages, int count, const char **out_data, char *error,
+                               size_t error_size) {
+    CStream *self = ctx;
+    size_t total = 0;
+    for (int i = 0; i < count; i++)
+        total += pages[i].iov_len;
+    size_t bound = bound_of(total);
+    if (self->raw_size < bound) {
+        free(self->raw);
+        self->raw_size = 0;
+        self->raw = malloc(bound);
+        if (self->raw == NULL) {
+            snprintf(error, error_size, "zstd compression failed: no memory for a %zu-byte payload", bound);
+            return -1;
+        }
+        self->raw_size = bound;
+    }
+    ZSTD_outBuffer out = {self->raw, bound, 0};
+    int full;
+    size_t rc = feed(self->cctx, pages, count, &out, &full);
+    if (ZSTD_isError(rc) || full) {
+        if (full)
+            snprintf(error, error_size, "zstd compression failed: zstd compress error: output exceeds its bound of %zu bytes",
+                     bound);
+        else
+            snprintf(error, error_size, "zstd compression failed: zstd compress error: %s", ZSTD_getErrorName(rc));
+        return -1;
+    }
+    *out_data = self->raw;
+    return (Py_ssize_t)out.pos;
+}
+
+static void capsule_release(PyObject *capsule) {
+    Py_XDECREF(PyCapsule_GetContext(capsule));
+}
+
+static PyObject *CStream_packet_compressor(CStream *self, PyObject *unused) {
+    if (self->cctx == NULL) {
+        PyErr_SetString(PyExc_ValueError, "CStream was not initialised");
+        return NULL;
+    }
+    self->hook.ctx = self;
+    self->hook.compress = CStream_hook;
+    PyObject *capsule = PyCapsule_New(&self->hook, MFDCOMP_COMPRESSOR_CAPSULE, capsule_release);
+    if (capsule == NULL)
+        return NULL;
+    /* The capsule keeps the stream alive for as long as the engine holds it. */
+    Py_INCREF(self);
+    if (PyCapsule_SetContext(capsule, self) < 0) {
+        Py_DECREF(self);
+        Py_DECREF(capsule);
+        return NULL;
+    }
+    return capsule;
+}
 
 static int CStream_init(CStream *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"level", NULL};
@@ -102,6 +204,7 @@ static int CStream_init(CStream *self, PyObject *args, PyObject *kwargs) {
 static void CStream_dealloc(CStream *self) {
     ZSTD_freeCCtx(self->cctx);
     Py_XDECREF(self->out);
+    free(self->raw);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -127,34 +230,26 @@ static PyObject *CStream_compress(CStream *self, PyObject *spans_arg) {
     Spans spans;
     if (spans_get(spans_arg, PyBUF_SIMPLE, &spans) < 0)
         return NULL;
-    /* A flushed stream's output fits the library's single-shot bound (frame and block headers
-     * included); the slack covers the frame header again, at most 18 bytes, in case it is not. */
-    size_t bound = ZSTD_compressBound(spans.total) + 64;
-    char *output = CStream_output(self, bound);
-    if (output == NULL || claim(&self->busy) < 0) {
+    size_t bound = bound_of(spans.total);
+    struct iovec *pages = PyMem_Malloc((size_t)(spans.count ? spans.count : 1) * sizeof *pages);
+    char *output = pages != NULL ? CStream_output(self, bound) : NULL;
+    if (pages == NULL || output == NULL || claim(&self->busy) < 0) {
+        if (pages == NULL)
+            PyErr_NoMemory();
+        PyMem_Free(pages);
         spans_release(&spans);
         return NULL;
     }
+    for (Py_ssize_t i = 0; i < spans.count; i++)
+        pages[i] = (struct iovec){spans.views[i].buf, (size_t)spans.views[i].len};
     ZSTD_outBuffer out = {output, bound, 0};
-    size_t rc = 0;
-    int full = 0;
+    size_t rc;
+    int full;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < spans.count && !ZSTD_isError(rc) && !full; i++) {
-        ZSTD_inBuffer in = {spans.views[i].buf, (size_t)spans.views[i].len, 0};
-        while (in.pos < in.size) {
-            rc = ZSTD_compressStream2(self->cctx, &out, &in, ZSTD_e_continue);
-            if (ZSTD_isError(rc) || (full = out.pos == out.size))
-                break;
-        }
-    }
-    if (!ZSTD_isError(rc) && !full) {
-        ZSTD_inBuffer none = {NULL, 0, 0};
-        do {
-            rc = ZSTD_compressStream2(self->cctx, &out, &none, ZSTD_e_flush);
-        } while (!ZSTD_isError(rc) && rc != 0 && !(full = out.pos == out.size));
-    }
+    rc = feed(self->cctx, pages, (int)spans.count, &out, &full);
     Py_END_ALLOW_THREADS
     self->busy = 0;
+    PyMem_Free(pages);
     spans_release(&spans);
     if (ZSTD_isError(rc) || full) {
         if (full)
@@ -181,6 +276,9 @@ static PyObject *CStream_compress(CStream *self, PyObject *spans_arg) {
 }
 
 static PyMethodDef CStream_methods[] = {
+    {"packet_compressor", (PyCFunction)CStream_packet_compressor, METH_NOARGS,
+     "packet_compressor() -> capsule: this stream as mfdcomp's compiled send path calls it (" MFDCOMP_COMPRESSOR_CAPSULE
+     "); the same bytes as compress(), in the same stream."},
     {"compress", (PyCFunction)CStream_compress, METH_O,
      "compress(spans) -> memoryview: the spans through the open frame, then a block flush (ZSTD_e_flush); "
      "the view stays valid while it is held."},

@@ -26,7 +26,16 @@ from typing_extensions import Buffer
 
 from mfdcomp import speedups
 from mfdcomp.errors import CodecError
-from mfdcomp.methods import CodecInfo, CodecPath, MultiFDMethods, PageViews, PathProbe, PayloadSource, SendPayload
+from mfdcomp.methods import (
+    CodecInfo,
+    CodecPath,
+    MultiFDMethods,
+    PacketCompressor,
+    PageViews,
+    PathProbe,
+    PayloadSource,
+    SendPayload,
+)
 from mfdcomp.methods.impls import Implementations
 from mfdcomp.methods.probed import ProbedCodec
 from mfdcomp.wire import MULTIFD_PACKET_SIZE, Flag, RamPacket
@@ -167,10 +176,16 @@ class ZstdMethods(MultiFDMethods):
         try:
             chunks = self._compress_packet(compress, _spans(pages))
         except _Corrupt as exc:
-            raise CodecError(f"zstd compression failed: {exc}") from exc
+            raise CodecError(f"zstd compression failed: {exc}") from exc.__cause__
         self._compress = compress
         buffers: list[Buffer] = [chunk for chunk in chunks if chunk]
         return SendPayload(buffers=buffers, size=sum(map(len, chunks)), path=CodecPath.SOFTWARE)
+
+    def packet_compressor(self) -> PacketCompressor | None:
+        """The compiled stream as the engine's compiled send path calls it (the same stream as send_prepare's)."""
+        if self._compiled is None or self._compress is None:
+            return None
+        return PacketCompressor(self._compress.packet_compressor(), CodecPath.SOFTWARE)  # type: ignore[attr-defined]
 
     def _compress_packet(self, compress: object, spans: Sequence[memoryview]) -> list[bytes] | list[memoryview]:
         """The packet's payload, in pieces: the spans fed to the stream, then a block flush."""
@@ -216,8 +231,8 @@ class ZstdMethods(MultiFDMethods):
         limit = len(pages) * self.page_size
         try:
             written = self._decode(decompress, payload, _spans(pages), limit)
-        except _Corrupt as exc:
-            raise self._bad(packet, pages, f"is corrupt or unsupported: {exc}") from exc
+        except _Corrupt as exc:  # the library's own error is the cause
+            raise self._bad(packet, pages, f"is corrupt or unsupported: {exc}") from exc.__cause__
         if written > limit:
             raise self._bad(packet, pages, f"decodes to more than {limit} bytes")
         if written != limit:
