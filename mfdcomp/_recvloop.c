@@ -1,4 +1,4 @@
-/* mfdcomp._speedups.recv_packets: a nocomp destination channel's packets, read and stored without the GIL.
+/* mfdcomp._speedups.recv_packets: a destination channel's packets, read, decoded and stored without the GIL.
  *
  * The pure-Python channel loop (mfdcomp/engine/destination.py) costs a few GIL hand-offs per packet (a read
  * of the header, of its rest, of the payload, the store), and with two channels and the main thread taking
@@ -13,18 +13,29 @@
  * payload in staging) for the caller to put in front of the stream. A failing read gives its errno, for the
  * caller to translate as the stream would.
  *
- * recv_packets(fd, header, staging, blocks, page_size, capacity, max_packets, zero_digest)
+ * A compressing codec's packets (codec_flag and a decompressor capsule given) are read the same way, their
+ * payload of next_packet_size bytes into payload_buffer, then decoded by the codec's compiled decompressor
+ * into staging. Once decoding began, the packet can't be handed back (the codec's stream moved on): a payload
+ * the codec refuses ends the call with the codec's message, the packet counted as the Python loop counts it
+ * before its codec fails (the packet and its wire bytes, its zero pages applied).
+ *
+ * recv_packets(fd, header, staging, blocks, page_size, capacity, max_packets, zero_digest[, codec_flag,
+ *              payload_buffer, decompressor])
  *     fd: the channel's socket (blocking; SO_RCVTIMEO makes a stall EAGAIN). header: a writable buffer of at
  *     least one RAM packet header (320 + 8 * capacity bytes); staging: of capacity pages. blocks: a sequence
  *     of (name: bytes, size: int, fd: int, memory, received, table or None): memory the block's writable
  *     mapping, received its byte per page, table its 16-byte digest slots (mfdcomp.pagedigest); fd the file
- *     memory maps, or -1. zero_digest: the 16-byte digest of a zero page.
+ *     memory maps, or -1. zero_digest: the 16-byte digest of a zero page. codec_flag: the session's codec
+ *     bits (0: nocomp, and no more arguments); payload_buffer: writable, as large as the largest payload the
+ *     session allows; decompressor: a MFDCOMP_DECOMPRESSOR_CAPSULE.
  *     Returns (status, given_back, errno, packets, sync_packets, pages_packets, normal_pages, zero_pages,
- *     payload_bytes, wire_bytes, failed_pages), the counts of the packets taken whole: status 0 after
- *     max_packets, 1 after a SYNC packet, 2 when the next packet is the Python loop's (given_back of its
- *     bytes were read), 3 when a read failed with errno (given_back as for 2), 4 when writing failed_pages
- *     pages into block number given_back failed with errno (its zero pages applied, its pages hashed and
- *     maybe written in part, as TargetMemory leaves them; the packet is not counted).
+ *     payload_bytes, wire_bytes, failed_pages, problem), the counts of the packets taken whole: status 0
+ *     after max_packets, 1 after a SYNC packet, 2 when the next packet is the Python loop's (given_back of
+ *     its bytes were read: the header's, then the payload's, in staging for nocomp, else in payload_buffer),
+ *     3 when a read failed with errno (given_back as for 2), 4 when writing failed_pages pages into block
+ *     number given_back failed with errno (its zero pages applied, its pages hashed and maybe written in
+ *     part, as TargetMemory leaves them; the packet is not counted), 5 when the codec refused a payload
+ *     (problem: its message; counted as said above). problem is None otherwise.
  */
 #include "_speedups.h"
 
@@ -35,7 +46,7 @@
 
 #define MAX_BLOCKS 256
 
-enum { MORE = 0, SYNC = 1, SLOW = 2, FAILED = 3, STORE_FAILED = 4 };
+enum { MORE = 0, SYNC = 1, SLOW = 2, FAILED = 3, STORE_FAILED = 4, CODEC_FAILED = 5 };
 
 struct block {
     const char *name;
@@ -141,10 +152,16 @@ struct loop {
     Py_ssize_t nblocks, page_size, capacity, max_packets;
     const unsigned char *zero_digest;
     Py_ssize_t *offsets;
+    /* a compressing codec's: its bits, where its payloads go, its decoder (NULL for nocomp) */
+    uint32_t codec_flag;
+    unsigned char *payload_buffer;
+    Py_ssize_t max_payload;
+    const mfdcomp_decompressor *decompressor;
     /* out */
     int status, err;
     Py_ssize_t given_back, failed_pages;
     struct totals totals;
+    char problem[512];
 };
 
 /* Runs without the GIL: touches only the buffers acquired for it. */
@@ -164,8 +181,9 @@ run_loop(struct loop *loop)
             return;
         }
         uint32_t flags = be32(h + 8);
+        uint32_t codec = flags & ~FLAG_SYNC;
         if (got < HEADER_SIZE || be32(h) != MULTIFD_MAGIC || be32(h + 4) != MULTIFD_VERSION ||
-            (flags & ~FLAG_SYNC)) {
+            (codec != 0 && codec != loop->codec_flag)) {
             loop->status = SLOW; /* the end, a device-state packet, another codec, a bad header */
             loop->given_back = got;
             return;
@@ -186,6 +204,23 @@ run_loop(struct loop *loop)
             loop->status = SLOW;
             return;
         }
+        /* The session's codec bits on a packet with pages, none on one without (a SYNC): anything else,
+         * and a compressed packet's payload beyond the bound or on one without normal pages, is the
+         * Python loop's to refuse or take. */
+        if (normal + zero > 0 ? codec != loop->codec_flag : codec != 0) {
+            loop->status = SLOW;
+            return;
+        }
+        Py_ssize_t payload = (Py_ssize_t)normal * ps;
+        unsigned char *payload_at = loop->staging;
+        if (loop->decompressor != NULL && normal + zero > 0) {
+            payload = (Py_ssize_t)be32(h + 20);
+            payload_at = loop->payload_buffer;
+            if (payload > loop->max_payload || (normal == 0 && payload != 0)) {
+                loop->status = SLOW;
+                return;
+            }
+        }
         struct block *block = NULL;
         if (normal + zero > 0) {
             block = find_block(loop->blocks, loop->nblocks, h + NAME_AT);
@@ -200,9 +235,10 @@ run_loop(struct loop *loop)
             loop->status = SLOW;
             return;
         }
-        Py_ssize_t payload = (Py_ssize_t)normal * ps;
+        if (normal + zero == 0)
+            payload = 0;
         if (payload > 0) {
-            got = recv_full(loop->fd, loop->staging, payload, &loop->err);
+            got = recv_full(loop->fd, payload_at, payload, &loop->err);
             if (got < 0) {
                 loop->status = FAILED;
                 loop->given_back = header_size - got - 1;
@@ -218,6 +254,16 @@ run_loop(struct loop *loop)
         loop->given_back = 0;
         if (block != NULL) {
             apply_zero(block, loop->offsets + normal, zero, ps, loop->zero_digest);
+            if (normal > 0 && loop->decompressor != NULL &&
+                loop->decompressor->decompress(loop->decompressor->ctx, payload_at, (size_t)payload, loop->staging,
+                                               (size_t)normal * (size_t)ps, be64(h + 24), normal, ps,
+                                               loop->problem, sizeof loop->problem) < 0) {
+                /* As the Python loop stands when its codec raises: the packet counted, its zero pages in. */
+                t->packets++;
+                t->wire += header_size + payload;
+                loop->status = CODEC_FAILED;
+                return;
+            }
             if (normal > 0) {
                 if (block->hashing)
                     mfdcomp_xxh3_pages()(loop->staging, loop->offsets, normal, ps, 1, block->table.buf);
@@ -294,12 +340,36 @@ mfdcomp_recv_packets(PyObject *self, PyObject *args)
 {
     struct loop loop;
     Py_buffer header, staging, zero_digest;
-    PyObject *blocks_obj;
+    Py_buffer payload_buffer = {0};
+    PyObject *blocks_obj, *payload_obj = Py_None, *decompressor_obj = Py_None;
+    unsigned int codec_flag = 0;
     (void)self;
     memset(&loop, 0, sizeof loop);
-    if (!PyArg_ParseTuple(args, "iw*w*Onnny*:recv_packets", &loop.fd, &header, &staging, &blocks_obj,
-                          &loop.page_size, &loop.capacity, &loop.max_packets, &zero_digest))
+    if (!PyArg_ParseTuple(args, "iw*w*Onnny*|IOO:recv_packets", &loop.fd, &header, &staging, &blocks_obj,
+                          &loop.page_size, &loop.capacity, &loop.max_packets, &zero_digest, &codec_flag,
+                          &payload_obj, &decompressor_obj))
         return NULL;
+    int has_payload_buffer = 0;
+    if (codec_flag != 0) {
+        /* A compressing codec: its decoder and a payload buffer, or nothing is taken. */
+        loop.decompressor = PyCapsule_GetPointer(decompressor_obj, MFDCOMP_DECOMPRESSOR_CAPSULE);
+        if (loop.decompressor != NULL &&
+            PyObject_GetBuffer(payload_obj, &payload_buffer, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) == 0)
+            has_payload_buffer = 1;
+        if ((codec_flag & FLAG_SYNC) && !PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "codec_flag holds the SYNC bit");
+        if (PyErr_Occurred()) {
+            if (has_payload_buffer)
+                PyBuffer_Release(&payload_buffer);
+            PyBuffer_Release(&zero_digest);
+            PyBuffer_Release(&staging);
+            PyBuffer_Release(&header);
+            return NULL;
+        }
+        loop.codec_flag = codec_flag;
+        loop.payload_buffer = payload_buffer.buf;
+        loop.max_payload = payload_buffer.len;
+    }
     PyObject *result = NULL, *seq = NULL;
     struct block *blocks = NULL;
     Py_ssize_t nblocks = 0, taken = 0;
@@ -338,15 +408,22 @@ mfdcomp_recv_packets(PyObject *self, PyObject *args)
     run_loop(&loop);
     Py_END_ALLOW_THREADS
     struct totals *t = &loop.totals;
-    result = Py_BuildValue("(inLLLLLLLLn)", loop.status, loop.given_back, (long long)loop.err, t->packets,
-                           t->sync_packets, t->pages_packets, t->normal, t->zero, t->payload, t->wire,
-                           loop.failed_pages);
+    if (loop.status == CODEC_FAILED)
+        result = Py_BuildValue("(inLLLLLLLLns)", loop.status, loop.given_back, (long long)loop.err, t->packets,
+                               t->sync_packets, t->pages_packets, t->normal, t->zero, t->payload, t->wire,
+                               loop.failed_pages, loop.problem[0] ? loop.problem : "the codec failed without a message");
+    else
+        result = Py_BuildValue("(inLLLLLLLLnO)", loop.status, loop.given_back, (long long)loop.err, t->packets,
+                               t->sync_packets, t->pages_packets, t->normal, t->zero, t->payload, t->wire,
+                               loop.failed_pages, Py_None);
 done:
     if (blocks != NULL)
         release_blocks(blocks, taken);
     PyMem_Free(blocks);
     PyMem_Free(loop.offsets);
     Py_XDECREF(seq);
+    if (has_payload_buffer)
+        PyBuffer_Release(&payload_buffer);
     PyBuffer_Release(&zero_digest);
     PyBuffer_Release(&staging);
     PyBuffer_Release(&header);

@@ -16,9 +16,11 @@
  *     hashed into table from the staging buffer, then written with pwrite to
  *     the file block maps (or copied into block), without the GIL.
  *
- * recv_packets(fd, header, staging, blocks, page_size, capacity, max_packets, zero_digest) -> tuple
- *     A nocomp destination channel's packets, read from its socket, checked and stored without the GIL
- *     until a SYNC packet or one the Python loop must take (mfdcomp/_recvloop.c, mfdcomp.engine.fastrecv).
+ * recv_packets(fd, header, staging, blocks, page_size, capacity, max_packets, zero_digest[, codec_flag,
+ *              payload_buffer, decompressor]) -> tuple
+ *     A destination channel's packets, read from its socket, checked, decoded by the codec's compiled
+ *     decompressor (nocomp: none) and stored without the GIL until a SYNC packet or one the Python loop must
+ *     take (mfdcomp/_recvloop.c, mfdcomp.engine.fastrecv).
  *
  * send_packet(fd, block, offsets, page_size, capacity, detect_zero, packet_num, name_field, table, zero_digest,
  *             flags, compressor)
@@ -474,8 +476,8 @@ static PyMethodDef methods[] = {
      "[, flags, compressor]) -> tuple: one RAM packet, scanned, compressed, written and hashed "
      "(mfdcomp/_sendloop.c)."},
     {"recv_packets", mfdcomp_recv_packets, METH_VARARGS,
-     "recv_packets(fd, header, staging, blocks, page_size, capacity, max_packets, zero_digest) -> tuple: "
-     "nocomp RAM packets from a socket into the targets (mfdcomp/_recvloop.c)."},
+     "recv_packets(fd, header, staging, blocks, page_size, capacity, max_packets, zero_digest[, codec_flag, "
+     "payload_buffer, decompressor]) -> tuple: RAM packets from a socket into the targets (mfdcomp/_recvloop.c)."},
     {"xxh3_builds", xxh3_builds, METH_NOARGS, "xxh3_builds() -> list[str]: page-hashing builds this CPU runs."},
     {"xxh3_build", xxh3_build_name, METH_NOARGS, "xxh3_build() -> str: the page-hashing build in use."},
     {"set_xxh3_build", set_xxh3_build, METH_O, "set_xxh3_build(name) -> str: use that build; returns the last."},

@@ -54,6 +54,19 @@ typedef struct {
                            size_t error_size);
 } mfdcomp_compressor;
 
+/* A codec's compiled packet decompressor, handed to recv_packets in a PyCapsule of this name (the contract
+ * a codec's own extension implements: MultiFDMethods.packet_decompressor). decompress runs without the GIL,
+ * on the channel's thread only: it decodes one packet's payload (size bytes) through the channel's stream
+ * into out, the packet's out_size bytes of normal pages packed, and returns 0 when that filled them exactly;
+ * or -1 with the whole message of the codec's CodecError in error (packet_num and pages are for it). */
+#define MFDCOMP_DECOMPRESSOR_CAPSULE "mfdcomp.decompressor.v1"
+typedef struct {
+    void *ctx;
+    int (*decompress)(void *ctx, const unsigned char *payload, size_t size, unsigned char *out, size_t out_size,
+                      unsigned long long packet_num, unsigned int pages, Py_ssize_t page_size, char *error,
+                      size_t error_size);
+} mfdcomp_decompressor;
+
 /* recv_packets(...): see mfdcomp/_recvloop.c. send_packet(...): see mfdcomp/_sendloop.c. */
 PyObject *mfdcomp_recv_packets(PyObject *self, PyObject *args);
 PyObject *mfdcomp_send_packet(PyObject *self, PyObject *args);

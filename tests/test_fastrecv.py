@@ -1,9 +1,10 @@
-"""The compiled nocomp receive loop (mfdcomp/_recvloop.c, mfdcomp.engine.fastrecv) against the Python loop.
+"""The compiled receive loop (mfdcomp/_recvloop.c, mfdcomp.engine.fastrecv) against the Python loop.
 
-Each input (a real QEMU nocomp channel or mfdcomp's own, mutated as test_fuzz_wire mutates them) goes through a
+Each input (a real QEMU channel or mfdcomp's own, mutated as test_fuzz_wire mutates them) goes through a
 real destination channel thread over a real socket twice: with the compiled loop and with the Python loop
 alone. Both must end the same way (no error, or the same error type and message) and leave the same target
-bytes, received flags, page digests and counters.
+bytes, received flags, page digests and counters. Codecs: nocomp, and zstd on its compiled streams, whose
+packet_decompressor the compiled loop calls where the Python loop calls recv.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from mfdcomp_zstd import ZstdCodec
+from mfdcomp_zstd.codec import LIBZSTD
 from test_fuzz_wire import (
     FUZZ,
     TIME_BOUND,
@@ -41,17 +44,30 @@ from mfdcomp.clients.ram import RamClient
 from mfdcomp.engine.destination import RecvChannel, TargetMemory
 from mfdcomp.engine.state import RunState
 from mfdcomp.errors import NoSpaceError
+from mfdcomp.methods import Codec, PageViews
 from mfdcomp.methods.nocomp import Nocomp
 from mfdcomp.transport.sockets import SocketStream
 from mfdcomp.wire import ReceiverLimits
 
 pytestmark = pytest.mark.skipif(speedups.compiled() is None, reason="mfdcomp._speedups is not built here")
 
+COMPILED_ZSTD = ZstdCodec(impl=LIBZSTD).implementation is not None
+CODECS = ["none", pytest.param("zstd", marks=pytest.mark.skipif(not COMPILED_ZSTD, reason="no compiled zstd here"))]
+
+
+def codec_of(name: str) -> Codec:
+    """nocomp, or zstd on its compiled streams (the only zstd with a compiled decompressor)."""
+    return Nocomp() if name == "none" else ZstdCodec(impl=LIBZSTD)
+
+
+def seeds_of(codec: str) -> list[Seed]:
+    seeds = [s for s in all_seeds() if s.codec == codec]
+    assert any(not s.name.startswith("mfdcomp/") for s in seeds), f"no QEMU {codec} capture"
+    return seeds
+
 
 def nocomp_seeds() -> list[Seed]:
-    seeds = [s for s in all_seeds() if s.codec == "none"]
-    assert any(not s.name.startswith("mfdcomp/") for s in seeds), "no QEMU nocomp capture"
-    return seeds
+    return seeds_of("none")
 
 
 @dataclass
@@ -97,13 +113,15 @@ def _feed(data: bytes) -> tuple[SocketStream, threading.Thread]:
     return SocketStream(ours, "fuzz"), writer
 
 
-def run_channel(data: bytes, limits: ReceiverLimits, memory: TargetMemory, *, fast: bool) -> RecvChannel:
-    """A real nocomp destination channel thread reads ``data`` from a real socket into ``memory``, to its end."""
+def run_channel(
+    data: bytes, limits: ReceiverLimits, memory: TargetMemory, *, fast: bool, codec: str = "none"
+) -> RecvChannel:
+    """A real destination channel thread reads ``data`` from a real socket into ``memory``, to its end."""
     stream, writer = _feed(data)
     channel = RecvChannel(
         0,
         stream,
-        Nocomp().methods(limits.page_size, None),
+        codec_of(codec).methods(limits.page_size, None),
         limits=limits,
         memory=memory,
         barrier=FreeBarrier(RunState(), 1),
@@ -117,11 +135,11 @@ def run_channel(data: bytes, limits: ReceiverLimits, memory: TargetMemory, *, fa
     return channel
 
 
-def receive(data: bytes, limits: ReceiverLimits, *, fast: bool) -> Outcome:
+def receive(data: bytes, limits: ReceiverLimits, *, fast: bool, codec: str = "none") -> Outcome:
     assert limits.ramblocks is not None
     blocks = {name: GuardedBlock.make(name, size) for name, size in limits.ramblocks.items()}
     memory = TargetMemory(blocks, limits.page_size, hash_pages=True)
-    channel = run_channel(data, limits, memory, fast=fast)
+    channel = run_channel(data, limits, memory, fast=fast, codec=codec)
     error = channel.barrier.state.error
     assert isinstance(channel.barrier, FreeBarrier)
     barrier = channel.barrier
@@ -137,9 +155,9 @@ def receive(data: bytes, limits: ReceiverLimits, *, fast: bool) -> Outcome:
     )
 
 
-def assert_same(data: bytes, limits: ReceiverLimits, what: str) -> Outcome:
-    compiled = receive(data, limits, fast=True)
-    pure = receive(data, limits, fast=False)
+def assert_same(data: bytes, limits: ReceiverLimits, what: str, codec: str = "none") -> Outcome:
+    compiled = receive(data, limits, fast=True, codec=codec)
+    pure = receive(data, limits, fast=False, codec=codec)
     assert compiled.guards and pure.guards, f"{what}: bytes written outside the target"
     assert compiled.error == pure.error, what
     assert compiled.stats == pure.stats, what
@@ -157,21 +175,31 @@ def counting(monkeypatch: pytest.MonkeyPatch) -> Iterator[CountingCompiled]:
     yield proxy
 
 
-@pytest.mark.parametrize("seed", nocomp_seeds(), ids=lambda s: s.name)
-def test_a_valid_channel_is_taken_whole_by_the_compiled_loop(seed: Seed, counting: CountingCompiled) -> None:
-    outcome = assert_same(_without_init(seed.data), seed.limits, seed.name)
+def _seed_cases() -> list[Any]:
+    cases: list[Any] = [pytest.param("none", seed, id=seed.name) for seed in nocomp_seeds()]
+    if COMPILED_ZSTD:
+        cases += [pytest.param("zstd", seed, id=seed.name) for seed in seeds_of("zstd")]
+    return cases
+
+
+@pytest.mark.parametrize(("codec", "seed"), _seed_cases())
+def test_a_valid_channel_is_taken_whole_by_the_compiled_loop(
+    codec: str, seed: Seed, counting: CountingCompiled
+) -> None:
+    outcome = assert_same(_without_init(seed.data), seed.limits, seed.name, codec)
     assert outcome.error is None
     assert outcome.stats["packets"] == len(seed.bounds) - 2  # records less the init packet
     assert counting.packets == outcome.stats["packets"], "packets left to the Python loop"
     assert outcome.stats["normal_pages"] > 0
 
 
+@pytest.mark.parametrize("codec", CODECS)
 @FUZZ
 @given(index=st.integers(0, 1000), ops=ops_strategy)
-def test_mutated_nocomp_channels_end_the_same_in_both_loops(index: int, ops: list[Op]) -> None:
-    seeds = nocomp_seeds()
+def test_mutated_channels_end_the_same_in_both_loops(codec: str, index: int, ops: list[Op]) -> None:
+    seeds = seeds_of(codec)
     seed = seeds[index % len(seeds)]
-    assert_same(_without_init(mutate(seed, ops, seeds)), seed.limits, f"{seed.name} {ops}")
+    assert_same(_without_init(mutate(seed, ops, seeds)), seed.limits, f"{seed.name} {ops}", codec)
 
 
 # --- packets built field by field, each field at and around its limits ----------------------------------
@@ -409,3 +437,87 @@ def test_recv_packets_refuses_short_buffers() -> None:
         short = (b"pc.ram", 8192, -1, memoryview(bytearray(4096)), np.zeros(2, np.bool_), None)
         with pytest.raises(ValueError, match="too short"):
             compiled.recv_packets(*args[:3], [short], *args[4:])
+
+
+# --- zstd packets built one by one: every way recv judges a payload -------------------------------------
+
+ZSTD = 0x4
+ZSTD_LIMITS = ReceiverLimits(page_size=PS, channels=1, ramblocks=BLOCKS, codec_flag=ZSTD)
+
+
+def zstd_packet(
+    payload: bytes, normal: int, *, zero: int = 0, flags: int = ZSTD, size: int | None = None, number: int = 0
+) -> bytes:
+    """A zstd RAM packet of pc.ram: ``normal`` pages from page 0 then ``zero`` zero pages, then ``payload``."""
+    offsets = [k * PS for k in range(normal + zero)]
+    slots = (offsets + [0] * CAPACITY)[:CAPACITY]
+    announced = len(payload) if size is None else size
+    fixed = RAM_FIXED.pack(
+        0x11223344, 1, flags, CAPACITY, normal, announced, number, zero, 0, b"pc.ram".ljust(256, b"\0")
+    )
+    return fixed + struct.pack(f">{CAPACITY}Q", *slots) + payload
+
+
+def zstd_pages(count: int, seed: int) -> bytes:
+    return b"".join(bytes([seed + k + 1]) * (PS // 2) + bytes(PS // 2) for k in range(count))
+
+
+def zstd_stream(cases: list[tuple[int, int]]) -> list[bytes]:
+    """Payloads of one compiled stream: (pages it holds, seed) for each."""
+    assert COMPILED_ZSTD
+    stream = ZstdCodec(impl=LIBZSTD).methods(PS, 1)
+    stream.send_setup(0)
+    out = []
+    for count, seed in cases:
+        pages = zstd_pages(count, seed)
+        sent = stream.send_prepare(PageViews(memoryview(pages), [k * PS for k in range(count)], PS))
+        out.append(b"".join(bytes(b) for b in sent.buffers))
+    return out
+
+
+def zstd_channel(case: str) -> bytes:
+    one, two, three = zstd_stream([(4, 0), (4, 1), (5, 2)])
+    first = zstd_packet(one, 4, number=1)
+    sync = zstd_packet(b"", 0, flags=1, number=2)[: ram_header_size()]
+    later = {
+        "valid": zstd_packet(two, 4, zero=2, number=3),
+        "decodes to too much": zstd_packet(three, 4, number=3),
+        "decodes short": zstd_packet(three, 6, number=3),
+        "a new frame": zstd_packet(zstd_stream([(4, 7)])[0], 4, number=3),
+        "garbage": zstd_packet(b"\x06" + bytes(range(1, 200)), 4, number=3),
+        "empty payload": zstd_packet(b"", 4, number=3),
+        "zero pages only": zstd_packet(b"", 0, zero=3, number=3),
+        "zero pages only, with a payload": zstd_packet(b"xyz", 0, zero=3, number=3),
+        "payload past the bound": zstd_packet(bytes(ZSTD_LIMITS.max_payload + 1), 4, number=3),
+        "nocomp flag": zstd_packet(two, 4, flags=0, number=3),
+        "cut in the payload": zstd_packet(two, 4, number=3)[: ram_header_size() + len(two) // 2],
+    }[case]
+    end = b"" if case.startswith("cut") else zstd_packet(b"", 0, flags=1, number=4)[: ram_header_size()]
+    return first + sync + later + end
+
+
+def ram_header_size() -> int:
+    return RAM_FIXED.size + 8 * CAPACITY
+
+
+ZSTD_CASES = {  # the case, and the error it ends in ("" for none)
+    "valid": "",
+    "decodes to too much": "CodecError",
+    "decodes short": "CodecError",
+    "a new frame": "CodecError",
+    "garbage": "CodecError",
+    "empty payload": "CodecError",
+    "zero pages only": "",
+    "zero pages only, with a payload": "WireError",
+    "payload past the bound": "WireError",
+    "nocomp flag": "WireError",
+    "cut in the payload": "TruncatedError",
+}
+
+
+@pytest.mark.skipif(not COMPILED_ZSTD, reason="no compiled zstd here")
+@pytest.mark.parametrize("case", ZSTD_CASES)
+def test_each_zstd_payload_ends_the_same_in_both_loops(case: str, counting: CountingCompiled) -> None:
+    outcome = assert_same(zstd_channel(case), ZSTD_LIMITS, case, "zstd")
+    assert (outcome.error or ("",))[0] == ZSTD_CASES[case], outcome.error
+    assert counting.packets >= 1 + (case == "valid"), "the compiled loop took the channel's packets"

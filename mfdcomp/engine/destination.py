@@ -233,10 +233,11 @@ class RecvChannel:
     def _loop(self) -> None:
         ps = self.limits.page_size
         header = memoryview(bytearray(max(ram_packet_size(ps), DEVICE_STATE_SIZE)))
-        payload = _Payload(self.stream, bytearray(self.limits.max_payload))
+        payload_buffer = bytearray(self.limits.max_payload)
+        payload = _Payload(self.stream, payload_buffer)
         # The codec writes a packet's pages here, packed; TargetMemory.store puts them in place.
         staging = memoryview(bytearray(self.limits.capacity * ps))
-        fast = FastReceive.for_channel(self, header, staging) if self.fast else None
+        fast = FastReceive.for_channel(self, header, staging, payload_buffer) if self.fast else None
         while True:
             if fast is not None:
                 fast.run(lambda: self.barrier.arrive(self.id))  # returns when the next packet is this loop's

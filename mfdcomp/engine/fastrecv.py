@@ -1,11 +1,13 @@
-"""A nocomp destination channel's packets through the compiled loop (mfdcomp/_recvloop.c).
+"""A destination channel's packets through the compiled loop (mfdcomp/_recvloop.c).
 
 The Python loop in mfdcomp.engine.destination is the reference; this one reads
 packet after packet from a plain socket without the GIL, and leaves to it every
 packet it does not take whole (a device-state packet, one that fails a check,
 the end of the stream), handing back the bytes it read of that packet. Used
-when the compiled module is there, the codec is nocomp and the stream is a
-plain socket (not TLS); MFDCOMP_PURE_PYTHON=1 turns it off with the rest.
+when the compiled module is there, the codec is nocomp or its context offers a
+compiled decompressor (MultiFDMethods.packet_decompressor), and the stream is a
+plain socket (not TLS); MFDCOMP_PURE_PYTHON=1 turns it off with the rest. A
+payload the codec's decompressor refuses is its CodecError, as recv's would be.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mfdcomp import speedups
-from mfdcomp.methods import CodecPath
+from mfdcomp.errors import CodecError
+from mfdcomp.methods import CodecPath, PacketDecompressor
 from mfdcomp.methods.nocomp import NocompMethods
 from mfdcomp.pagedigest import zero_page_digest
 from mfdcomp.transport.base import DescriptorStream
-from mfdcomp.wire import NOCOMP, ram_packet_size
+from mfdcomp.wire import NOCOMP, Flag, ram_packet_size
 
 if TYPE_CHECKING:
     from mfdcomp.engine.destination import RecvChannel
@@ -27,17 +30,36 @@ if TYPE_CHECKING:
 # Packets per call: progress and the run's state are looked at in between (4 MiB of 4 KiB pages).
 BATCH = 8
 
-_MORE, _SYNC, _SLOW, _FAILED, _STORE_FAILED = range(5)
+_MORE, _SYNC, _SLOW, _FAILED, _STORE_FAILED, _CODEC_FAILED = range(6)
 
 
 class FastReceive:
     """One channel's compiled loop; :meth:`run` returns when the next packet is the Python loop's."""
 
-    def __init__(self, channel: RecvChannel, stream: DescriptorStream, header: memoryview, staging: memoryview) -> None:
+    def __init__(
+        self,
+        channel: RecvChannel,
+        stream: DescriptorStream,
+        header: memoryview,
+        staging: memoryview,
+        decoder: PacketDecompressor,
+        payload: bytearray,
+    ) -> None:
         self._channel = channel  # channel thread only, like everything here
         self._stream = stream
         self._header = header
         self._staging = staging
+        self._decoder = decoder  # capsule None: nocomp, the pages are the payload
+        self._payload = payload  # a compressed payload's bytes (the Python loop's buffer for them)
+        self._codec_args: tuple[object, ...] = (
+            ()
+            if decoder.capsule is None
+            else (
+                channel.limits.codec_flag,
+                payload,
+                decoder.capsule,
+            )
+        )
         limits = channel.limits
         assert limits.ramblocks is not None
         self._names = list(limits.ramblocks)
@@ -47,21 +69,34 @@ class FastReceive:
         self._zero_digest = zero_page_digest(limits.page_size) if digests is not None else bytes(16)
 
     @classmethod
-    def for_channel(cls, channel: RecvChannel, header: memoryview, staging: memoryview) -> FastReceive | None:
+    def for_channel(
+        cls, channel: RecvChannel, header: memoryview, staging: memoryview, payload: bytearray
+    ) -> FastReceive | None:
         """The compiled loop for ``channel``, or None where only the Python loop applies."""
         limits = channel.limits
         stream = channel.stream
+        method = channel.method
         if (
             speedups.compiled() is None
-            # What the compiled loop does is NocompMethods.recv: any other recv (a subclass's, a test's) runs.
-            or getattr(channel.method.recv, "__func__", None) is not NocompMethods.recv
-            or limits.codec_flag != NOCOMP
             or limits.ramblocks is None
             or not set(limits.ramblocks) <= set(channel.memory.blocks)
             or not isinstance(stream, DescriptorStream)
         ):
             return None
-        return cls(channel, stream, header, staging)
+        # What the compiled loop does for nocomp is NocompMethods.recv: any other recv (a subclass's, a
+        # test's) runs; another codec's context must offer its compiled twin of recv, for the session's codec.
+        if getattr(method.recv, "__func__", None) is NocompMethods.recv and limits.codec_flag == NOCOMP:
+            return cls(channel, stream, header, staging, PacketDecompressor(None, CodecPath.RAW), payload)
+        decoder = method.packet_decompressor()
+        if (
+            decoder is None
+            or not limits.codec_flag
+            or limits.codec_flag != method.flag
+            or method.extension_id
+            or limits.codec_flag & Flag.SYNC
+        ):
+            return None
+        return cls(channel, stream, header, staging, decoder, payload)
 
     def run(self, arrive: Callable[[], None]) -> None:
         """Take packets until the next one is the Python loop's (its bytes put back in front of the stream).
@@ -76,9 +111,17 @@ class FastReceive:
         ps = limits.page_size
         stats = channel.stats
         while (fd := self._stream.readable_fd()) is not None:
-            status, back, err, packets, syncs, pages_packets, normal, zero, payload, wire, failed = (
+            status, back, err, packets, syncs, pages_packets, normal, zero, payload, wire, failed, problem = (
                 compiled.recv_packets(
-                    fd, self._header, self._staging, self._blocks, ps, limits.capacity, BATCH, self._zero_digest
+                    fd,
+                    self._header,
+                    self._staging,
+                    self._blocks,
+                    ps,
+                    limits.capacity,
+                    BATCH,
+                    self._zero_digest,
+                    *self._codec_args,
                 )
             )
             stats.packets += packets
@@ -88,7 +131,7 @@ class FastReceive:
             stats.payload_bytes += payload
             stats.wire_bytes += wire
             if pages_packets:
-                stats.count(CodecPath.RAW, channel.method.implementation, pages_packets)
+                stats.count(self._decoder.path, channel.method.implementation, pages_packets)
             if channel.on_packet is not None and normal + zero:
                 channel.on_packet((normal + zero) * ps)
             if status == _SYNC:
@@ -102,10 +145,13 @@ class FastReceive:
             elif status == _STORE_FAILED:
                 error = OSError(err, os.strerror(err))
                 raise channel.memory.store_error(self._names[back], failed, error) from error
+            elif status == _CODEC_FAILED:  # the codec's words, as its recv raises them
+                raise CodecError(problem)
 
     def _give_back(self, count: int) -> None:
         if count:
             read = bytes(self._header[: min(count, self._header_size)])
             if count > self._header_size:
-                read += bytes(self._staging[: count - self._header_size])
+                payload = self._staging if self._decoder.capsule is None else memoryview(self._payload)
+                read += bytes(payload[: count - self._header_size])
             self._stream.unread(read)

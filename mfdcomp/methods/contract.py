@@ -133,6 +133,22 @@ class PacketCompressor:
     path: CodecPath
 
 
+@dataclass(frozen=True, slots=True)
+class PacketDecompressor:
+    """A channel context's compiled decompressor, for the engine's compiled receive loop.
+
+    ``capsule`` is a PyCapsule named ``mfdcomp.decompressor.v1`` holding the
+    ``mfdcomp_decompressor`` of mfdcomp/_speedups.h: its decompress() decodes
+    one packet's payload into its pages through this context's stream,
+    without the GIL, judging and wording a bad payload as ``recv`` would (a
+    channel may alternate between the two). Its packets are counted under
+    ``path``.
+    """
+
+    capsule: object
+    path: CodecPath
+
+
 class PayloadSource(Protocol):
     """The payload of the packet being received, still on the wire.
 
@@ -209,6 +225,10 @@ class MultiFDMethods(abc.ABC):
 
     def recv_cleanup(self) -> None:
         """Release what recv_setup made (default: nothing)."""
+
+    def packet_decompressor(self) -> PacketDecompressor | None:
+        """Optional, after ``recv_setup``: a compiled twin of ``recv`` (default: none)."""
+        return None
 
     @property
     def implementation(self) -> str:

@@ -10,8 +10,11 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/uio.h>
 #include <zstd.h>
 
@@ -23,6 +26,15 @@ typedef struct {
     Py_ssize_t (*compress)(void *ctx, const struct iovec *pages, int count, const char **out, char *error,
                            size_t error_size);
 } mfdcomp_compressor;
+#define MFDCOMP_DECOMPRESSOR_CAPSULE "mfdcomp.decompressor.v1"
+typedef struct {
+    void *ctx;
+    int (*decompress)(void *ctx, const unsigned char *payload, size_t size, unsigned char *out, size_t out_size,
+                      unsigned long long packet_num, unsigned int pages, Py_ssize_t page_size, char *error,
+                      size_t error_size);
+} mfdcomp_decompressor;
+
+static const unsigned char FRAME_MAGIC[4] = {0x28, 0xb5, 0x2f, 0xfd};
 
 static PyObject *ZstdPagesError;
 
@@ -304,14 +316,21 @@ typedef struct {
     char *scratch;       /* output past the pages lands here, to be counted, never kept */
     size_t output_size;  /* the reference's output buffer: pages plus scratch add up to it */
     int busy;
+    /* The channel's stream state, shared by ZstdMethods.recv and the hook (whichever takes a packet):
+     * a payload decoded whole (a later one may not open a new frame), a payload failed (no more). */
+    int started, broken;
+    int channel;         /* for the hook's message */
+    mfdcomp_decompressor hook;
 } DStream;
 
 static int DStream_init(DStream *self, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"window_log_max", "output_size", NULL};
-    int window_log_max;
+    static char *keywords[] = {"window_log_max", "output_size", "channel", NULL};
+    int window_log_max, channel = 0;
     Py_ssize_t output_size;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "in", keywords, &window_log_max, &output_size))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "in|i", keywords, &window_log_max, &output_size, &channel))
         return -1;
+    self->channel = channel;
+    self->started = self->broken = 0;
     if (output_size < 1) {
         PyErr_SetString(PyExc_ValueError, "output_size must be at least 1");
         return -1;
@@ -339,6 +358,49 @@ static void DStream_dealloc(DStream *self) {
     ZSTD_freeDCtx(self->dctx);
     PyMem_RawFree(self->scratch);
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Decodes all of the payload into the targets (total bytes), then the scratch, without the GIL: the library's
+ * code (an error, or 0); *written the bytes it decoded to, which exceed total when the payload decodes to
+ * too much (counting stops once the scratch is full, where the reference would have judged too); *left the
+ * input bytes left when the library stopped making progress (else 0). */
+static size_t decode(DStream *self, const void *src, size_t size, const struct iovec *targets, Py_ssize_t count,
+                     size_t total, size_t *written_out, size_t *left) {
+    size_t rc = 0, written = 0;
+    *left = 0;
+    ZSTD_inBuffer in = {src, size, 0};
+    Py_ssize_t next = 0;  /* the next target to fill; count means the scratch */
+    ZSTD_outBuffer out = {NULL, 0, 0};
+    int filled = 0;       /* the last call filled its output: the decoder may hold more */
+    for (;;) {
+        if (out.pos == out.size) {
+            written += out.pos;
+            if (next > count)
+                break;  /* the scratch is full: too much, as the reference judges */
+            if (next < count)
+                out = (ZSTD_outBuffer){targets[next].iov_base, targets[next].iov_len, 0};
+            else
+                out = (ZSTD_outBuffer){self->scratch, self->output_size - total, 0};
+            next++;
+            if (out.size == 0)
+                continue;
+        }
+        if (in.pos == in.size && !filled)
+            break;
+        size_t in_before = in.pos, out_before = out.pos;
+        rc = ZSTD_decompressStream(self->dctx, &out, &in);
+        if (ZSTD_isError(rc))
+            break;
+        filled = out.pos == out.size;
+        if (in.pos < in.size && in.pos == in_before && out.pos == out_before) {
+            *left = in.size - in.pos;  /* input left, yet it neither read nor wrote: it would be called forever */
+            break;
+        }
+    }
+    if (out.pos != out.size)
+        written += out.pos;  /* the partly filled output (a full one was counted at the loop's top) */
+    *written_out = written;
+    return ZSTD_isError(rc) ? rc : 0;
 }
 
 /* Decodes all of the payload into the spans, then the scratch; returns the bytes it decoded to,
@@ -369,53 +431,106 @@ static PyObject *DStream_decompress_into(DStream *self, PyObject *args) {
         PyBuffer_Release(&payload);
         return NULL;
     }
-    size_t rc = 0, written = 0;
-    int stalled = 0;
-    Py_BEGIN_ALLOW_THREADS
-    ZSTD_inBuffer in = {payload.buf, (size_t)payload.len, 0};
-    Py_ssize_t next = 0;  /* the next span to fill; spans.count means the scratch */
-    ZSTD_outBuffer out = {NULL, 0, 0};
-    int filled = 0;       /* the last call filled its output: the decoder may hold more */
-    for (;;) {
-        if (out.pos == out.size) {
-            written += out.pos;
-            if (next > spans.count)
-                break;  /* the scratch is full: too much, as the reference judges */
-            if (next < spans.count)
-                out = (ZSTD_outBuffer){spans.views[next].buf, (size_t)spans.views[next].len, 0};
-            else
-                out = (ZSTD_outBuffer){self->scratch, self->output_size - spans.total, 0};
-            next++;
-            if (out.size == 0)
-                continue;
-        }
-        if (in.pos == in.size && !filled)
-            break;
-        size_t in_before = in.pos, out_before = out.pos;
-        rc = ZSTD_decompressStream(self->dctx, &out, &in);
-        if (ZSTD_isError(rc))
-            break;
-        filled = out.pos == out.size;
-        if (in.pos < in.size && in.pos == in_before && out.pos == out_before) {
-            stalled = 1;  /* input left, yet it neither read nor wrote: it would be called forever */
-            break;
-        }
+    struct iovec *targets = PyMem_Malloc((size_t)(spans.count ? spans.count : 1) * sizeof *targets);
+    if (targets == NULL) {
+        self->busy = 0;
+        spans_release(&spans);
+        PyBuffer_Release(&payload);
+        return PyErr_NoMemory();
     }
-    if (out.pos != out.size)
-        written += out.pos;  /* the partly filled output (a full one was counted at the loop's top) */
+    for (Py_ssize_t i = 0; i < spans.count; i++)
+        targets[i] = (struct iovec){spans.views[i].buf, (size_t)spans.views[i].len};
+    size_t written = 0, rc = 0, left = 0;
+    Py_BEGIN_ALLOW_THREADS
+    rc = decode(self, payload.buf, (size_t)payload.len, targets, spans.count, spans.total, &written, &left);
     Py_END_ALLOW_THREADS
     self->busy = 0;
+    PyMem_Free(targets);
     spans_release(&spans);
     PyBuffer_Release(&payload);
     if (ZSTD_isError(rc))
         return PyErr_Format(ZstdPagesError, "zstd decompress error: %s", ZSTD_getErrorName(rc));
-    if (stalled)
-        return PyErr_Format(ZstdPagesError, "zstd decompress error: no progress with %zu input bytes left",
-                            (size_t)payload.len);
+    if (left)
+        return PyErr_Format(ZstdPagesError, "zstd decompress error: no progress with %zu input bytes left", left);
     return PyLong_FromSize_t(written);
 }
 
+/* mfdcomp_decompressor.decompress: one packet's payload into its pages, judged and worded as ZstdMethods.recv
+ * judges and words it (codec.py): a new frame after the first packet, a library error, too many or too few
+ * bytes. A failed packet leaves the stream broken, as the Python path drops it. */
+static int DStream_hook(void *ctx, const unsigned char *payload, size_t size, unsigned char *out, size_t out_size,
+                        unsigned long long packet_num, unsigned int pages, Py_ssize_t page_size, char *error,
+                        size_t error_size) {
+    DStream *self = ctx;
+    if (self->broken) {
+        snprintf(error, error_size,
+                 "the zstd stream of channel %d is closed (cleaned up, or an earlier packet failed)", self->channel);
+        return -1;
+    }
+    char what[96];
+    snprintf(what, sizeof what, "zstd payload of packet %llu (pages: %u \xc3\x97 %zd bytes)", packet_num, pages,
+             page_size);
+    self->broken = 1;
+    if (self->started && size >= sizeof FRAME_MAGIC && memcmp(payload, FRAME_MAGIC, sizeof FRAME_MAGIC) == 0) {
+        snprintf(error, error_size, "%s starts a new zstd frame, but QEMU keeps one open frame per channel", what);
+        return -1;
+    }
+    struct iovec target = {out, out_size};
+    size_t written = 0, left = 0;
+    size_t rc = out_size < self->output_size ? decode(self, payload, size, &target, 1, out_size, &written, &left) : 0;
+    if (out_size >= self->output_size)
+        snprintf(error, error_size, "%s do not fit the decoder's %zu-byte output", what, self->output_size);
+    else if (ZSTD_isError(rc))
+        snprintf(error, error_size, "%s is corrupt or unsupported: zstd decompress error: %s", what,
+                 ZSTD_getErrorName(rc));
+    else if (left)
+        snprintf(error, error_size, "%s is corrupt or unsupported: zstd decompress error: no progress with %zu input "
+                 "bytes left", what, left);
+    else if (written > out_size)
+        snprintf(error, error_size, "%s decodes to more than %zu bytes", what, out_size);
+    else if (written != out_size)
+        snprintf(error, error_size, "%s decodes to %zu bytes, short of %zu", what, written, out_size);
+    else {
+        self->broken = 0;
+        self->started = 1;
+        return 0;
+    }
+    return -1;
+}
+
+static void capsule_release_d(PyObject *capsule) {
+    Py_XDECREF(PyCapsule_GetContext(capsule));
+}
+
+static PyObject *DStream_packet_decompressor(DStream *self, PyObject *unused) {
+    if (self->dctx == NULL) {
+        PyErr_SetString(PyExc_ValueError, "DStream was not initialised");
+        return NULL;
+    }
+    self->hook.ctx = self;
+    self->hook.decompress = DStream_hook;
+    PyObject *capsule = PyCapsule_New(&self->hook, MFDCOMP_DECOMPRESSOR_CAPSULE, capsule_release_d);
+    if (capsule == NULL)
+        return NULL;
+    Py_INCREF(self);  /* the capsule keeps the stream alive for as long as the engine holds it */
+    if (PyCapsule_SetContext(capsule, self) < 0) {
+        Py_DECREF(self);
+        Py_DECREF(capsule);
+        return NULL;
+    }
+    return capsule;
+}
+
+static PyMemberDef DStream_members[] = {
+    {"started", T_BOOL, offsetof(DStream, started) , 0, "a payload of this stream decoded whole"},
+    {"broken", T_BOOL, offsetof(DStream, broken), 0, "a payload of this stream failed: no more are taken"},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyMethodDef DStream_methods[] = {
+    {"packet_decompressor", (PyCFunction)DStream_packet_decompressor, METH_NOARGS,
+     "packet_decompressor() -> capsule: this stream as mfdcomp's compiled receive loop calls it ("
+     MFDCOMP_DECOMPRESSOR_CAPSULE "); judged and worded as ZstdMethods.recv."},
     {"decompress_into", (PyCFunction)DStream_decompress_into, METH_VARARGS,
      "decompress_into(payload, spans) -> int: all of the payload into the spans; the bytes it decoded to "
      "(more than the spans hold when it decodes to too much)."},
@@ -431,6 +546,7 @@ static PyTypeObject DStreamType = {
     .tp_init = (initproc)DStream_init,
     .tp_dealloc = (destructor)DStream_dealloc,
     .tp_methods = DStream_methods,
+    .tp_members = DStream_members,
 };
 
 /* --- module ------------------------------------------------------------------------------------ */

@@ -31,6 +31,7 @@ from mfdcomp.methods import (
     CodecPath,
     MultiFDMethods,
     PacketCompressor,
+    PacketDecompressor,
     PageViews,
     PathProbe,
     PayloadSource,
@@ -210,7 +211,7 @@ class ZstdMethods(MultiFDMethods):
     def recv_setup(self, channel: int) -> None:
         super().recv_setup(channel)
         if self._compiled is not None:
-            self._decompress = self._compiled.DStream(self._max_window.bit_length() - 1, _OUTPUT_SIZE)
+            self._decompress = self._compiled.DStream(self._max_window.bit_length() - 1, _OUTPUT_SIZE, channel)
             return
         decompressor = zstandard.ZstdDecompressor(max_window_size=self._max_window)
         self._decompress = decompressor.stream_writer(
@@ -222,11 +223,18 @@ class ZstdMethods(MultiFDMethods):
         decompress = self._decompress
         if decompress is None:
             raise self._closed()
+        # The compiled stream keeps its state itself: the compiled receive loop may have taken packets.
+        compiled = self._compiled is not None
+        if compiled and decompress.broken:  # type: ignore[attr-defined]
+            raise self._closed()
         self._decompress = None
         payload = source.read()
+        started = decompress.started if compiled else self._started  # type: ignore[attr-defined]
+        if compiled:
+            decompress.broken = True  # type: ignore[attr-defined]  # until this packet decoded whole
         # A block header never starts with these bytes, so only a sender that
         # ended its frame and began another writes them after the first packet.
-        if self._started and payload[: len(FRAME_MAGIC)] == FRAME_MAGIC:
+        if started and payload[: len(FRAME_MAGIC)] == FRAME_MAGIC:
             raise self._bad(packet, pages, "starts a new zstd frame, but QEMU keeps one open frame per channel")
         limit = len(pages) * self.page_size
         try:
@@ -237,9 +245,18 @@ class ZstdMethods(MultiFDMethods):
             raise self._bad(packet, pages, f"decodes to more than {limit} bytes")
         if written != limit:
             raise self._bad(packet, pages, f"decodes to {written} bytes, short of {limit}")
+        if compiled:
+            decompress.broken = False  # type: ignore[attr-defined]
+            decompress.started = True  # type: ignore[attr-defined]
         self._started = True
         self._decompress = decompress
         return CodecPath.SOFTWARE
+
+    def packet_decompressor(self) -> PacketDecompressor | None:
+        """The compiled stream as the engine's compiled receive loop calls it (the same stream as recv's)."""
+        if self._compiled is None or self._decompress is None:
+            return None
+        return PacketDecompressor(self._decompress.packet_decompressor(), CodecPath.SOFTWARE)  # type: ignore[attr-defined]
 
     def _decode(self, decompress: object, payload: bytes | memoryview, spans: Sequence[memoryview], limit: int) -> int:
         """All of the payload into the spans: the bytes it decoded to, more than ``limit`` if too many."""
