@@ -7,6 +7,10 @@
  * payload that decodes to too much and a corrupt one part: the reference decodes into one buffer of
  * `output_size` bytes and judges after each call, so the pages here are followed by a scratch area
  * that makes up the same size.
+ *
+ * Each stream also offers mfdcomp's engine a hook (packet_compressor, packet_decompressor: capsules of the
+ * contracts in mfdcomp/_speedups.h), so its compiled loops compress and decode a packet on the same stream
+ * without calling back into Python; the decoder's hook judges and words a payload as codec.py does.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -171,6 +175,21 @@ static void capsule_release(PyObject *capsule) {
     Py_XDECREF(PyCapsule_GetContext(capsule));
 }
 
+/* A capsule of one of the engine's contracts over a stream's hook; it keeps the stream alive for as long as
+ * the engine holds it. */
+static PyObject *hook_capsule(PyObject *stream, void *hook, const char *name) {
+    PyObject *capsule = PyCapsule_New(hook, name, capsule_release);
+    if (capsule == NULL)
+        return NULL;
+    Py_INCREF(stream);
+    if (PyCapsule_SetContext(capsule, stream) < 0) {
+        Py_DECREF(stream);
+        Py_DECREF(capsule);
+        return NULL;
+    }
+    return capsule;
+}
+
 static PyObject *CStream_packet_compressor(CStream *self, PyObject *unused) {
     if (self->cctx == NULL) {
         PyErr_SetString(PyExc_ValueError, "CStream was not initialised");
@@ -178,17 +197,7 @@ static PyObject *CStream_packet_compressor(CStream *self, PyObject *unused) {
     }
     self->hook.ctx = self;
     self->hook.compress = CStream_hook;
-    PyObject *capsule = PyCapsule_New(&self->hook, MFDCOMP_COMPRESSOR_CAPSULE, capsule_release);
-    if (capsule == NULL)
-        return NULL;
-    /* The capsule keeps the stream alive for as long as the engine holds it. */
-    Py_INCREF(self);
-    if (PyCapsule_SetContext(capsule, self) < 0) {
-        Py_DECREF(self);
-        Py_DECREF(capsule);
-        return NULL;
-    }
-    return capsule;
+    return hook_capsule((PyObject *)self, &self->hook, MFDCOMP_COMPRESSOR_CAPSULE);
 }
 
 static int CStream_init(CStream *self, PyObject *args, PyObject *kwargs) {
@@ -498,10 +507,6 @@ static int DStream_hook(void *ctx, const unsigned char *payload, size_t size, un
     return -1;
 }
 
-static void capsule_release_d(PyObject *capsule) {
-    Py_XDECREF(PyCapsule_GetContext(capsule));
-}
-
 static PyObject *DStream_packet_decompressor(DStream *self, PyObject *unused) {
     if (self->dctx == NULL) {
         PyErr_SetString(PyExc_ValueError, "DStream was not initialised");
@@ -509,16 +514,7 @@ static PyObject *DStream_packet_decompressor(DStream *self, PyObject *unused) {
     }
     self->hook.ctx = self;
     self->hook.decompress = DStream_hook;
-    PyObject *capsule = PyCapsule_New(&self->hook, MFDCOMP_DECOMPRESSOR_CAPSULE, capsule_release_d);
-    if (capsule == NULL)
-        return NULL;
-    Py_INCREF(self);  /* the capsule keeps the stream alive for as long as the engine holds it */
-    if (PyCapsule_SetContext(capsule, self) < 0) {
-        Py_DECREF(self);
-        Py_DECREF(capsule);
-        return NULL;
-    }
-    return capsule;
+    return hook_capsule((PyObject *)self, &self->hook, MFDCOMP_DECOMPRESSOR_CAPSULE);
 }
 
 static PyMemberDef DStream_members[] = {
