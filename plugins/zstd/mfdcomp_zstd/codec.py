@@ -159,6 +159,11 @@ class ZstdMethods(MultiFDMethods):
         self._sink = _PageSink()
         self._started = False
 
+    @property
+    def implementation(self) -> str:
+        """Which library runs this channel's stream (the engine counts packets by it)."""
+        return LIBZSTD if self._compiled is not None else PYTHON_ZSTANDARD
+
     def send_setup(self, channel: int) -> None:
         super().send_setup(channel)
         assert self.level is not None, "ZSTD_INFO has a default level"
