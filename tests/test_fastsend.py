@@ -8,6 +8,7 @@ streams, whose packet_compressor the compiled path calls instead of send_prepare
 
 from __future__ import annotations
 
+import ctypes
 import socket
 import threading
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ class Sent:
     batches: list[list[int]]
     stats: dict[str, Any]
     error: tuple[str, str] | None
+    cause: str | None = None  # the type of the channel's own error, when one failed
 
 
 def make_block(kinds: list[int]) -> Block:
@@ -137,6 +139,7 @@ def send(
         mine,
         engine.stats()[0].as_dict(),
         error,
+        None if engine.state.error is None else type(engine.state.error).__name__,
     )
 
 
@@ -242,3 +245,56 @@ def test_send_packet_refuses_bad_arguments() -> None:
             module.send_packet(*args, 0x1)  # SYNC is never a data packet's
         with pytest.raises(ValueError, match="PyCapsule"):
             module.send_packet(*args, 0x4, object())  # not a compressor capsule
+
+
+# --- the compressor contract itself: a compressor that refuses ------------------------------------------
+
+_COMPRESS = ctypes.CFUNCTYPE(
+    ctypes.c_ssize_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t
+)
+
+
+class _Compressor(ctypes.Structure):
+    """mfdcomp_compressor of mfdcomp/_speedups.h."""
+
+    _fields_ = [("ctx", ctypes.c_void_p), ("compress", _COMPRESS)]
+
+
+REFUSAL = "test compressor: this packet is refused"
+
+
+@_COMPRESS
+def _refuse(ctx: int, pages: int, count: int, out: int, error: int, size: int) -> int:
+    message = REFUSAL.encode() + b"\0"
+    ctypes.memmove(error, message, min(len(message), size))
+    return -1
+
+
+_REFUSING = _Compressor(None, _refuse)
+_CAPSULE_NAME = ctypes.create_string_buffer(b"mfdcomp.compressor.v1")  # the capsule keeps a pointer to it
+
+
+def _refusing_capsule() -> object:
+    new = ctypes.pythonapi.PyCapsule_New
+    new.restype = ctypes.py_object
+    new.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    return new(ctypes.addressof(_REFUSING), ctypes.addressof(_CAPSULE_NAME), None)
+
+
+def test_a_compressor_that_refuses_ends_the_channel_with_its_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A codec's compiled compressor (any codec's, here one made with ctypes) that fails: nothing of the packet
+    is written, and the channel fails with the compressor's own message as a CodecError."""
+    from mfdcomp_zstd.codec import ZstdMethods
+
+    from mfdcomp.methods import CodecPath, PacketCompressor
+
+    monkeypatch.setattr(
+        ZstdMethods, "packet_compressor", lambda self: PacketCompressor(_refusing_capsule(), CodecPath.SOFTWARE)
+    )
+    block = make_block([3] * PAGES)
+    sent = send(block, [[0, PS]], fast=True, detect=True, hashing=True, codec=f"zstd:{PYTHON_ZSTANDARD}")
+    assert sent.error is not None
+    assert REFUSAL in sent.error[1], sent.error
+    assert sent.cause == "CodecError"
+    assert sent.stats["packets"] == 0, "no data packet was counted"
+    assert len(sent.wire) == INIT_SIZE, "nothing but the init packet went out"
