@@ -349,30 +349,25 @@ mfdcomp_recv_packets(PyObject *self, PyObject *args)
                           &loop.page_size, &loop.capacity, &loop.max_packets, &zero_digest, &codec_flag,
                           &payload_obj, &decompressor_obj))
         return NULL;
+    PyObject *result = NULL, *seq = NULL;
+    struct block *blocks = NULL;
+    Py_ssize_t nblocks = 0, taken = 0;
     int has_payload_buffer = 0;
     if (codec_flag != 0) {
         /* A compressing codec: its decoder and a payload buffer, or nothing is taken. */
-        loop.decompressor = PyCapsule_GetPointer(decompressor_obj, MFDCOMP_DECOMPRESSOR_CAPSULE);
-        if (loop.decompressor != NULL &&
-            PyObject_GetBuffer(payload_obj, &payload_buffer, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) == 0)
-            has_payload_buffer = 1;
-        if ((codec_flag & FLAG_SYNC) && !PyErr_Occurred())
+        if (codec_flag & FLAG_SYNC) {
             PyErr_SetString(PyExc_ValueError, "codec_flag holds the SYNC bit");
-        if (PyErr_Occurred()) {
-            if (has_payload_buffer)
-                PyBuffer_Release(&payload_buffer);
-            PyBuffer_Release(&zero_digest);
-            PyBuffer_Release(&staging);
-            PyBuffer_Release(&header);
-            return NULL;
+            goto done;
         }
+        loop.decompressor = PyCapsule_GetPointer(decompressor_obj, MFDCOMP_DECOMPRESSOR_CAPSULE);
+        if (loop.decompressor == NULL ||
+            PyObject_GetBuffer(payload_obj, &payload_buffer, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+            goto done;
+        has_payload_buffer = 1;
         loop.codec_flag = codec_flag;
         loop.payload_buffer = payload_buffer.buf;
         loop.max_payload = payload_buffer.len;
     }
-    PyObject *result = NULL, *seq = NULL;
-    struct block *blocks = NULL;
-    Py_ssize_t nblocks = 0, taken = 0;
     if (loop.page_size <= 0 || loop.capacity <= 0 || loop.capacity > (1 << 20) || loop.max_packets <= 0) {
         PyErr_SetString(PyExc_ValueError, "page_size, capacity and max_packets must be positive");
         goto done;

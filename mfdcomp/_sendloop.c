@@ -111,15 +111,6 @@ mfdcomp_send_packet(PyObject *self, PyObject *args)
                           &detect_zero, &packet_num, &name, &table_obj, &zero_digest, &flags, &compressor_obj))
         return NULL;
     const mfdcomp_compressor *compressor = NULL;
-    if (compressor_obj != Py_None) {
-        compressor = PyCapsule_GetPointer(compressor_obj, MFDCOMP_COMPRESSOR_CAPSULE);
-        if (compressor == NULL) {
-            PyBuffer_Release(&zero_digest);
-            PyBuffer_Release(&name);
-            PyBuffer_Release(&block);
-            return NULL;
-        }
-    }
     PyObject *result = NULL;
     Py_ssize_t *offsets = NULL, count = 0;
     unsigned char *packet = NULL, *zero = NULL;
@@ -129,6 +120,9 @@ mfdcomp_send_packet(PyObject *self, PyObject *args)
         hashing = 0;
         goto done;
     }
+    if (compressor_obj != Py_None &&
+        (compressor = PyCapsule_GetPointer(compressor_obj, MFDCOMP_COMPRESSOR_CAPSULE)) == NULL)
+        goto done;
     if (page_size <= 0 || page_size % 8 || capacity <= 0 || capacity > (1 << 20) || name.len != NAME_LEN ||
         zero_digest.len != 16 || fd < 0 || (flags & FLAG_SYNC)) {
         PyErr_SetString(PyExc_ValueError, "bad page_size, capacity, name field, zero digest, fd or flags");

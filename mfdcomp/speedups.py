@@ -14,19 +14,30 @@ import os
 from collections.abc import Mapping
 from types import ModuleType
 
-__all__ = ["ENV", "compiled", "load", "status"]
+__all__ = ["ENV", "compiled", "import_compiled", "load", "status"]
 
 ENV = "MFDCOMP_PURE_PYTHON"
 
 
+def import_compiled(name: str, environ: Mapping[str, str] = os.environ) -> ModuleType | str:
+    """The compiled module ``name``, or why the pure path runs instead (ENV set, or the module not built).
+
+    Plugins with an extension of their own (the zstd plugin's) ask here too, so one switch turns every
+    compiled path off.
+    """
+    if environ.get(ENV, "") not in ("", "0"):
+        return f"{ENV}={environ[ENV]} forces it"
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        return f"the compiled {name} is not built here: {exc}"
+
+
 def load(environ: Mapping[str, str] = os.environ) -> tuple[ModuleType | None, str]:
     """The compiled module (or None) and a sentence saying which path runs and why."""
-    if environ.get(ENV, "") not in ("", "0"):
-        return None, f"pure Python ({ENV}={environ[ENV]} forces it)"
-    try:
-        module = importlib.import_module("mfdcomp._speedups")
-    except ImportError as exc:
-        return None, f"pure Python (the compiled mfdcomp._speedups is not built here: {exc})"
+    module = import_compiled("mfdcomp._speedups", environ)
+    if isinstance(module, str):
+        return None, f"pure Python ({module})"
     # The page hashing's instruction set is picked when the module loads (mfdcomp/_xxh3_pages.h).
     return module, f"compiled (mfdcomp._speedups, {module.__file__}; page hashing: {module.xxh3_build()})"
 

@@ -15,8 +15,6 @@ reference; the conformance suite and the fuzz tests run each against the other.
 
 from __future__ import annotations
 
-import importlib
-import os
 from collections.abc import Sequence
 from types import ModuleType
 from typing import IO, cast
@@ -87,14 +85,9 @@ PYTHON_ZSTANDARD = "python-zstandard"
 ZSTD_IMPLS = Implementations(env="MFDCOMP_ZSTD_IMPL", names=(LIBZSTD, PYTHON_ZSTANDARD))
 
 
-def _load_compiled() -> tuple[ModuleType | None, str]:
-    """The compiled streams (or None) and why: mfdcomp's MFDCOMP_PURE_PYTHON switch holds here too."""
-    if os.environ.get(speedups.ENV, "") not in ("", "0"):
-        return None, f"{speedups.ENV}={os.environ[speedups.ENV]} runs the pure paths"
-    try:
-        return importlib.import_module("mfdcomp_zstd._zstdpages"), "compiled"
-    except ImportError as exc:
-        return None, f"the compiled mfdcomp_zstd._zstdpages is not built here: {exc}"
+def _load_compiled() -> ModuleType | str:
+    """The compiled streams, or why python-zstandard runs: mfdcomp's MFDCOMP_PURE_PYTHON switch holds here too."""
+    return speedups.import_compiled("mfdcomp_zstd._zstdpages")
 
 
 def _spans(pages: Sequence[memoryview]) -> Sequence[memoryview]:
@@ -318,11 +311,12 @@ class ZstdCodec(ProbedCodec):
             forced = ZSTD_IMPLS.forced(self.impl)
         except ValueError as exc:
             return [PathProbe(CodecPath.SOFTWARE, False, str(exc))]
-        compiled, status = _load_compiled()
-        if forced == LIBZSTD and compiled is None:
-            return [PathProbe(CodecPath.SOFTWARE, False, f"{LIBZSTD} is forced, but {status}", LIBZSTD)]
+        compiled = _load_compiled()
+        if forced == LIBZSTD and isinstance(compiled, str):
+            reason = f"{LIBZSTD} is forced, but the compiled streams do not run: {compiled}"
+            return [PathProbe(CodecPath.SOFTWARE, False, reason, LIBZSTD)]
         why = "forced" if forced is not None else "the default"
-        if forced != PYTHON_ZSTANDARD and compiled is not None:
+        if forced != PYTHON_ZSTANDARD and not isinstance(compiled, str):
             self._compiled, self._chosen = compiled, LIBZSTD
             version = str(compiled.version())
             reason = (
@@ -331,7 +325,7 @@ class ZstdCodec(ProbedCodec):
         else:
             self._chosen = PYTHON_ZSTANDARD
             version = ".".join(map(str, zstandard.ZSTD_VERSION))
-            reason = f"{reference} with its libzstd {version} ({why if forced else status})"
+            reason = f"{reference} with its libzstd {version} ({why if forced else compiled})"
         return [PathProbe(CodecPath.SOFTWARE, True, reason, library="libzstd", version=version)]
 
     @property
@@ -342,7 +336,7 @@ class ZstdCodec(ProbedCodec):
     def implementations(self) -> dict[str, ZstdCodec]:
         """The other implementation when it runs here (the conformance suite cross-decodes them)."""
         mine = self.implementation
-        runs = {PYTHON_ZSTANDARD} | ({LIBZSTD} if _load_compiled()[0] is not None else set())
+        runs = {PYTHON_ZSTANDARD} | ({LIBZSTD} if not isinstance(_load_compiled(), str) else set())
         return {name: ZstdCodec(impl=name) for name in ZSTD_IMPLS.names if name != mine and name in runs}
 
     def methods(self, page_size: int, level: int | None, path: CodecPath = CodecPath.SOFTWARE) -> ZstdMethods:
