@@ -46,7 +46,8 @@ from mfdcomp.methods import Codec, CodecPath, MultiFDMethods, PageViews, choose_
 from mfdcomp.qemu.capture import channel_file_name, write_capture_manifest
 from mfdcomp.registry import default_registry, get_codec
 from mfdcomp.transport.address import Address, parse_address
-from mfdcomp.transport.tls import TlsClient, TlsConnection, TlsServer
+from mfdcomp.transport.tls import TlsClient, TlsServer
+from mfdcomp.transport.tlsconn import TlsConnection
 from mfdcomp.units import format_bytes
 from mfdcomp.wire import (
     COMPRESSION_MASK,

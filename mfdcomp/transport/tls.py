@@ -8,15 +8,8 @@ certificate signed by the CA, the server's valid for the source's
 ``tls-hostname``, the client's name (CN or DNS SAN) in ``tls-authz`` when one
 is given.
 
-:class:`TlsConnection` runs OpenSSL on memory BIOs and does the socket I/O
-itself. Why not ``ssl.SSLSocket``: an OpenSSL ``SSL`` object must not be used
-by two threads at once, and a main channel is read by one thread while another
-writes; SSLSocket has no lock and no sendmsg. Here every OpenSSL call is under
-one short lock while the blocking socket reads and writes happen outside it;
-close_notify can be sent by a writer without waiting to read the peer's
-(``SSLSocket.unwrap`` reads), which the tap needs to end one direction cleanly
-as QEMU 10.0's ``multifd-clean-tls-termination`` expects; and ``shutdown()``
-from any thread wakes every blocked call at the socket.
+:class:`TlsStream` is a :class:`Stream` over one TLS session (mfdcomp.transport.tlsconn):
+OpenSSL on the socket itself for mfdcomp's own channels, on memory BIOs for the tap's.
 """
 
 from __future__ import annotations
@@ -25,15 +18,12 @@ import contextlib
 import errno
 import ipaddress
 import os
-import select
-import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from typing_extensions import Buffer
 
@@ -41,18 +31,14 @@ from mfdcomp.errors import ChannelError, TruncatedError
 from mfdcomp.transport.address import Address
 from mfdcomp.transport.base import PeerGoneError
 from mfdcomp.transport.sockets import SocketStream, connect
+from mfdcomp.transport.tlsconn import SocketTlsConnection, TlsSession
+from mfdcomp.transport.tlsconn import TlsError as TlsError  # the error tree's TLS branch, re-exported
 
 CREDS_FILES = ("ca-cert.pem", "server-cert.pem", "server-key.pem", "client-cert.pem", "client-key.pem")
 TLS_HANDSHAKE_RECORD = 0x16
 """First byte of every TLS ClientHello (a handshake record): anything else is a plain peer."""
 
-_READ_CHUNK = 256 << 10  # socket bytes taken per recv: many 16 KiB records per system call
-_SEND_FLAGS = socket.MSG_NOSIGNAL
 _GROUP = 64 << 10
-
-
-class TlsError(ChannelError):
-    """A TLS handshake failed or the peer's certificate was refused; the text says why."""
 
 
 class TlsAuthzError(TlsError):
@@ -104,7 +90,14 @@ class TlsServer:
         ``on_plain(head)`` may return bytes to send in clear to a peer that did not start with TLS
         (the main channel's ERROR, so a plain source learns why), before it is refused.
         """
-        conn = TlsConnection(stream.take_socket(), stream.name, self.context, server_side=True)
+        conn = SocketTlsConnection(
+            stream.take_socket(),
+            stream.name,
+            self.context,
+            server_side=True,
+            recv_timeout=stream.idle_timeout,
+            send_timeout=stream.send_idle_timeout,
+        )
         return TlsStream(conn, stream.idle_timeout, stream.send_idle_timeout, authz=self.authz, on_plain=on_plain)
 
 
@@ -133,7 +126,15 @@ class TlsClient:
         if hostname is None:
             plain.close()
             raise TlsError(f"{plain.name}: TLS needs --tls-hostname for a {address.kind if address else ''} address")
-        conn = TlsConnection(plain.take_socket(), plain.name, self.context, server_side=False, hostname=hostname)
+        conn = SocketTlsConnection(
+            plain.take_socket(),
+            plain.name,
+            self.context,
+            server_side=False,
+            hostname=hostname,
+            recv_timeout=plain.idle_timeout,
+            send_timeout=plain.send_idle_timeout,
+        )
         stream = TlsStream(conn, plain.idle_timeout, plain.send_idle_timeout)
         try:
             conn.handshake(time.monotonic() + timeout)
@@ -160,219 +161,12 @@ def peer_names(cert: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(names))  # a CN repeated as a SAN is said once
 
 
-def _reason(exc: ssl.SSLError) -> str:
-    """An OpenSSL error as a sentence: the verify message when there is one (expired, hostname...)."""
-    verify = getattr(exc, "verify_message", None)
-    if verify:
-        return f"{verify} ({exc.reason or 'certificate verify failed'})"
-    text = exc.reason or str(exc)
-    return text.replace("_", " ").lower() if exc.reason else text
-
-
-class TlsConnection:
-    """One TLS session over a blocking socket; see the module's text. Takes ownership of ``sock``."""
-
-    def __init__(
-        self,
-        sock: socket.socket,
-        name: str,
-        context: ssl.SSLContext,
-        *,
-        server_side: bool,
-        hostname: str | None = None,
-    ) -> None:
-        self.name = name
-        self.sock = sock
-        self.server_side = server_side
-        self._in = ssl.MemoryBIO()
-        self._out = ssl.MemoryBIO()
-        self._obj = context.wrap_bio(self._in, self._out, server_side=server_side, server_hostname=hostname)
-        self._lock = threading.Lock()  # every call into OpenSSL: short, never around socket I/O
-        self._send_lock = threading.Lock()  # keeps the order of encrypted bytes on the socket
-        self._buf = bytearray(_READ_CHUNK)  # the reading thread's (one reader at a time)
-        self._eof = False
-        self.shut = False
-        self.closed = False
-        self._close_lock = threading.Lock()
-
-    def handshake(self, deadline: float | None = None, idle: float | None = None) -> None:
-        """Shake hands; TlsError with OpenSSL's reason.
-
-        Bounded by ``deadline`` (monotonic) and by ``idle`` seconds without a byte, when given.
-        """
-        while True:
-            done = False
-            failure: ssl.SSLError | None = None
-            with self._lock:
-                try:
-                    self._obj.do_handshake()
-                    done = True
-                except ssl.SSLWantReadError:
-                    pass
-                except ssl.SSLError as exc:
-                    failure = exc
-            # The alert that says why goes out even on failure: the peer learns the reason too.
-            with contextlib.suppress(OSError):
-                self._flush()
-            if failure is not None:
-                raise self._tls_error(failure, handshake=True) from failure
-            if done:
-                return
-            if not self._fill(deadline, idle):
-                raise TlsError(f"{self.name}: the peer closed the connection during the TLS handshake")
-
-    def peer_certificate(self) -> dict[str, Any]:
-        with self._lock:
-            return self._obj.getpeercert() or {}
-
-    @property
-    def version(self) -> str | None:
-        return self._obj.version()
-
-    @property
-    def cipher(self) -> str | None:
-        cipher = self._obj.cipher()
-        return cipher[0] if cipher else None
-
-    def recv_into(self, view: memoryview) -> int:
-        """Up to ``view.nbytes`` decrypted bytes; 0 at the peer's close_notify or end of stream.
-
-        Every whole record already received goes into ``view`` in one call (one lock round, not one per
-        16 KiB record: a 512 KiB packet arrives in about two socket reads of 32 records).
-        """
-        while True:
-            got = 0
-            ended = False  # the peer's close_notify, or the end of the stream, after ``got`` bytes
-            with self._lock:
-                try:
-                    while got < view.nbytes:
-                        # With a buffer, read() returns the count (typeshed says bytes); 0 after the
-                        # peer's close_notify (CPython returns it instead of raising SSLZeroReturnError).
-                        n = cast(int, self._obj.read(view.nbytes - got, view[got:]))
-                        if n == 0:
-                            ended = True
-                            break
-                        got += n
-                except ssl.SSLWantReadError:
-                    pass
-                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                    # close_notify, or a ragged end: a clean end between records; the session's digests
-                    # (and every channel's packet framing) catch a truncation anyway. Bytes read before it
-                    # are returned first; the next call meets the end again.
-                    ended = True
-                except ssl.SSLError as exc:
-                    raise self._tls_error(exc) from exc
-                pending = self._out.pending
-            if pending:  # a post-handshake message needs an answer (a key update)
-                self._flush()
-            if got or ended:
-                return got
-            if not self._fill(None):
-                with self._lock:
-                    self._in.write_eof()
-
-    def sendall(self, data: Buffer) -> None:
-        with self._send_lock:
-            with self._lock:
-                try:
-                    self._obj.write(data)
-                except ssl.SSLError as exc:
-                    raise self._tls_error(exc) from exc
-                out = self._out.read()
-            self._send_raw(out)
-
-    def close_notify(self, wait: bool = True) -> None:
-        """End our direction: close_notify, then the socket's FIN; the peer may go on sending.
-
-        ``wait=False`` gives up at once when a writer holds the socket (one blocked on a stalled peer).
-        """
-        if not self._send_lock.acquire(blocking=wait):
-            return
-        try:
-            with self._lock:
-                with contextlib.suppress(ssl.SSLError):
-                    self._obj.unwrap()  # sends close_notify; the peer's is not awaited (SSLWantReadError)
-                out = self._out.read()
-            if out:
-                self._send_raw(out)
-        finally:
-            self._send_lock.release()
-        socket.socket.shutdown(self.sock, socket.SHUT_WR)
-
-    def shutdown(self) -> None:
-        """Wake every blocked call, from any thread: the socket ends both ways."""
-        with self._close_lock:
-            self.shut = True
-            if self.closed:
-                return
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        with self._close_lock:
-            self.closed = True
-            self.sock.close()
-
-    def send_plain(self, data: bytes) -> None:
-        """Bytes in clear, before any TLS: a refusal a plain peer can read."""
-        with contextlib.suppress(OSError):
-            self.sock.sendall(data, _SEND_FLAGS)
-
-    def peek_plain(self, size: int) -> bytes:
-        """The first ``size`` bytes on the socket, left there (MSG_PEEK)."""
-        return self.sock.recv(size, socket.MSG_PEEK | socket.MSG_WAITALL)
-
-    def _fill(self, deadline: float | None, idle: float | None = None) -> bool:
-        """Feed OpenSSL the next bytes from the socket; False at its end."""
-        if deadline is not None or idle is not None:
-            left = deadline - time.monotonic() if deadline is not None else None
-            wait = min(w for w in (left, idle) if w is not None)
-            if wait <= 0 or not select.select([self.sock], [], [], wait)[0]:
-                if idle is not None and (left is None or idle < left):
-                    raise TlsError(f"{self.name}: nothing received for {idle:g} s in the TLS handshake (idle timeout)")
-                raise TlsError(f"{self.name}: no complete TLS handshake within the time allowed")
-        if self._eof:
-            return False
-        n = self.sock.recv_into(self._buf)
-        if n == 0:
-            self._eof = True
-            return False
-        with self._lock:
-            self._in.write(memoryview(self._buf)[:n])
-        return True
-
-    def _flush(self) -> None:
-        with self._send_lock:
-            with self._lock:
-                out = self._out.read()
-            if out:
-                self._send_raw(out)
-
-    def _send_raw(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[self.sock.send(view, _SEND_FLAGS) :]
-
-    def _tls_error(self, exc: ssl.SSLError, handshake: bool = False) -> TlsError:
-        if self.shut:
-            return TlsError(f"{self.name}: shut down")
-        reason = _reason(exc)
-        if "alert" in reason:
-            return TlsError(f"{self.name}: the peer refused the TLS session: {reason}")
-        if handshake and getattr(exc, "verify_message", None):
-            whose = "source's (client)" if self.server_side else "destination's (server)"
-            return TlsError(f"{self.name}: TLS handshake failed: the {whose} certificate was refused: {reason}")
-        if handshake:
-            return TlsError(f"{self.name}: TLS handshake failed: {reason}")
-        return TlsError(f"{self.name}: TLS: {reason}")
-
-
 class TlsStream:
-    """A :class:`TlsConnection` as a :class:`Stream`; a server side shakes hands in :meth:`accept_handshake`."""
+    """A TLS session as a :class:`Stream`; a server side shakes hands in :meth:`accept_handshake`."""
 
     def __init__(
         self,
-        conn: TlsConnection,
+        conn: TlsSession,
         idle_timeout: float | None = None,
         send_idle_timeout: float | None = None,
         *,
