@@ -19,9 +19,16 @@
  * the codec refuses ends the call with the codec's message, the packet counted as the Python loop counts it
  * before its codec fails (the packet and its wire bytes, its zero pages applied).
  *
+ * A stream that is no descriptor (TLS: OpenSSL must read it, with the GIL) is read through its read_some
+ * method instead: the loop takes the GIL for each read only (three a packet: the header's first 12 bytes,
+ * its rest, the payload), and does the checks, the decoding and the stores without it, as for a socket.
+ *
  * recv_packets(fd, header, staging, blocks, page_size, capacity, max_packets, zero_digest[, codec_flag,
- *              payload_buffer, decompressor])
- *     fd: the channel's socket (blocking; SO_RCVTIMEO makes a stall EAGAIN). header: a writable buffer of at
+ *              payload_buffer, decompressor, reader])
+ *     fd: the channel's socket (blocking; SO_RCVTIMEO makes a stall EAGAIN), or -1 with a reader: a callable
+ *     taking a writable memoryview and returning how many bytes it put there, fewer than asked only at the
+ *     end of the stream; whatever it raises ends the call (status 6, problem: the exception, the packet's
+ *     bytes read so far dropped, as the Python loop's read would leave them). header: a writable buffer of at
  *     least one RAM packet header (320 + 8 * capacity bytes); staging: of capacity pages. blocks: a sequence
  *     of (name: bytes, size: int, fd: int, memory, received, table or None): memory the block's writable
  *     mapping, received its byte per page, table its 16-byte digest slots (mfdcomp.pagedigest); fd the file
@@ -35,7 +42,8 @@
  *     3 when a read failed with errno (given_back as for 2), 4 when writing failed_pages pages into block
  *     number given_back failed with errno (its zero pages applied, its pages hashed and maybe written in
  *     part, as TargetMemory leaves them; the packet is not counted), 5 when the codec refused a payload
- *     (problem: its message; counted as said above). problem is None otherwise.
+ *     (problem: its message; counted as said above), 6 when the reader raised (problem: the exception).
+ *     problem is None otherwise.
  */
 #include "_speedups.h"
 
@@ -46,7 +54,7 @@
 
 #define MAX_BLOCKS 256
 
-enum { MORE = 0, SYNC = 1, SLOW = 2, FAILED = 3, STORE_FAILED = 4, CODEC_FAILED = 5 };
+enum { MORE = 0, SYNC = 1, SLOW = 2, FAILED = 3, STORE_FAILED = 4, CODEC_FAILED = 5, RAISED = 6 };
 
 struct block {
     const char *name;
@@ -157,6 +165,9 @@ struct loop {
     unsigned char *payload_buffer;
     Py_ssize_t max_payload;
     const mfdcomp_decompressor *decompressor;
+    /* a stream without a descriptor: its read_some (NULL: read fd), and what it raised (taken with the GIL) */
+    PyObject *reader;
+    PyObject *raised;
     /* out */
     int status, err;
     Py_ssize_t given_back, failed_pages;
@@ -164,7 +175,53 @@ struct loop {
     char problem[512];
 };
 
-/* Runs without the GIL: touches only the buffers acquired for it. */
+/* The exception being raised, taken (the caller owns it). */
+static PyObject *
+take_exception(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (value != NULL && traceback != NULL)
+        PyException_SetTraceback(value, traceback);
+    Py_XDECREF(type);
+    Py_XDECREF(traceback);
+    return value;
+#endif
+}
+
+/* As recv_full, from the loop's socket or, with the GIL taken for the call, from its reader; a reader's
+ * exception is kept in loop->raised (-1 returned, nothing read). */
+static Py_ssize_t
+read_full(struct loop *loop, unsigned char *buf, Py_ssize_t size)
+{
+    if (loop->reader == NULL)
+        return recv_full(loop->fd, buf, size, &loop->err);
+    Py_ssize_t got = -1;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyObject *view = PyMemoryView_FromMemory((char *)buf, size, PyBUF_WRITE);
+    PyObject *count = view == NULL ? NULL : PyObject_CallOneArg(loop->reader, view);
+    if (count != NULL) {
+        got = PyLong_AsSsize_t(count);
+        if (got == -1 && PyErr_Occurred())
+            got = -1;
+        else if (got < 0 || got > size) {
+            PyErr_Format(PyExc_ValueError, "the reader gave %zd bytes for %zd", got, size);
+            got = -1;
+        }
+    }
+    Py_XDECREF(count);
+    Py_XDECREF(view);
+    if (got < 0)
+        loop->raised = take_exception();
+    PyGILState_Release(gil);
+    return got;
+}
+
+/* Runs without the GIL: touches only the buffers acquired for it (and takes it for a reader's reads). */
 static void
 run_loop(struct loop *loop)
 {
@@ -174,9 +231,9 @@ run_loop(struct loop *loop)
     for (Py_ssize_t done = 0; done < loop->max_packets; done++) {
         unsigned char *h = loop->header;
         /* The 12-byte header first, as the Python loop reads it: a device-state packet is shorter. */
-        Py_ssize_t got = recv_full(loop->fd, h, HEADER_SIZE, &loop->err);
+        Py_ssize_t got = read_full(loop, h, HEADER_SIZE);
         if (got < 0) {
-            loop->status = FAILED;
+            loop->status = loop->raised != NULL ? RAISED : FAILED;
             loop->given_back = -got - 1;
             return;
         }
@@ -188,9 +245,9 @@ run_loop(struct loop *loop)
             loop->given_back = got;
             return;
         }
-        got = recv_full(loop->fd, h + HEADER_SIZE, header_size - HEADER_SIZE, &loop->err);
+        got = read_full(loop, h + HEADER_SIZE, header_size - HEADER_SIZE);
         if (got < 0) {
-            loop->status = FAILED;
+            loop->status = loop->raised != NULL ? RAISED : FAILED;
             loop->given_back = HEADER_SIZE - got - 1;
             return;
         }
@@ -238,9 +295,16 @@ run_loop(struct loop *loop)
         if (normal + zero == 0)
             payload = 0;
         if (payload > 0) {
-            got = recv_full(loop->fd, payload_at, payload, &loop->err);
+            got = read_full(loop, payload_at, payload);
             if (got < 0) {
-                loop->status = FAILED;
+                if (block != NULL) {
+                    /* As the Python loop stands when its read of the payload fails: the packet counted, its
+                     * zero pages in (it applies them before it reads). */
+                    apply_zero(block, loop->offsets + normal, zero, ps, loop->zero_digest);
+                    t->packets++;
+                    t->wire += header_size + payload;
+                }
+                loop->status = loop->raised != NULL ? RAISED : FAILED;
                 loop->given_back = header_size - got - 1;
                 return;
             }
@@ -341,13 +405,13 @@ mfdcomp_recv_packets(PyObject *self, PyObject *args)
     struct loop loop;
     Py_buffer header, staging, zero_digest;
     Py_buffer payload_buffer = {0};
-    PyObject *blocks_obj, *payload_obj = Py_None, *decompressor_obj = Py_None;
+    PyObject *blocks_obj, *payload_obj = Py_None, *decompressor_obj = Py_None, *reader_obj = Py_None;
     unsigned int codec_flag = 0;
     (void)self;
     memset(&loop, 0, sizeof loop);
-    if (!PyArg_ParseTuple(args, "iw*w*Onnny*|IOO:recv_packets", &loop.fd, &header, &staging, &blocks_obj,
+    if (!PyArg_ParseTuple(args, "iw*w*Onnny*|IOOO:recv_packets", &loop.fd, &header, &staging, &blocks_obj,
                           &loop.page_size, &loop.capacity, &loop.max_packets, &zero_digest, &codec_flag,
-                          &payload_obj, &decompressor_obj))
+                          &payload_obj, &decompressor_obj, &reader_obj))
         return NULL;
     PyObject *result = NULL, *seq = NULL;
     struct block *blocks = NULL;
@@ -368,6 +432,12 @@ mfdcomp_recv_packets(PyObject *self, PyObject *args)
         loop.payload_buffer = payload_buffer.buf;
         loop.max_payload = payload_buffer.len;
     }
+    if (loop.fd < 0 ? !PyCallable_Check(reader_obj) : reader_obj != Py_None) {
+        PyErr_SetString(PyExc_ValueError, "a socket (fd >= 0) or a reader (fd -1), not both");
+        goto done;
+    }
+    if (reader_obj != Py_None)
+        loop.reader = reader_obj;
     if (loop.page_size <= 0 || loop.capacity <= 0 || loop.capacity > (1 << 20) || loop.max_packets <= 0) {
         PyErr_SetString(PyExc_ValueError, "page_size, capacity and max_packets must be positive");
         goto done;
@@ -403,7 +473,11 @@ mfdcomp_recv_packets(PyObject *self, PyObject *args)
     run_loop(&loop);
     Py_END_ALLOW_THREADS
     struct totals *t = &loop.totals;
-    if (loop.status == CODEC_FAILED)
+    if (loop.status == RAISED)
+        result = Py_BuildValue("(inLLLLLLLLnN)", loop.status, loop.given_back, (long long)loop.err, t->packets,
+                               t->sync_packets, t->pages_packets, t->normal, t->zero, t->payload, t->wire,
+                               loop.failed_pages, loop.raised);
+    else if (loop.status == CODEC_FAILED)
         result = Py_BuildValue("(inLLLLLLLLns)", loop.status, loop.given_back, (long long)loop.err, t->packets,
                                t->sync_packets, t->pages_packets, t->normal, t->zero, t->payload, t->wire,
                                loop.failed_pages, loop.problem[0] ? loop.problem : "the codec failed without a message");

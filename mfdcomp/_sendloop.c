@@ -9,15 +9,21 @@
  * digest table, with the GIL released once. The Python path stays the reference; tests demand the same
  * bytes on the wire, the same order of offsets and the same digests of both.
  *
+ * A stream without a descriptor (TLS: OpenSSL must write it, with the GIL) gets the packet packed instead:
+ * with fd -1, header and payload are copied one after the other into out, for the caller to send whole.
+ *
  * send_packet(fd, block, offsets, page_size, capacity, detect_zero, packet_num, name_field, table,
- *             zero_digest, flags=0, compressor=None) -> (normal, zero, written, errno, ordered, payload, problem)
+ *             zero_digest, flags=0, compressor=None, out=None)
+ *             -> (normal, zero, written, errno, ordered, payload, problem)
  *     block: the source RAM block (readable buffer); offsets: a list of byte offsets of its pages (at most
  *     capacity; checked: ValueError otherwise, with zero_flags' message); name_field: the 256-byte NUL
  *     padded block name; table: its 16-byte digest slots or None; zero_digest: a zero page's digest;
  *     flags: the codec's bits of hdr.flags; compressor: a MFDCOMP_COMPRESSOR_CAPSULE or None (nocomp).
  *     written: bytes sent; errno: 0, or why the sendmsg failed (the packet may be cut: the channel is
  *     then unusable, as after the Python path's failed send_all). ordered: the offsets as sent. payload:
- *     the payload's size. problem: None, or the compressor's message (nothing was sent).
+ *     the payload's size. problem: None, or the compressor's message (nothing was sent). With fd -1 and out
+ *     (a writable buffer): written is the packet's size in out, errno EMSGSIZE (nothing packed) if it does
+ *     not fit, and the pages are hashed as packed (pass table None to hash them after the send instead).
  */
 #include "_speedups.h"
 
@@ -97,35 +103,60 @@ sendmsg_all(int fd, struct iovec *iov, int iovcnt, int *err)
     return sent;
 }
 
+/* The iov bytes one after the other into out: their count, or 0 with *err EMSGSIZE if they do not fit. */
+static Py_ssize_t
+pack(const struct iovec *iov, int iovcnt, unsigned char *out, Py_ssize_t room, int *err)
+{
+    Py_ssize_t size = 0;
+    for (int k = 0; k < iovcnt; k++)
+        size += (Py_ssize_t)iov[k].iov_len;
+    if (size > room) {
+        *err = EMSGSIZE;
+        return 0;
+    }
+    unsigned char *at = out;
+    for (int k = 0; k < iovcnt; k++) {
+        memcpy(at, iov[k].iov_base, iov[k].iov_len);
+        at += iov[k].iov_len;
+    }
+    return size;
+}
+
 PyObject *
 mfdcomp_send_packet(PyObject *self, PyObject *args)
 {
     int fd, detect_zero;
     Py_buffer block, name, zero_digest, table = {0};
-    PyObject *offsets_obj, *table_obj, *compressor_obj = Py_None;
+    PyObject *offsets_obj, *table_obj, *compressor_obj = Py_None, *out_obj = Py_None;
+    Py_buffer out = {0};
     Py_ssize_t page_size, capacity;
     unsigned long long packet_num;
     unsigned int flags = 0;
     (void)self;
-    if (!PyArg_ParseTuple(args, "iy*OnnpKy*Oy*|IO:send_packet", &fd, &block, &offsets_obj, &page_size, &capacity,
-                          &detect_zero, &packet_num, &name, &table_obj, &zero_digest, &flags, &compressor_obj))
+    if (!PyArg_ParseTuple(args, "iy*OnnpKy*Oy*|IOO:send_packet", &fd, &block, &offsets_obj, &page_size, &capacity,
+                          &detect_zero, &packet_num, &name, &table_obj, &zero_digest, &flags, &compressor_obj,
+                          &out_obj))
         return NULL;
     const mfdcomp_compressor *compressor = NULL;
     PyObject *result = NULL;
     Py_ssize_t *offsets = NULL, count = 0;
     unsigned char *packet = NULL, *zero = NULL;
     struct iovec *iov = NULL;
-    int hashing = table_obj != Py_None;
+    int hashing = table_obj != Py_None, packing = out_obj != Py_None;
     if (hashing && PyObject_GetBuffer(table_obj, &table, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
         hashing = 0;
+        goto done;
+    }
+    if (packing && PyObject_GetBuffer(out_obj, &out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+        packing = 0;
         goto done;
     }
     if (compressor_obj != Py_None &&
         (compressor = PyCapsule_GetPointer(compressor_obj, MFDCOMP_COMPRESSOR_CAPSULE)) == NULL)
         goto done;
     if (page_size <= 0 || page_size % 8 || capacity <= 0 || capacity > (1 << 20) || name.len != NAME_LEN ||
-        zero_digest.len != 16 || fd < 0 || (flags & FLAG_SYNC)) {
-        PyErr_SetString(PyExc_ValueError, "bad page_size, capacity, name field, zero digest, fd or flags");
+        zero_digest.len != 16 || (packing ? fd != -1 : fd < 0) || (flags & FLAG_SYNC)) {
+        PyErr_SetString(PyExc_ValueError, "bad page_size, capacity, name field, zero digest, fd (or out) or flags");
         goto done;
     }
     /* Pages anywhere in the block, as zero_flags takes them; page-aligned when hashed, as page_digests. */
@@ -191,7 +222,9 @@ mfdcomp_send_packet(PyObject *self, PyObject *args)
         put64(h + FIXED_SIZE + 8 * k, (uint64_t)offsets[k]);
     iov[0].iov_base = packet;
     iov[0].iov_len = (size_t)header_size;
-    if (payload >= 0)
+    if (payload >= 0 && packing)
+        written = pack(iov, iovcnt, out.buf, out.len, &err);
+    else if (payload >= 0)
         written = sendmsg_all(fd, iov, iovcnt, &err);
     if (payload >= 0 && err == 0 && hashing) {
         /* After the write, as the Python path: the pages were just read, and are hashed from the cache. */
@@ -223,6 +256,8 @@ done:
     PyMem_Free(iov);
     if (hashing)
         PyBuffer_Release(&table);
+    if (packing)
+        PyBuffer_Release(&out);
     PyBuffer_Release(&zero_digest);
     PyBuffer_Release(&name);
     PyBuffer_Release(&block);

@@ -17,16 +17,17 @@
  *     the file block maps (or copied into block), without the GIL.
  *
  * recv_packets(fd, header, staging, blocks, page_size, capacity, max_packets, zero_digest[, codec_flag,
- *              payload_buffer, decompressor]) -> tuple
- *     A destination channel's packets, read from its socket, checked, decoded by the codec's compiled
+ *              payload_buffer, decompressor, reader]) -> tuple
+ *     A destination channel's packets, read from its socket (or its reader: TLS), checked, decoded by the codec's compiled
  *     decompressor (nocomp: none) and stored without the GIL until a SYNC packet or one the Python loop must
  *     take (mfdcomp/_recvloop.c, mfdcomp.engine.fastrecv).
  *
  * send_packet(fd, block, offsets, page_size, capacity, detect_zero, packet_num, name_field, table, zero_digest,
- *             flags, compressor)
+ *             flags, compressor, out)
  *     One RAM packet of a source channel: zero pages found and put last as QEMU does, the normal pages
  *     compressed by the codec's compiled compressor (or sent as they are), header and payload written with
- *     sendmsg, pages hashed, all without the GIL (mfdcomp/_sendloop.c).
+ *     sendmsg (or packed into out, for a TLS stream to send), pages hashed, all without the GIL
+ *     (mfdcomp/_sendloop.c).
  *
  * zero_flags(block, offsets, page_size) -> list[bool]
  *     For each byte offset, whether the page_size bytes there are all zero.
@@ -473,11 +474,12 @@ static PyMethodDef methods[] = {
      "store_pages(fd, block, staged, offsets, page_size, table): staged pages into the target (and their digests)."},
     {"send_packet", mfdcomp_send_packet, METH_VARARGS,
      "send_packet(fd, block, offsets, page_size, capacity, detect_zero, packet_num, name_field, table, zero_digest"
-     "[, flags, compressor]) -> tuple: one RAM packet, scanned, compressed, written and hashed "
+     "[, flags, compressor, out]) -> tuple: one RAM packet, scanned, compressed, written (or packed) and hashed "
      "(mfdcomp/_sendloop.c)."},
     {"recv_packets", mfdcomp_recv_packets, METH_VARARGS,
      "recv_packets(fd, header, staging, blocks, page_size, capacity, max_packets, zero_digest[, codec_flag, "
-     "payload_buffer, decompressor]) -> tuple: RAM packets from a socket into the targets (mfdcomp/_recvloop.c)."},
+     "payload_buffer, decompressor, reader]) -> tuple: RAM packets from a socket or a reader into the targets "
+     "(mfdcomp/_recvloop.c)."},
     {"xxh3_builds", xxh3_builds, METH_NOARGS, "xxh3_builds() -> list[str]: page-hashing builds this CPU runs."},
     {"xxh3_build", xxh3_build_name, METH_NOARGS, "xxh3_build() -> str: the page-hashing build in use."},
     {"set_xxh3_build", set_xxh3_build, METH_O, "set_xxh3_build(name) -> str: use that build; returns the last."},

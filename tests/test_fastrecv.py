@@ -4,7 +4,9 @@ Each input (a real QEMU channel or mfdcomp's own, mutated as test_fuzz_wire muta
 real destination channel thread over a real socket twice: with the compiled loop and with the Python loop
 alone. Both must end the same way (no error, or the same error type and message) and leave the same target
 bytes, received flags, page digests and counters. Codecs: nocomp, and zstd on its compiled streams, whose
-packet_decompressor the compiled loop calls where the Python loop calls recv.
+packet_decompressor the compiled loop calls where the Python loop calls recv. Transports: a plain socket,
+which the compiled loop reads itself, and TLS, which it reads through the stream's read_some (the bytes of
+a packet it leaves handed back with unread), with the same inputs, and one whose TLS breaks mid-stream.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,21 +41,25 @@ from test_fuzz_wire import (
     mutate,
     ops_strategy,
 )
+from tls_ends import tls_ends
 
 from mfdcomp import speedups
 from mfdcomp.clients.ram import RamClient
 from mfdcomp.engine.destination import RecvChannel, TargetMemory
 from mfdcomp.engine.state import RunState
-from mfdcomp.errors import NoSpaceError
+from mfdcomp.errors import ChannelError, NoSpaceError
 from mfdcomp.methods import Codec, PageViews
 from mfdcomp.methods.nocomp import Nocomp
+from mfdcomp.transport.base import Stream
 from mfdcomp.transport.sockets import SocketStream
-from mfdcomp.wire import ReceiverLimits
+from mfdcomp.transport.tls import TlsStream
+from mfdcomp.wire import ReceiverLimits, ram_packet_size
 
 pytestmark = pytest.mark.skipif(speedups.compiled() is None, reason="mfdcomp._speedups is not built here")
 
 COMPILED_ZSTD = ZstdCodec(impl=LIBZSTD).implementation is not None
 CODECS = ["none", pytest.param("zstd", marks=pytest.mark.skipif(not COMPILED_ZSTD, reason="no compiled zstd here"))]
+TRANSPORTS = ["socket", "tls"]
 
 
 def codec_of(name: str) -> Codec:
@@ -96,7 +103,7 @@ class CountingCompiled:
         return result
 
 
-def _feed(data: bytes) -> tuple[SocketStream, threading.Thread]:
+def _feed(data: bytes) -> tuple[Stream, threading.Thread]:
     """A real socket whose peer writes ``data`` and ends the stream."""
     ours, theirs = socket.socketpair()
 
@@ -113,11 +120,47 @@ def _feed(data: bytes) -> tuple[SocketStream, threading.Thread]:
     return SocketStream(ours, "fuzz"), writer
 
 
+def _feed_tls(data: bytes, garbage_at: int | None = None) -> tuple[Stream, threading.Thread]:
+    """A TLS stream whose peer sends ``data`` and ends with close_notify; with ``garbage_at``, it sends that
+    much of ``data``, then bytes that are no TLS record, on the socket under the session."""
+    ours, theirs = socket.socketpair()
+    server, client = tls_ends()
+
+    def write() -> None:
+        peer: TlsStream | None = None
+        try:
+            peer = client.wrap(SocketStream(theirs, "peer"))
+            if garbage_at is None:
+                peer.send_all([data])
+            else:
+                peer.send_all([data[:garbage_at]])
+                socket.socket.sendall(peer.conn.sock, b"\x17\x03\x03\x00\x20" + bytes(range(32)))
+        except (OSError, ChannelError):
+            pass  # the reader stopped at an error: the rest is not wanted
+        finally:
+            if peer is not None:
+                peer.close()
+            theirs.close()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    stream = server.wrap(SocketStream(ours, "fuzz"))
+    stream.accept_handshake(time.monotonic() + TIME_BOUND)
+    return stream, writer
+
+
 def run_channel(
-    data: bytes, limits: ReceiverLimits, memory: TargetMemory, *, fast: bool, codec: str = "none"
+    data: bytes,
+    limits: ReceiverLimits,
+    memory: TargetMemory,
+    *,
+    fast: bool,
+    codec: str = "none",
+    transport: str = "socket",
+    garbage_at: int | None = None,
 ) -> RecvChannel:
     """A real destination channel thread reads ``data`` from a real socket into ``memory``, to its end."""
-    stream, writer = _feed(data)
+    stream, writer = _feed(data) if transport == "socket" else _feed_tls(data, garbage_at)
     channel = RecvChannel(
         0,
         stream,
@@ -135,11 +178,19 @@ def run_channel(
     return channel
 
 
-def receive(data: bytes, limits: ReceiverLimits, *, fast: bool, codec: str = "none") -> Outcome:
+def receive(
+    data: bytes,
+    limits: ReceiverLimits,
+    *,
+    fast: bool,
+    codec: str = "none",
+    transport: str = "socket",
+    garbage_at: int | None = None,
+) -> Outcome:
     assert limits.ramblocks is not None
     blocks = {name: GuardedBlock.make(name, size) for name, size in limits.ramblocks.items()}
     memory = TargetMemory(blocks, limits.page_size, hash_pages=True)
-    channel = run_channel(data, limits, memory, fast=fast, codec=codec)
+    channel = run_channel(data, limits, memory, fast=fast, codec=codec, transport=transport, garbage_at=garbage_at)
     error = channel.barrier.state.error
     assert isinstance(channel.barrier, FreeBarrier)
     barrier = channel.barrier
@@ -155,9 +206,16 @@ def receive(data: bytes, limits: ReceiverLimits, *, fast: bool, codec: str = "no
     )
 
 
-def assert_same(data: bytes, limits: ReceiverLimits, what: str, codec: str = "none") -> Outcome:
-    compiled = receive(data, limits, fast=True, codec=codec)
-    pure = receive(data, limits, fast=False, codec=codec)
+def assert_same(
+    data: bytes,
+    limits: ReceiverLimits,
+    what: str,
+    codec: str = "none",
+    transport: str = "socket",
+    garbage_at: int | None = None,
+) -> Outcome:
+    compiled = receive(data, limits, fast=True, codec=codec, transport=transport, garbage_at=garbage_at)
+    pure = receive(data, limits, fast=False, codec=codec, transport=transport, garbage_at=garbage_at)
     assert compiled.guards and pure.guards, f"{what}: bytes written outside the target"
     assert compiled.error == pure.error, what
     assert compiled.stats == pure.stats, what
@@ -182,24 +240,26 @@ def _seed_cases() -> list[Any]:
     return cases
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize(("codec", "seed"), _seed_cases())
 def test_a_valid_channel_is_taken_whole_by_the_compiled_loop(
-    codec: str, seed: Seed, counting: CountingCompiled
+    codec: str, seed: Seed, transport: str, counting: CountingCompiled
 ) -> None:
-    outcome = assert_same(_without_init(seed.data), seed.limits, seed.name, codec)
+    outcome = assert_same(_without_init(seed.data), seed.limits, seed.name, codec, transport)
     assert outcome.error is None
     assert outcome.stats["packets"] == len(seed.bounds) - 2  # records less the init packet
     assert counting.packets == outcome.stats["packets"], "packets left to the Python loop"
     assert outcome.stats["normal_pages"] > 0
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("codec", CODECS)
 @FUZZ
 @given(index=st.integers(0, 1000), ops=ops_strategy)
-def test_mutated_channels_end_the_same_in_both_loops(codec: str, index: int, ops: list[Op]) -> None:
+def test_mutated_channels_end_the_same_in_both_loops(codec: str, transport: str, index: int, ops: list[Op]) -> None:
     seeds = seeds_of(codec)
     seed = seeds[index % len(seeds)]
-    assert_same(_without_init(mutate(seed, ops, seeds)), seed.limits, f"{seed.name} {ops}", codec)
+    assert_same(_without_init(mutate(seed, ops, seeds)), seed.limits, f"{seed.name} {ops}", codec, transport)
 
 
 # --- packets built field by field, each field at and around its limits ----------------------------------
@@ -284,15 +344,16 @@ def packets(draw: st.DrawFn) -> bytes:
     return fixed + struct.pack(f">{CAPACITY}Q", *slots) + payload
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @fuzz_settings(5 * int(os.environ.get("MFDCOMP_FUZZ_EXAMPLES", "100")))  # cheap: ~20 ms an input
 @given(stream=st.lists(packets(), min_size=1, max_size=4), cut=st.integers(0, 2**20), whole=st.booleans())
 def test_packets_with_fields_at_their_limits_end_the_same_in_both_loops(
-    stream: list[bytes], cut: int, whole: bool
+    transport: str, stream: list[bytes], cut: int, whole: bool
 ) -> None:
     data = b"".join(stream)
     if not whole:
         data = data[: cut % (len(data) + 1)]
-    assert_same(data, LIMITS, f"{len(stream)} packets, {len(data)} bytes")
+    assert_same(data, LIMITS, f"{len(stream)} packets, {len(data)} bytes", transport=transport)
 
 
 def build(
@@ -357,13 +418,31 @@ def test_each_field_at_its_limit_ends_the_same_in_both_loops(defect: str) -> Non
     assert outcome.stats["packets"] >= 1
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("cut", [1, 11, 12, 13, 700, 1343, 1344, 1345, 5000])
-def test_a_stream_cut_inside_a_packet_ends_the_same(cut: int) -> None:
+def test_a_stream_cut_inside_a_packet_ends_the_same(cut: int, transport: str) -> None:
     seed = next(s for s in nocomp_seeds() if s.name.startswith("mfdcomp/"))
     data = _without_init(seed.data)
     start = seed.bounds[2] - seed.bounds[1]  # the second packet
-    outcome = assert_same(data[: start + cut], seed.limits, f"cut at {cut}")
+    outcome = assert_same(data[: start + cut], seed.limits, f"cut at {cut}", transport=transport)
     assert outcome.error is not None and outcome.error[0] == "TruncatedError"
+
+
+@pytest.mark.parametrize("where", ["start", "first-bytes", "rest-of-header", "payload", "last-byte"])
+def test_tls_broken_inside_a_packet_ends_the_same(where: str, counting: CountingCompiled) -> None:
+    """The compiled loop's reader raises (the TLS stream's error): the same error and counts as the Python loop."""
+    seed = next(s for s in nocomp_seeds() if s.name.startswith("mfdcomp/"))
+    data = _without_init(seed.data)
+    start = seed.bounds[2] - seed.bounds[1]  # the second packet
+    length = seed.bounds[3] - seed.bounds[2]
+    header = ram_packet_size(seed.limits.page_size)
+    assert length > header + 1, "the second packet carries pages"
+    cut = {"start": 0, "first-bytes": 5, "rest-of-header": 100, "payload": header + 1, "last-byte": length - 1}[where]
+    outcome = assert_same(data, seed.limits, f"garbage at {cut}", transport="tls", garbage_at=start + cut)
+    assert outcome.error is not None and outcome.error[0] == "TlsError", outcome.error
+    # The second packet counts once its header is in, as the Python loop counts it before its payload.
+    assert outcome.stats["packets"] == (1 if cut < header else 2)
+    assert counting.packets == outcome.stats["packets"], "the compiled loop took the packets"
 
 
 def _target_path(folder: Path, fast: bool, name: str) -> Path:
@@ -516,8 +595,9 @@ ZSTD_CASES = {  # the case, and the error it ends in ("" for none)
 
 
 @pytest.mark.skipif(not COMPILED_ZSTD, reason="no compiled zstd here")
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("case", ZSTD_CASES)
-def test_each_zstd_payload_ends_the_same_in_both_loops(case: str, counting: CountingCompiled) -> None:
-    outcome = assert_same(zstd_channel(case), ZSTD_LIMITS, case, "zstd")
+def test_each_zstd_payload_ends_the_same_in_both_loops(case: str, transport: str, counting: CountingCompiled) -> None:
+    outcome = assert_same(zstd_channel(case), ZSTD_LIMITS, case, "zstd", transport)
     assert (outcome.error or ("",))[0] == ZSTD_CASES[case], outcome.error
     assert counting.packets >= 1 + (case == "valid"), "the compiled loop took the channel's packets"

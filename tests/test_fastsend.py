@@ -3,14 +3,17 @@
 The same batches of pages go through a real source engine over a real socket twice, with the compiled
 path and with the Python path alone; the bytes on the wire (init, RAM and SYNC packets), the page digests,
 the order the offsets end in and the counters must be equal. Codecs: nocomp, and zstd on its compiled
-streams, whose packet_compressor the compiled path calls instead of send_prepare.
+streams, whose packet_compressor the compiled path calls instead of send_prepare. Transports: a plain
+socket, which the compiled path writes itself, and TLS, which gets each packet packed whole and sends it.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mfdcomp_zstd import ZstdCodec
 from mfdcomp_zstd.codec import LIBZSTD, PYTHON_ZSTANDARD
+from tls_ends import tls_ends
 
 from mfdcomp import speedups
 from mfdcomp.engine.source import SourceEngine
@@ -26,6 +30,7 @@ from mfdcomp.errors import ChannelError
 from mfdcomp.methods import Codec
 from mfdcomp.methods.nocomp import Nocomp
 from mfdcomp.pagedigest import PageDigests
+from mfdcomp.transport.base import Stream
 from mfdcomp.transport.sockets import SocketStream
 from mfdcomp.wire import INIT_SIZE
 
@@ -93,20 +98,32 @@ def send(
     again: bool = False,
     codec: str = "none",
     taken: list[bool] | None = None,
+    transport: str = "socket",
 ) -> Sent:
     """``batches`` in one round; with ``again``, a second round of them after every page turned zero."""
     ours, theirs = socket.socketpair()
     received = bytearray()
+    tls_server, tls_client = tls_ends()
 
     def read() -> None:
-        while chunk := theirs.recv(1 << 20):
-            received.extend(chunk)
+        if transport == "socket":
+            while chunk := theirs.recv(1 << 20):
+                received.extend(chunk)
+            return
+        server = tls_server.wrap(SocketStream(theirs, "peer"))
+        server.accept_handshake(time.monotonic() + 30)
+        buf = memoryview(bytearray(1 << 20))
+        while n := server.read_some(buf):
+            received.extend(buf[:n])
 
     reader = threading.Thread(target=read)
     reader.start()
+    stream: Stream = SocketStream(ours, "fast")
+    if transport == "tls":
+        stream = tls_client.wrap(SocketStream(ours, "fast"))
     digests = PageDigests({block.name: block.memory.nbytes}, PS) if hashing else None
     engine = SourceEngine(
-        [SocketStream(ours, "fast")],
+        [stream],
         codec_named(codec),
         level=None,
         page_size=PS,
@@ -149,6 +166,7 @@ batch = st.lists(st.integers(0, PAGES - 1).map(lambda k: k * PS), max_size=128) 
 )
 
 
+@pytest.mark.parametrize("transport", ["socket", "tls"])
 @pytest.mark.parametrize("codec", CODECS)
 @settings(max_examples=150, deadline=None, derandomize=True, database=None)
 @given(
@@ -159,10 +177,10 @@ batch = st.lists(st.integers(0, PAGES - 1).map(lambda k: k * PS), max_size=128) 
     again=st.booleans(),
 )
 def test_both_paths_put_the_same_bytes_on_the_wire(
-    codec: str, kinds: list[int], batches: list[list[int]], detect: bool, hashing: bool, again: bool
+    codec: str, transport: str, kinds: list[int], batches: list[list[int]], detect: bool, hashing: bool, again: bool
 ) -> None:
     taken: list[bool] = []
-    args = {"detect": detect, "hashing": hashing, "again": again, "codec": codec}
+    args = {"detect": detect, "hashing": hashing, "again": again, "codec": codec, "transport": transport}
     compiled = send(make_block(kinds), batches, fast=True, taken=taken, **args)  # type: ignore[arg-type]
     pure = send(make_block(kinds), batches, fast=False, **args)  # type: ignore[arg-type]
     assert taken == [True]
@@ -245,6 +263,21 @@ def test_send_packet_refuses_bad_arguments() -> None:
             module.send_packet(*args, 0x1)  # SYNC is never a data packet's
         with pytest.raises(ValueError, match="PyCapsule"):
             module.send_packet(*args, 0x4, object())  # not a compressor capsule
+        with pytest.raises(ValueError, match=r"fd \(or out\)"):
+            module.send_packet(-1, *args[1:])  # no socket and nowhere to pack
+        with pytest.raises(ValueError, match=r"fd \(or out\)"):
+            module.send_packet(*args, 0, None, bytearray(1 << 20))  # a socket and a packing buffer
+        # Packed: the header and the payload one after the other; a buffer too small: nothing packed, EMSGSIZE.
+        header = 1344
+        sizes = module.send_packet(-1, *args[1:], 0, None, bytearray(header + PS))
+        assert (sizes[0], sizes[1], sizes[2], sizes[3], sizes[5], sizes[6]) == (0, 2, header, 0, 0, None)
+        full = bytes([1]) * (4 * PS)
+        sizes = module.send_packet(-1, full, *args[2:], 0, None, bytearray(header + PS))
+        assert (sizes[0], sizes[2], sizes[3], sizes[6]) == (2, 0, errno.EMSGSIZE, None)
+        out = bytearray(header + 2 * PS)
+        sizes = module.send_packet(-1, full, *args[2:], 0, None, out)
+        assert (sizes[0], sizes[2], sizes[3], sizes[5]) == (2, header + 2 * PS, 0, 2 * PS)
+        assert out[header:] == full[: 2 * PS]
 
 
 # --- the compressor contract itself: a compressor that refuses ------------------------------------------

@@ -1,12 +1,13 @@
 """A destination channel's packets through the compiled loop (mfdcomp/_recvloop.c).
 
 The Python loop in mfdcomp.engine.destination is the reference; this one reads
-packet after packet from a plain socket without the GIL, and leaves to it every
+packet after packet from a plain socket without the GIL (from a TLS stream
+through its read_some, the GIL taken for each read), and leaves to it every
 packet it does not take whole (a device-state packet, one that fails a check,
 the end of the stream), handing back the bytes it read of that packet. Used
 when the compiled module is there, the codec is nocomp or its context offers a
 compiled decompressor (MultiFDMethods.packet_decompressor), and the stream is a
-plain socket (not TLS); MFDCOMP_PURE_PYTHON=1 turns it off with the rest. A
+socket or a TLS stream; MFDCOMP_PURE_PYTHON=1 turns it off with the rest. A
 payload the codec's decompressor refuses is its CodecError, as recv's would be.
 """
 
@@ -21,7 +22,7 @@ from mfdcomp.errors import CodecError
 from mfdcomp.methods import CodecPath, PacketDecompressor
 from mfdcomp.methods.nocomp import NocompMethods
 from mfdcomp.pagedigest import zero_page_digest
-from mfdcomp.transport.base import DescriptorStream
+from mfdcomp.transport.base import DescriptorStream, ReaderStream
 from mfdcomp.wire import NOCOMP, Flag, ram_packet_size
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 # Packets per call: progress and the run's state are looked at in between (4 MiB of 4 KiB pages).
 BATCH = 8
 
-_MORE, _SYNC, _SLOW, _FAILED, _STORE_FAILED, _CODEC_FAILED = range(6)
+_MORE, _SYNC, _SLOW, _FAILED, _STORE_FAILED, _CODEC_FAILED, _RAISED = range(7)
 
 
 class FastReceive:
@@ -39,7 +40,7 @@ class FastReceive:
     def __init__(
         self,
         channel: RecvChannel,
-        stream: DescriptorStream,
+        stream: DescriptorStream | ReaderStream,
         header: memoryview,
         staging: memoryview,
         decoder: PacketDecompressor,
@@ -51,14 +52,12 @@ class FastReceive:
         self._staging = staging
         self._decoder = decoder  # capsule None: nocomp, the pages are the payload
         self._payload = payload  # a compressed payload's bytes (the Python loop's buffer for them)
+        # A socket is read by the loop itself; a TLS stream through its read_some. Looked at once: isinstance
+        # against a Protocol costs tens of microseconds.
+        self._descriptor = stream if isinstance(stream, DescriptorStream) else None
+        self._reader = None if isinstance(stream, DescriptorStream) else stream.read_some
         self._codec_args: tuple[object, ...] = (
-            ()
-            if decoder.capsule is None
-            else (
-                channel.limits.codec_flag,
-                payload,
-                decoder.capsule,
-            )
+            (0, None, None) if decoder.capsule is None else (channel.limits.codec_flag, payload, decoder.capsule)
         )
         limits = channel.limits
         assert limits.ramblocks is not None
@@ -80,7 +79,7 @@ class FastReceive:
             speedups.compiled() is None
             or limits.ramblocks is None
             or not set(limits.ramblocks) <= set(channel.memory.blocks)
-            or not isinstance(stream, DescriptorStream)
+            or not isinstance(stream, (DescriptorStream, ReaderStream))
         ):
             return None
         # What the compiled loop does for nocomp is NocompMethods.recv: any other recv (a subclass's, a
@@ -110,7 +109,13 @@ class FastReceive:
         limits = channel.limits
         ps = limits.page_size
         stats = channel.stats
-        while (fd := self._stream.readable_fd()) is not None:
+        while True:
+            fd = -1
+            if self._descriptor is not None:
+                readable = self._descriptor.readable_fd()
+                if readable is None:  # bytes are queued in front of the socket: the Python loop takes them
+                    return
+                fd = readable
             status, back, err, packets, syncs, pages_packets, normal, zero, payload, wire, failed, problem = (
                 compiled.recv_packets(
                     fd,
@@ -122,6 +127,7 @@ class FastReceive:
                     BATCH,
                     self._zero_digest,
                     *self._codec_args,
+                    self._reader,
                 )
             )
             stats.packets += packets
@@ -140,8 +146,12 @@ class FastReceive:
                 self._give_back(back)
                 return
             elif status == _FAILED:
+                assert self._descriptor is not None
                 error = OSError(err, os.strerror(err))
-                raise self._stream.recv_error(error) from error
+                raise self._descriptor.recv_error(error) from error
+            elif status == _RAISED:  # the reader's own error, as the Python loop's read raises it
+                assert isinstance(problem, BaseException)
+                raise problem
             elif status == _STORE_FAILED:
                 error = OSError(err, os.strerror(err))
                 raise channel.memory.store_error(self._names[back], failed, error) from error

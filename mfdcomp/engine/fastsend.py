@@ -4,9 +4,13 @@ The Python path in mfdcomp.engine.source (zero-page scan, QEMU's partition,
 the codec's send_prepare, RamPacket encoding, the stream's send_all, the page
 hashing) is the reference; here one call does all of it for a packet with the
 GIL released once. Used when the compiled module is there, the codec is nocomp
-or its context offers a compiled compressor (MultiFDMethods.packet_compressor),
-and the channel is a plain socket (not TLS); MFDCOMP_PURE_PYTHON=1 turns it off
-with the rest.
+or its context offers a compiled compressor (MultiFDMethods.packet_compressor);
+MFDCOMP_PURE_PYTHON=1 turns it off with the rest. A socket is written by the
+call itself; any other stream (TLS) gets the packet packed into one buffer and
+sends it whole. Its pages are hashed as they are packed, while in the cache,
+not after the send as the Python path does: a send that fails then has its
+pages' digests recorded, but it fails the channel, and the session with it,
+whose digests are never compared.
 """
 
 from __future__ import annotations
@@ -15,26 +19,35 @@ import os
 from typing import TYPE_CHECKING
 
 from mfdcomp import speedups
-from mfdcomp.errors import CodecError
+from mfdcomp.errors import ChannelError, CodecError
 from mfdcomp.methods import CodecPath, MultiFDMethods, PacketCompressor
 from mfdcomp.methods.nocomp import NocompMethods
 from mfdcomp.pagedigest import zero_page_digest
-from mfdcomp.transport.base import DescriptorStream
+from mfdcomp.transport.base import DescriptorStream, Stream
+from mfdcomp.wire import ram_packet_size
 from mfdcomp.wire.constants import RAMBLOCK_NAME_LEN
 
 if TYPE_CHECKING:
     from mfdcomp.engine.source import PageBlock, SourceEngine, _SendChannel
-    from mfdcomp.transport.base import Stream
 
 
 class FastSend:
     """One source channel's compiled packet path; :meth:`send` says None where the Python path must run."""
 
     def __init__(
-        self, engine: SourceEngine, stream: DescriptorStream, method: MultiFDMethods, compressor: PacketCompressor
+        self, engine: SourceEngine, stream: Stream, method: MultiFDMethods, compressor: PacketCompressor
     ) -> None:
         self._engine = engine  # set once; its page size, capacity, zero-page choice and digests are read
         self._stream = stream  # channel thread only, like everything here
+        # Looked at once: isinstance against a Protocol costs tens of microseconds.
+        self._descriptor = stream if isinstance(stream, DescriptorStream) else None
+        # A stream without a descriptor: packets packed here (room for a payload twice the pages, past any
+        # codec's bound), then sent whole.
+        self._out = (
+            None
+            if self._descriptor is not None
+            else bytearray(ram_packet_size(engine.page_size) + 2 * engine.capacity * engine.page_size)
+        )
         self._flags = method.flag
         self._compressor = compressor
         self._zero_digest = zero_page_digest(engine.page_size) if engine.page_digests is not None else bytes(16)
@@ -44,7 +57,7 @@ class FastSend:
     def for_channel(cls, engine: SourceEngine, channel: _SendChannel[Stream]) -> FastSend | None:
         """The compiled path for ``channel``, or None where only the Python path applies."""
         method = channel.method
-        if speedups.compiled() is None or not isinstance(channel.stream, DescriptorStream):
+        if speedups.compiled() is None:
             return None
         # What the compiled path does for nocomp is NocompMethods.send_prepare: any other (a subclass's, a
         # test's) runs; another codec's context must offer its compiled twin of send_prepare.
@@ -68,10 +81,16 @@ class FastSend:
         compiled = speedups.compiled()
         engine = self._engine
         field = self._name_field(block.name)
-        fd = self._stream.writable_fd()
-        if compiled is None or field is None or fd is None or len(offsets) > engine.capacity:
+        if compiled is None or field is None or len(offsets) > engine.capacity:
             return None
         digests = engine.page_digests
+        stream = self._stream
+        fd = -1
+        if self._descriptor is not None:
+            writable = self._descriptor.writable_fd()
+            if writable is None:
+                return None
+            fd = writable
         normal, zero, written, err, ordered, payload, problem = compiled.send_packet(
             fd,
             block.memory,
@@ -85,13 +104,20 @@ class FastSend:
             self._zero_digest,
             self._flags,
             self._compressor.capsule,
+            self._out,
         )
         offsets[:] = ordered
         if problem is not None:  # the codec's own words, as its send_prepare raises them
             raise CodecError(problem)
-        if err:  # as the Python path's send_all: nothing counted for a packet that did not go out whole
-            error = OSError(err, os.strerror(err))
-            raise self._stream.send_error(error) from error
+        if self._out is None:
+            if err:  # as the Python path's send_all: nothing counted for a packet that did not go out whole
+                assert self._descriptor is not None
+                error = OSError(err, os.strerror(err))
+                raise self._descriptor.send_error(error) from error
+        else:
+            if err:
+                raise ChannelError(f"{stream.name}: a payload of {payload} bytes does not fit the packing buffer")
+            stream.send_all([memoryview(self._out)[:written]])
         return normal, zero, written, payload, self._compressor.path
 
     def _name_field(self, name: str) -> bytes | None:

@@ -73,6 +73,17 @@ class DescriptorStream(Stream, Protocol):
         """The error a write to this stream that failed with ``exc`` raises."""
 
 
+@runtime_checkable
+class ReaderStream(Stream, Protocol):
+    """A stream without a descriptor (TLS) that the compiled receive loop reads through a method."""
+
+    def read_some(self, view: memoryview) -> int:
+        """Fill ``view`` as far as the stream goes: fewer bytes only at its end (0 there); errors raise."""
+
+    def unread(self, data: bytes) -> None:
+        """Put ``data`` back in front of the stream: the next reads return it first."""
+
+
 class Listener(Protocol):
     address: str
     """The address actually bound, e.g. with the port the kernel chose for port 0."""

@@ -39,6 +39,7 @@ TLS_HANDSHAKE_RECORD = 0x16
 """First byte of every TLS ClientHello (a handshake record): anything else is a plain peer."""
 
 _GROUP = 64 << 10
+_RECORD = 16 << 10  # TLS's largest record of plaintext
 
 
 class TlsAuthzError(TlsError):
@@ -209,17 +210,23 @@ class TlsStream:
     def send_all(self, buffers: Sequence[Buffer]) -> None:
         if self.conn.shut:
             raise ChannelError(f"{self.name}: shut down")
-        # Joined into groups of _GROUP bytes, each encrypted and sent at once: a record per page would cost a
-        # record header and an OpenSSL call each, one whole join would leave the cache before it is encrypted.
+        # Small buffers (a header, lone pages) are joined into groups of _GROUP bytes, each encrypted and sent
+        # at once: a record per page would cost a record header and an OpenSSL call each. A buffer of a record
+        # or more (a run of pages) goes as it is: OpenSSL cuts it into records without the copy of a join.
         try:
-            if len(buffers) == 1:
-                self.conn.sendall(buffers[0])
-                return
             group: list[Buffer] = []
             size = 0
             for buffer in buffers:
+                n = memoryview(buffer).nbytes
+                if n >= _RECORD:
+                    if group:
+                        self.conn.sendall(b"".join(group))
+                        group.clear()
+                        size = 0
+                    self.conn.sendall(buffer)
+                    continue
                 group.append(buffer)
-                size += memoryview(buffer).nbytes
+                size += n
                 if size >= _GROUP:
                     self.conn.sendall(b"".join(group))
                     group.clear()
@@ -240,6 +247,24 @@ class TlsStream:
         except OSError as exc:
             raise self._error(exc) from exc
 
+    def read_some(self, view: memoryview) -> int:
+        """As much of ``view`` as the stream holds: all of it but at the end (the compiled loop's reader)."""
+        if self.conn.shut:
+            raise ChannelError(f"{self.name}: shut down")
+        view = view.cast("B")
+        got = 0
+        while got < view.nbytes:
+            n = self._read(view[got:])
+            if n == 0:
+                if self.conn.shut:
+                    raise ChannelError(f"{self.name}: shut down")
+                break
+            got += n
+        return got
+
+    def unread(self, data: bytes) -> None:
+        self._peeked[:0] = data
+
     def recv_exact_into(self, view: memoryview) -> int:
         if self.conn.shut:
             raise ChannelError(f"{self.name}: shut down")
@@ -258,6 +283,11 @@ class TlsStream:
     def recv_into_all(self, views: Sequence[memoryview]) -> None:
         # Into one staging buffer (a few OpenSSL reads of 16 KiB records), then a copy per view: a read
         # per 4 KiB page would cost four OpenSSL calls and lock rounds per record.
+        if len(views) == 1:  # one run of pages (nocomp's PageViews.runs): read in place
+            view = views[0]
+            if self.recv_exact_into(view) == 0 and view.nbytes:
+                raise self._ended(0, view.nbytes)
+            return
         size = sum(v.nbytes for v in views)
         if len(self._staging) < size:
             self._staging = bytearray(size)

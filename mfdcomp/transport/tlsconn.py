@@ -265,21 +265,24 @@ class SocketTlsConnection(TlsSession):
         tls = self._session
         view = memoryview(data).cast("B")
         with self._send_lock:
-            while view.nbytes:
-                with self._lock:
-                    try:
-                        # All of it or an exception: after SSLWantWriteError OpenSSL keeps what it encrypted
-                        # and the same bytes are offered again.
-                        view = view[tls.send(view) :]
-                        continue
-                    except ssl.SSLWantWriteError:
-                        events = select.POLLOUT
-                    except ssl.SSLWantReadError:
-                        events = select.POLLIN
-                    except ssl.SSLError as exc:
-                        raise self._tls_error(exc) from exc
-                if not self._wait(events, self._send_timeout):
-                    raise TimeoutError(f"{self.name}: nothing could be sent for {self._send_timeout:g} s")
+            self._send(tls, view)
+
+    def _send(self, tls: ssl.SSLSocket, view: memoryview) -> None:
+        while view.nbytes:
+            with self._lock:
+                try:
+                    # All of it or an exception: after SSLWantWriteError OpenSSL keeps what it encrypted
+                    # and the same bytes are offered again.
+                    view = view[tls.send(view) :]
+                    continue
+                except ssl.SSLWantWriteError:
+                    events = select.POLLOUT
+                except ssl.SSLWantReadError:
+                    events = select.POLLIN
+                except ssl.SSLError as exc:
+                    raise self._tls_error(exc) from exc
+            if not self._wait(events, self._send_timeout):
+                raise TimeoutError(f"{self.name}: nothing could be sent for {self._send_timeout:g} s")
 
     def close_notify(self, wait: bool = True) -> None:
         tls = self._ssl
