@@ -11,7 +11,8 @@
  * packet, any check that fails, the end of the stream) is left to the Python loop, which raises the typed
  * error with its message: the bytes of that packet read so far are handed back (header first, then the
  * payload in staging) for the caller to put in front of the stream. A failing read gives its errno, for the
- * caller to translate as the stream would.
+ * caller to translate as the stream would; one failing inside the payload leaves the packet counted and its
+ * zero pages applied, as the Python loop leaves it (it counts a packet, then applies them, then reads).
  *
  * A compressing codec's packets (codec_flag and a decompressor capsule given) are read the same way, their
  * payload of next_packet_size bytes into payload_buffer, then decoded by the codec's compiled decompressor
