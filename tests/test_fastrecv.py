@@ -516,6 +516,30 @@ def test_recv_packets_refuses_short_buffers() -> None:
         short = (b"pc.ram", 8192, -1, memoryview(bytearray(4096)), np.zeros(2, np.bool_), None)
         with pytest.raises(ValueError, match="too short"):
             compiled.recv_packets(*args[:3], [short], *args[4:])
+        with pytest.raises(ValueError, match="not both"):
+            compiled.recv_packets(*args, 0, None, None, lambda view: 0)  # a socket and a reader
+        with pytest.raises(ValueError, match="not both"):
+            compiled.recv_packets(-1, *args[1:], 0, None, None, None)  # neither
+
+
+def test_a_reader_that_misbehaves_ends_the_loop_with_its_error() -> None:
+    """The reader's exception comes back as the problem (status 6), and so does a count beyond the view."""
+    compiled = speedups.compiled()
+    assert compiled is not None
+    block = (b"pc.ram", 8192, -1, memoryview(bytearray(8192)), np.zeros(2, np.bool_), None)
+    args: list[Any] = [-1, bytearray(1344), bytearray(128 * 4096), [block], 4096, 128, 8, bytes(16), 0, None, None]
+    failure = RuntimeError("the stream broke")
+
+    def broken(view: memoryview) -> int:
+        raise failure
+
+    status, *_, problem = compiled.recv_packets(*args, broken)
+    assert (status, problem) == (6, failure)
+    status, *_, problem = compiled.recv_packets(*args, lambda view: view.nbytes + 1)
+    assert status == 6 and isinstance(problem, ValueError)
+    assert str(problem) == "the reader gave 13 bytes for 12"
+    status, back, *_ = compiled.recv_packets(*args, lambda view: 0)  # the end of the stream: the Python loop's
+    assert (status, back) == (2, 0)
 
 
 # --- zstd packets built one by one: every way recv judges a payload -------------------------------------
