@@ -42,6 +42,12 @@
 #include <stdint.h>
 #include <string.h>
 #include <unistd.h>
+#include <stdatomic.h>
+#include <sys/mman.h>
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
+#endif
 
 /* The xxh3-128 page digests: one build per instruction set (mfdcomp/_xxh3_pages.h), picked at load. */
 void mfdcomp_xxh3_pages_default(const unsigned char *, const ssize_t *, ssize_t, ssize_t, int, unsigned char *);
@@ -323,12 +329,39 @@ pwrite_all(int fd, const unsigned char *from, size_t size, off_t at)
     return 0;
 }
 
+/* One flag per descriptor slot (fd % WRITE_SLOTS), set while a thread writes that file with pwrite. Each
+ * pwrite holds the file's inode lock, and a second channel's would wait for it (on tmpfs spinning: 9-15 %
+ * of a 2-channel receiver's samples). That channel stores through the file's mapping instead: its page
+ * faults take no such lock. Two files that share a slot only make one of them use its mapping. */
+#define WRITE_SLOTS 64
+static atomic_int file_writing[WRITE_SLOTS];
+
+/* A run into the file's shared mapping at `to`: its pages made first with MADV_POPULATE_WRITE, which says
+ * ENOSPC and the like as an error where a store into a page the file cannot get would be a SIGBUS. 0, or -1
+ * when the mapping can't take it (the caller then pwrites the run and gets the error from that). */
+static int
+store_mapped(unsigned char *to, const unsigned char *from, size_t size)
+{
+    static long page = 0;
+    if (page == 0)
+        page = sysconf(_SC_PAGESIZE);
+    uintptr_t start = (uintptr_t)to & ~(uintptr_t)(page - 1);
+    if (madvise((void *)start, (size_t)((uintptr_t)to + size - start), MADV_POPULATE_WRITE) < 0)
+        return -1;
+    memcpy(to, from, size);
+    return 0;
+}
+
 /* Write staged page k to offsets[k] of the target: runs of adjacent pages as one pwrite to fd (the file
- * the block maps, at the same offsets), or one memcpy into block when fd < 0. 0, or -1 with errno. */
+ * the block maps, at the same offsets; through the mapping while another thread pwrites that file, see
+ * file_writing), or one memcpy into block when fd < 0. 0, or -1 with errno. */
 int
 mfdcomp_write_runs(int fd, unsigned char *block, const unsigned char *staged, const Py_ssize_t *offsets, Py_ssize_t count,
            Py_ssize_t page_size)
 {
+    atomic_int *slot = fd >= 0 ? &file_writing[fd % WRITE_SLOTS] : NULL;
+    int mine = slot != NULL && atomic_exchange(slot, 1) == 0;
+    int rc = 0;
     Py_ssize_t k = 0;
     while (k < count) {
         Py_ssize_t run = 1;
@@ -338,17 +371,41 @@ mfdcomp_write_runs(int fd, unsigned char *block, const unsigned char *staged, co
         size_t size = (size_t)(run * page_size);
         if (fd < 0)
             memcpy(block + offsets[k], from, size);
-        else if (pwrite_all(fd, from, size, (off_t)offsets[k]) < 0)
-            return -1;
+        else if ((mine || store_mapped(block + offsets[k], from, size) < 0) &&
+                 pwrite_all(fd, from, size, (off_t)offsets[k]) < 0) {
+            rc = -1;
+            break;
+        }
         k += run;
     }
-    return 0;
+    if (mine) {
+        int saved = errno;
+        atomic_store(slot, 0);
+        errno = saved;
+    }
+    return rc;
+}
+
+/* set_write_slot(fd, taken) -> bool: mark fd's writer slot taken (or free) as a pwriting thread does; the
+ * previous state. For tests: with the slot taken, writes to that file go through its mapping. */
+static PyObject *
+set_write_slot(PyObject *self, PyObject *args)
+{
+    int fd, taken;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "ip:set_write_slot", &fd, &taken))
+        return NULL;
+    if (fd < 0) {
+        PyErr_Format(PyExc_ValueError, "fd must be a file descriptor, got %d", fd);
+        return NULL;
+    }
+    return PyBool_FromLong(atomic_exchange(&file_writing[fd % WRITE_SLOTS], taken));
 }
 
 /* store_pages(fd, block, staged, offsets, page_size, table) -> None
  *     Page k of staged (packed, page_size bytes each) becomes the page at offsets[k] of block: written
- *     with pwrite to fd (the file block maps; no page of the mapping is faulted in) or copied into block
- *     when fd is -1. With a table (not None), each page's XXH3-128 goes into its slot first, hashed from
+ *     with pwrite to fd (the file block maps; no page of the mapping is faulted in; through the mapping
+ *     while another thread pwrites that file, see mfdcomp_write_runs) or copied into block when fd is -1. With a table (not None), each page's XXH3-128 goes into its slot first, hashed from
  *     staged while it is cache-hot. Offsets are checked as page_digests checks them, staged must hold
  *     the pages; the hashing and writing run without the GIL. OSError (errno set) if a write fails. */
 static PyObject *
@@ -470,6 +527,8 @@ xxh3_build_name(PyObject *self, PyObject *unused)
 static PyMethodDef methods[] = {
     {"page_digests", page_digests, METH_VARARGS,
      "page_digests(block, offsets, page_size, table): XXH3-128 of each page into its 16-byte slot of table."},
+    {"set_write_slot", set_write_slot, METH_VARARGS,
+     "set_write_slot(fd, taken) -> bool: mark fd's writer slot (for tests: writes then go through the mapping)."},
     {"store_pages", store_pages, METH_VARARGS,
      "store_pages(fd, block, staged, offsets, page_size, table): staged pages into the target (and their digests)."},
     {"send_packet", mfdcomp_send_packet, METH_VARARGS,

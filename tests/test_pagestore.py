@@ -2,14 +2,19 @@
 
 The compiled and the pure path must leave the same target, the same digest
 table and raise the same errors (a differential fuzz); a file target is
-written with pwrite and left sparse where nothing was written; a full
-filesystem is a typed error; every build of the compiled page hashing
-(AVX-512, AVX2, the baseline) gives xxHash's own digests.
+written with pwrite and left sparse where nothing was written, and so it is
+when the compiled store goes through the file's mapping because another
+channel is writing that file; a full filesystem is a typed error, through the
+mapping too; every build of the compiled page hashing (AVX-512, AVX2, the
+baseline) gives xxHash's own digests.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -19,6 +24,7 @@ import xxhash
 from conftest import COMPILED, outcome, speedups_as
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_faults_disk import mount_tmpfs
 
 from mfdcomp import pagedigest, pagestore
 from mfdcomp.clients.ram import RamClient, block_digest
@@ -114,6 +120,86 @@ def test_a_file_target_is_written_with_pwrite_and_keeps_its_holes(path: str, tmp
         # Hashing read around the holes: nothing was allocated for them.
         assert os.stat(tmp_path / "t.img").st_blocks == blocks_before < size // 512
     assert (tmp_path / "t.img").read_bytes() == expected
+
+
+def mapped_kib(memory: memoryview) -> int:
+    """The KiB of ``memory``'s mapping that this process has in its page tables (smaps' Rss)."""
+    address = ctypes.addressof(ctypes.c_char.from_buffer(memory))
+    lines = Path("/proc/self/smaps").read_text().splitlines()
+    for k, line in enumerate(lines):
+        span = line.split(" ", 1)[0]
+        if "-" in span and all(c in "0123456789abcdef-" for c in span):
+            start, end = (int(x, 16) for x in span.split("-"))
+            if start <= address < end:
+                rss = next(entry for entry in lines[k + 1 :] if entry.startswith("Rss:"))
+                return int(rss.split()[1])
+    raise AssertionError("the mapping is not in /proc/self/smaps")
+
+
+@contextlib.contextmanager
+def another_writer(fd: int) -> Iterator[None]:
+    """As if another channel were writing the file now (its writer slot taken)."""
+    assert COMPILED is not None
+    assert COMPILED.set_write_slot(fd, True) is False
+    try:
+        yield
+    finally:
+        assert COMPILED.set_write_slot(fd, False) is True, "the store left the slot taken or freed it"
+
+
+@pytest.mark.skipif(COMPILED is None, reason="mfdcomp._speedups is not built here")
+@pytest.mark.parametrize("busy", [False, True], ids=["slot-free", "another-writer"])
+def test_the_compiled_store_goes_through_the_mapping_only_while_another_thread_writes(
+    tmp_path: Path, busy: bool
+) -> None:
+    """A channel that finds the file's writer slot taken stores through the file's mapping instead of waiting
+    for the file's lock: the same pages, digests and holes; otherwise pwrite, which maps nothing."""
+    size, ps = 64 * 4096, 4096
+    with (
+        speedups_as(COMPILED, pagestore, pagedigest),
+        RamClient.create_targets([("ram0", size)], lambda _: tmp_path / "t.img", reserve=False) as client,
+    ):
+        block = client.blocks["ram0"]
+        assert block.fd is not None
+        memory = TargetMemory({"ram0": block}, ps, hash_pages=True)
+        staged = _pages(3, ps, seed=3)
+        with another_writer(block.fd) if busy else contextlib.nullcontext():
+            memory.store("ram0", [8 * ps, 9 * ps, 40 * ps], memoryview(staged))
+        assert mapped_kib(block.memory) == (12 if busy else 0)
+        expected = bytes(8 * ps) + staged[: 2 * ps] + bytes(30 * ps) + staged[2 * ps :] + bytes(23 * ps)
+        assert memory.page_digests is not None
+        assert memory.page_digests.hexdigests()["ram0"] == pagedigest.block_digest(expected, ps)
+        assert os.stat(tmp_path / "t.img").st_blocks * 512 == 3 * ps  # the three pages, the rest holes
+    assert (tmp_path / "t.img").read_bytes() == expected
+
+
+@pytest.mark.skipif(COMPILED is None, reason="mfdcomp._speedups is not built here")
+def test_a_full_filesystem_under_the_mapping_is_a_typed_error_not_a_signal(tmp_path: Path) -> None:
+    """Through the mapping, a page the full filesystem can't give would be a SIGBUS: the store asks for the pages
+    first (MADV_POPULATE_WRITE), and on refusal writes the run with pwrite, whose ENOSPC is the typed error."""
+    where = tmp_path / "small"
+    if not mount_tmpfs(where, 16 * 4096):
+        pytest.skip("cannot mount a tmpfs here (not root, or no mount rights): nothing to fill")
+    try:
+        with (
+            speedups_as(COMPILED, pagestore, pagedigest),
+            RamClient.create_targets([("ram0", 8 * 4096)], lambda _: where / "t.img", reserve=False) as client,
+        ):
+            block = client.blocks["ram0"]
+            assert block.fd is not None
+            filler = os.open(where / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+            with contextlib.suppress(OSError):
+                while True:  # every page of the filesystem taken
+                    os.write(filler, bytes(4096))
+            os.close(filler)
+            memory = TargetMemory({"ram0": block}, 4096)
+            with (
+                another_writer(block.fd),
+                pytest.raises(NoSpaceError, match=r"cannot write 2 pages into target block 'ram0': No space"),
+            ):
+                memory.store("ram0", [0, 4096], memoryview(_pages(2, 4096, seed=4)))
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def test_a_reserved_target_is_allocated_in_full(tmp_path: Path) -> None:
