@@ -14,13 +14,14 @@
  * store_pages(fd, block, staged, offsets, page_size, table) -> None
  *     A destination channel's staged pages into the target (mfdcomp.pagestore):
  *     hashed into table from the staging buffer, then written with pwrite to
- *     the file block maps (or copied into block), without the GIL.
+ *     the file block maps (through the mapping while another thread pwrites
+ *     that file), or copied into block, without the GIL.
  *
  * recv_packets(fd, header, staging, blocks, page_size, capacity, max_packets, zero_digest[, codec_flag,
  *              payload_buffer, decompressor, reader]) -> tuple
- *     A destination channel's packets, read from its socket (or its reader: TLS), checked, decoded by the codec's compiled
- *     decompressor (nocomp: none) and stored without the GIL until a SYNC packet or one the Python loop must
- *     take (mfdcomp/_recvloop.c, mfdcomp.engine.fastrecv).
+ *     A destination channel's packets, read from its socket (or its reader: TLS), checked, decoded by the
+ *     codec's compiled decompressor (nocomp: none) and stored without the GIL until a SYNC packet or one the
+ *     Python loop must take (mfdcomp/_recvloop.c, mfdcomp.engine.fastrecv).
  *
  * send_packet(fd, block, offsets, page_size, capacity, detect_zero, packet_num, name_field, table, zero_digest,
  *             flags, compressor, out)
@@ -342,9 +343,7 @@ static atomic_int file_writing[WRITE_SLOTS];
 static int
 store_mapped(unsigned char *to, const unsigned char *from, size_t size)
 {
-    static long page = 0;
-    if (page == 0)
-        page = sysconf(_SC_PAGESIZE);
+    long page = sysconf(_SC_PAGESIZE);
     uintptr_t start = (uintptr_t)to & ~(uintptr_t)(page - 1);
     if (madvise((void *)start, (size_t)((uintptr_t)to + size - start), MADV_POPULATE_WRITE) < 0)
         return -1;
@@ -378,11 +377,8 @@ mfdcomp_write_runs(int fd, unsigned char *block, const unsigned char *staged, co
         }
         k += run;
     }
-    if (mine) {
-        int saved = errno;
+    if (mine)
         atomic_store(slot, 0);
-        errno = saved;
-    }
     return rc;
 }
 

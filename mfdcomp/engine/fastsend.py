@@ -109,14 +109,13 @@ class FastSend:
         offsets[:] = ordered
         if problem is not None:  # the codec's own words, as its send_prepare raises them
             raise CodecError(problem)
-        if self._out is None:
-            if err:  # as the Python path's send_all: nothing counted for a packet that did not go out whole
-                assert self._descriptor is not None
-                error = OSError(err, os.strerror(err))
-                raise self._descriptor.send_error(error) from error
-        else:
-            if err:
-                raise ChannelError(f"{stream.name}: a payload of {payload} bytes does not fit the packing buffer")
+        if err and self._descriptor is not None:
+            # As the Python path's send_all: nothing counted for a packet that did not go out whole.
+            error = OSError(err, os.strerror(err))
+            raise self._descriptor.send_error(error) from error
+        if err:
+            raise ChannelError(f"{stream.name}: a payload of {payload} bytes does not fit the packing buffer")
+        if self._out is not None:
             stream.send_all([memoryview(self._out)[:written]])
         return normal, zero, written, payload, self._compressor.path
 

@@ -220,12 +220,10 @@ class SocketTlsConnection(TlsSession):
                     events = select.POLLIN
                 except ssl.SSLWantWriteError:
                     events = select.POLLOUT
-                except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:
+                except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError, BrokenPipeError) as exc:
                     raise TlsError(f"{self.name}: {_PEER_CLOSED}") from exc
                 except ssl.SSLError as exc:
                     raise self._tls_error(exc, handshake=True) from exc
-                except (ConnectionResetError, BrokenPipeError) as exc:
-                    raise TlsError(f"{self.name}: {_PEER_CLOSED}") from exc
             wait = _handshake_wait(deadline, idle)
             if (wait is not None and wait <= 0) or not self._wait(events, wait):
                 raise _handshake_wait_error(self.name, deadline, idle)
@@ -265,24 +263,21 @@ class SocketTlsConnection(TlsSession):
         tls = self._session
         view = memoryview(data).cast("B")
         with self._send_lock:
-            self._send(tls, view)
-
-    def _send(self, tls: ssl.SSLSocket, view: memoryview) -> None:
-        while view.nbytes:
-            with self._lock:
-                try:
-                    # All of it or an exception: after SSLWantWriteError OpenSSL keeps what it encrypted
-                    # and the same bytes are offered again.
-                    view = view[tls.send(view) :]
-                    continue
-                except ssl.SSLWantWriteError:
-                    events = select.POLLOUT
-                except ssl.SSLWantReadError:
-                    events = select.POLLIN
-                except ssl.SSLError as exc:
-                    raise self._tls_error(exc) from exc
-            if not self._wait(events, self._send_timeout):
-                raise TimeoutError(f"{self.name}: nothing could be sent for {self._send_timeout:g} s")
+            while view.nbytes:
+                with self._lock:
+                    try:
+                        # All of it or an exception: after SSLWantWriteError OpenSSL keeps what it encrypted
+                        # and the same bytes are offered again.
+                        view = view[tls.send(view) :]
+                        continue
+                    except ssl.SSLWantWriteError:
+                        events = select.POLLOUT
+                    except ssl.SSLWantReadError:
+                        events = select.POLLIN
+                    except ssl.SSLError as exc:
+                        raise self._tls_error(exc) from exc
+                if not self._wait(events, self._send_timeout):
+                    raise TimeoutError(f"{self.name}: nothing could be sent for {self._send_timeout:g} s")
 
     def close_notify(self, wait: bool = True) -> None:
         tls = self._ssl
