@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/loopback_pump.py [--transport tcp|unix] [--connections N]
                                            [--size 1G] [--via-stream] [--bufsize B]
-                                           [--repeats R] [--json]
+                                           [--tls-creds DIR] [--repeats R] [--json]
 
 Two processes (this one receives, a child it starts sends) move ``--size``
 bytes of pages over ``--connections`` parallel connections, one thread per
@@ -20,6 +20,12 @@ send` maps it, message m on connection m mod N) into a fresh target file
 created as `mfdcomp recv` creates it, inside the timed window: the limit for
 an engine moving the same bytes between the same kinds of memory.
 
+``--tls-creds DIR`` (plain pump): every connection under TLS with mfdcomp's
+own contexts from that QEMU-layout directory (mutual authentication, the
+handshakes before the timing starts), Python's ``ssl`` on blocking sockets: a
+message is its header and pages packed into one buffer and written with
+``sendall``, read with ``recv_into`` until whole. The limit for a TLS transfer.
+
 Unix sockets get the send buffer mfdcomp's streams use
 (mfdcomp.transport.sockets.UNIX_SEND_BUFFER), so both move bytes through the
 same socket; ``--bufsize B`` sets SO_SNDBUF and SO_RCVBUF on both ends
@@ -34,18 +40,22 @@ import argparse
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mfdcomp.clients.ram import RamClient
 from mfdcomp.transport.address import parse_address
 from mfdcomp.transport.base import Stream
 from mfdcomp.transport.sockets import connect, listen, widen_unix_send_buffer
+from mfdcomp.transport.tls import TlsClient, TlsServer
+from mfdcomp.transport.tlscreds import SERVER_NAMES
 from mfdcomp.units import parse_size
 
 HEADER = 1344
@@ -99,10 +109,24 @@ def plain_send(sock: socket.socket, count: int, slots: Slots) -> None:
             sent += sock.send(rest)
 
 
+def tls_send(sock: ssl.SSLSocket, count: int, slots: Slots) -> None:
+    """As plain_send under TLS: header and pages packed into one buffer, a write of many records."""
+    message = bytearray(HEADER + MESSAGE)
+    packed = memoryview(message)
+    for m in range(count):
+        at = HEADER
+        for page in slots(m):
+            packed[at : at + PAGE] = page
+            at += PAGE
+        sock.sendall(packed)
+
+
 def plain_recv_exact(sock: socket.socket, view: memoryview) -> None:
+    # An SSLSocket takes no flags, and gives a record per call whatever it is asked for.
+    flags = 0 if isinstance(sock, ssl.SSLSocket) else socket.MSG_WAITALL
     got = 0
     while got < len(view):
-        n = sock.recv_into(view[got:], 0, socket.MSG_WAITALL)
+        n = sock.recv_into(view[got:], 0, flags)
         if n == 0:
             raise EOFError("sender ended early")
         got += n
@@ -180,6 +204,7 @@ def sender(args: argparse.Namespace) -> None:
         run_threads(send_one, args.connections)
         return
     socks = []
+    client = TlsClient.load(Path(args.tls_creds)).context if args.tls_creds else None
     for _ in range(args.connections):
         if address.kind == "tcp":
             sock = socket.create_connection((address.host, address.port))
@@ -189,13 +214,19 @@ def sender(args: argparse.Namespace) -> None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.connect(address.path)
         set_bufsize(sock, args.bufsize)
+        if client is not None:
+            sock = client.wrap_socket(sock, server_hostname=address.host or SERVER_NAMES[0])
         socks.append(sock)
 
     def send_plain(i: int) -> None:
         sock = socks[i]
         if sock.recv(1) != b"g":
             raise EOFError("no go byte")
-        plain_send(sock, share(messages, args.connections, i), slot_of[i])
+        count = share(messages, args.connections, i)
+        if isinstance(sock, ssl.SSLSocket):
+            tls_send(sock, count, slot_of[i])
+        else:
+            plain_send(sock, count, slot_of[i])
         sock.close()
 
     run_threads(send_plain, args.connections)
@@ -214,6 +245,29 @@ def plain_listener(transport: str, workdir: str) -> tuple[socket.socket, str]:
     return sock, f"unix:{path}"
 
 
+def accept_all(server: socket.socket, args: argparse.Namespace) -> list[socket.socket]:
+    """The sender's connections, each under TLS with --tls-creds (its handshake done here)."""
+    server.settimeout(60)
+    context = TlsServer.load(Path(args.tls_creds)).context if args.tls_creds else None
+    socks = []
+    for _ in range(args.connections):  # each handshake before the next connection: the sender's order
+        sock = server.accept()[0]
+        socks.append(sock if context is None else context.wrap_socket(sock, server_side=True))
+    server.close()
+    for sock in socks:
+        sock.settimeout(None)
+        set_bufsize(sock, args.bufsize)
+    return socks
+
+
+def child_argv(args: argparse.Namespace, address: str, size: int) -> list[str]:
+    argv = [sys.executable, __file__, "--role=send", f"--address={address}", f"--connections={args.connections}"]
+    argv += [f"--size={size}", f"--bufsize={args.bufsize}"]
+    argv += [f"--image={args.image}"] if args.image else []
+    argv += [f"--tls-creds={args.tls_creds}"] if args.tls_creds else []
+    return argv + (["--via-stream"] if args.via_stream else [])
+
+
 def one_run(args: argparse.Namespace, workdir: str) -> float:
     """Seconds of one transfer, measured on this (receiving) side."""
     messages = args.size // MESSAGE
@@ -228,18 +282,7 @@ def one_run(args: argparse.Namespace, workdir: str) -> float:
         address = listener.address
     else:
         server, address = plain_listener(args.transport, workdir)
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            __file__,
-            "--role=send",
-            f"--address={address}",
-            f"--connections={n}",
-            f"--size={args.size}",
-            f"--bufsize={args.bufsize}",
-            *(["--via-stream"] if args.via_stream else []),
-        ]
-    )
+    child = subprocess.Popen(child_argv(args, address, args.size))
     try:
         if args.via_stream:
             streams = [listener.accept(timeout=60) for _ in range(n)]
@@ -249,12 +292,7 @@ def one_run(args: argparse.Namespace, workdir: str) -> float:
                 stream.send_all([b"g"])
             run_threads(lambda i: stream_recv(streams[i], share(messages, n, i), memoryview(regions[i])), n)
         else:
-            server.settimeout(60)
-            socks = [server.accept()[0] for _ in range(n)]
-            server.close()
-            for sock in socks:
-                sock.settimeout(None)
-                set_bufsize(sock, args.bufsize)
+            socks = accept_all(server, args)
             start = time.perf_counter()
             for sock in socks:
                 sock.sendall(b"g")
@@ -275,20 +313,12 @@ def image_run(args: argparse.Namespace, workdir: str) -> float:
     size = os.stat(args.image).st_size
     messages = size // MESSAGE
     server, address = plain_listener(args.transport, workdir)
-    child = subprocess.Popen(
-        [sys.executable, __file__, "--role=send", f"--address={address}", f"--connections={n}",
-         f"--size={size}", f"--image={args.image}", f"--bufsize={args.bufsize}"]
-    )  # fmt: skip
+    child = subprocess.Popen(child_argv(args, address, size))
     try:
-        server.settimeout(60)
-        socks = [server.accept()[0] for _ in range(n)]
-        server.close()
-        for sock in socks:
-            set_bufsize(sock, args.bufsize)
+        socks = accept_all(server, args)
         start = time.perf_counter()
         with RamClient.create_targets([("ram0", size)], lambda _: f"{workdir}/target.img") as target:
             for sock in socks:
-                sock.settimeout(None)
                 sock.sendall(b"g")
             memory = target.blocks["ram0"].memory
             run_threads(lambda i: plain_recv(socks[i], share(messages, n, i), memory, i, n), n)
@@ -312,11 +342,14 @@ def main() -> int:
         "--bufsize", type=parse_size, default=0, help="SO_SNDBUF/SO_RCVBUF, plain pump (kernel default)"
     )
     parser.add_argument("--image", metavar="PATH", help="move this image's pages into a fresh target file")
+    parser.add_argument("--tls-creds", metavar="DIR", help="TLS on every connection, QEMU's x509 layout (plain pump)")
     parser.add_argument("--repeats", type=int, default=3, metavar="R")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--role", choices=("receive", "send"), default="receive", help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.tls_creds and args.via_stream:
+        parser.error("--tls-creds works with the plain pump only")
     if args.role == "send":
         sender(args)
         return 0
@@ -326,6 +359,7 @@ def main() -> int:
         runs = [one_run(args, workdir) for _ in range(args.repeats)]
     rates = [bytes_moved / s / 1e9 for s in runs]
     mode = "image" if args.image else "stream" if args.via_stream else "plain"
+    mode += "+TLS" if args.tls_creds else ""
     if args.json:
         print(
             json.dumps(

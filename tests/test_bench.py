@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -149,6 +150,13 @@ def test_nocomp_against_the_loopback_pump(engine: float, pump: float | None, sta
     result = _matrix([Cell("mixed", NONE, 2, [_run(engine)])], pump=pump)
     (verdict,) = _verdicts(result, "nocomp ≥ 90%")
     assert verdict.status == status and verdict.subject == "none, mixed, 2 ch"
+
+
+@pytest.mark.parametrize(("transport", "pump_name"), [("tcp", "loopback pump"), ("tcp+TLS", "TLS loopback pump")])
+def test_a_tls_run_names_its_tls_pump(transport: str, pump_name: str) -> None:
+    result = dataclasses.replace(_matrix([Cell("mixed", NONE, 2, [_run(2.0)])], pump=2.0), transport=transport)
+    (verdict,) = _verdicts(result, "nocomp ≥ 90%")
+    assert verdict.target == f"nocomp ≥ 90% of the {pump_name}" and verdict.status == PASS
 
 
 # 1 GiB at 2 GB/s: 0.537 s of transfer.

@@ -426,6 +426,19 @@ def test_the_bench_runs_mfdcomp_and_qemu_with_tls(tmp_path: Path, creds: dict[st
     assert baseline.not_run is None and len(baseline.seconds_runs) == 1
 
 
+def test_the_tls_bench_pump_runs_under_tls(tmp_path: Path, creds: dict[str, Path]) -> None:
+    """bench --tls holds nocomp against a pump under TLS as well: the pump really handshakes."""
+    from mfdcomp.bench.images import ensure_image
+    from mfdcomp.bench.procs import ChildFailed
+    from mfdcomp.bench.transfer import pump_run
+
+    image = Path(ensure_image(tmp_path, "mixed", 16 << 20).path)
+    assert pump_run(image, "tcp", 2, tmp_path, str(creds["good"])) > 0
+    # Expired certificates end the pump (both ends refuse them), in bounded time.
+    with pytest.raises(ChildFailed, match=r"(?i)certificate"):
+        pump_run(image, "tcp", 2, tmp_path, str(creds["expired"]))
+
+
 def test_anonymous_targets_beyond_mem_available_are_refused_on_both_ends(tmp_path: Path) -> None:
     """Was: the shared anonymous mapping was made lazily, whatever size the SESSION announced."""
     from mfdcomp.errors import NoSpaceError

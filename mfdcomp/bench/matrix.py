@@ -2,7 +2,7 @@
 
 For every kind, the image is made (or found in the cache), every codec's raw
 library is timed on its pages, then for every channel count the repeats go
-round: the loopback pump, then each codec's transfer followed by QEMU's own
+round: the loopback pump (under TLS too for --tls), then each codec's transfer followed by QEMU's own
 migration of the same image with that codec (where QEMU and the harness are
 here), so that a cell and its baselines see the same moment of a shared
 machine. On this kind of VM one transfer's time can double from one minute to
@@ -88,6 +88,7 @@ def run_matrix(config: MatrixConfig, cache: Path, workdir: Path, say: Say) -> Ma
     if config.tls:
         ends = dataclasses.replace(ends, tls_creds=str(make_creds(workdir / "tls")))
         say("TLS on every channel: mfdcomp send/recv --tls-creds, QEMU with tls-creds-x509 (verify-peer=on)")
+    pump_name = "TLS loopback pump" if config.tls else "loopback pump"
     total = len(config.kinds) * len(config.channels) * config.repeats * (len(config.codecs) + 1)
     step = 0
     for kind in config.kinds:
@@ -109,11 +110,12 @@ def run_matrix(config: MatrixConfig, cache: Path, workdir: Path, say: Say) -> Ma
                 step += 1
                 if pump.not_run is None:
                     try:
-                        pump.gb_per_s_runs.append(pump_run(path, config.transport, channels, workdir))
-                        say(f"[{step}/{total}] {where} loopback pump: {pump.gb_per_s_runs[-1]:.2f} GB/s")
+                        rate = pump_run(path, config.transport, channels, workdir, ends.tls_creds)
+                        pump.gb_per_s_runs.append(rate)
+                        say(f"[{step}/{total}] {where} {pump_name}: {rate:.2f} GB/s")
                     except ChildFailed as exc:
                         pump.not_run = str(exc)
-                        say(f"NOT RUN: {where} loopback pump: {exc}")
+                        say(f"NOT RUN: {where} {pump_name}: {exc}")
                 for cell, baseline in zip(cells, qemus, strict=True):
                     step += 1
                     _transfer(cell, path, channels, ends, workdir, f"[{step}/{total}] {where}", say)

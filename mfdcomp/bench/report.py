@@ -58,7 +58,8 @@ def matrix_text(result: MatrixResult) -> str:
         f"mfdcomp bench: {result.size / MiB:g} MiB images over {result.transport} sockets, {result.cores} cores, "
         f"best (median) of {result.repeats} run(s); GB/s of guest RAM (10^9 B/s); ratio = guest/wire bytes",
         "lib 1-thr c/d: the raw library, one thread, compress/decompress on the same pages; "
-        "/lib×n: GB/s over min(cores, channels) × lib compress; /pump: over the loopback pump's GB/s; "
+        "/lib×n: GB/s over min(cores, channels) × lib compress; /pump: over the loopback pump's GB/s "
+        "(over TLS in a TLS run); "
         "CPU s: medians, mfdcomp's over its transfer, QEMU's from /proc around its migration; "
         "s best: the transfer (connect to the last packet); session s: connect to the verified end, as the user "
         "waits; QEMU s: its total-time; /QEMU: mfdcomp's transfer and session time over QEMU's total-time",

@@ -221,15 +221,17 @@ def _run_of(summary: dict[str, Any], destination: dict[str, Any], sent: Finished
     )
 
 
-def pump_run(image: Path, transport: str, channels: int, workdir: Path) -> float:
+def pump_run(image: Path, transport: str, channels: int, workdir: Path, tls_creds: str | None = None) -> float:
     """GB/s of the plain Python pump moving the image's pages over ``channels`` connections into a fresh target.
 
-    The pump makes its target in a temporary folder: under ``workdir``, like the engine's.
+    The pump makes its target in a temporary folder: under ``workdir``, like the engine's. With
+    ``tls_creds`` every connection is under TLS (Python's ``ssl``), as the transfers it is compared to.
     """
     if not PUMP_SCRIPT.is_file():
         raise ChildFailed(f"{PUMP_SCRIPT} is not there (the pump comes with a source checkout)")
     argv = [MFDCOMP[0], str(PUMP_SCRIPT), "--image", str(image), "--transport", transport]
     argv += ["--connections", str(channels), "--repeats", "1", "--json"]
+    argv += ["--tls-creds", tls_creds] if tls_creds is not None else []
     with Child(argv, "loopback_pump.py", env=os.environ | {"TMPDIR": str(workdir)}) as pump:
         done = pump.finish(_timeout(image.stat().st_size))
     try:
