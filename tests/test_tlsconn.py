@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -122,6 +123,29 @@ def test_both_kinds_move_the_same_bytes_either_way(creds: dict[str, Path], clien
                 got = read_exactly(reader, len(data))
                 sent.result(DEADLINE)
             assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+
+
+class PublicMethodsOnly:
+    """An SSLSocket seen without CPython's private SSL object: its public recv_into (and fileno, to wait)."""
+
+    def __init__(self, tls: ssl.SSLSocket) -> None:
+        self.recv_into = tls.recv_into
+        self.fileno = tls.fileno
+
+
+def test_the_socket_kind_reads_through_the_public_method_without_the_ssl_object(creds: dict[str, Path]) -> None:
+    data = os.urandom(1 << 20)
+    with pair(creds["good"], "memory", "socket") as (client, server):
+        assert isinstance(server, SocketTlsConnection) and server._ssl is not None
+        real, server._ssl = server._ssl, cast(ssl.SSLSocket, PublicMethodsOnly(server._ssl))
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                sent = pool.submit(send_in_pieces, client, data, 50000)
+                got = read_exactly(server, len(data))
+                sent.result(DEADLINE)
+        finally:
+            server._ssl = real
+    assert got == data
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -27,6 +27,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 from typing_extensions import Buffer
@@ -230,10 +231,22 @@ class SocketTlsConnection(TlsSession):
             if self.shut:
                 raise TlsError(f"{self.name}: shut down")
 
+    def _record_reader(self) -> Callable[[int, memoryview], int]:
+        """read(size, into) of the next record's bytes: the SSL object's own where the SSLSocket has one.
+
+        SSLSocket.recv_into adds two Python calls a record: the receiver's CPU for 512 MiB of zstd-1
+        over 2 TLS channels 0.76 -> 0.72 s without them. An SSLSocket without one: its public method.
+        """
+        tls = self._session
+        sslobj = getattr(tls, "_sslobj", None)
+        if sslobj is None:
+            return lambda size, into: tls.recv_into(into, size)
+        return cast(Callable[[int, memoryview], int], sslobj.read)
+
     def recv_into(self, view: memoryview) -> int:
         # Every whole record already received goes into ``view`` in one lock round: a 512 KiB packet is
         # 32 records, and a reader waits only when none is left.
-        tls = self._session
+        read = self._record_reader()
         while True:
             got = 0
             ended = False  # the peer's close_notify, or the end of the stream, after ``got`` bytes
@@ -241,7 +254,7 @@ class SocketTlsConnection(TlsSession):
             with self._lock:
                 try:
                     while got < view.nbytes:
-                        n = tls.recv_into(view[got:], view.nbytes - got)
+                        n = read(view.nbytes - got, view[got:])
                         if n == 0:  # close_notify, or a ragged end (suppress_ragged_eofs): see TlsConnection
                             ended = True
                             break
