@@ -182,6 +182,62 @@ def test_a_silent_peer_ends_a_read_at_the_idle_timeout_as_the_stream_says(creds:
         assert 0.25 < time.monotonic() - started < 5
 
 
+def read_alone_to_end(conn: SocketTlsConnection) -> bytes:
+    out = bytearray()
+    buf = memoryview(bytearray(1 << 16))
+    while n := conn.recv_alone(buf):
+        out += buf[:n]
+    return bytes(out)
+
+
+@pytest.mark.parametrize("client_kind", KINDS)
+def test_a_lone_reader_gets_every_byte_and_the_end(creds: dict[str, Path], client_kind: str) -> None:
+    """recv_alone (a destination's multifd channel): OpenSSL waits for the socket itself."""
+    data = os.urandom(3 << 20) + b"end"
+    with pair(creds["good"], client_kind, "socket") as (client, server), ThreadPoolExecutor(1) as pool:
+        assert isinstance(server, SocketTlsConnection)
+        # Sent in odd pieces and ended with close_notify while the reader waits in OpenSSL.
+        sent = pool.submit(lambda: (send_in_pieces(client, data, 77777), client.close_notify()))
+        got = read_alone_to_end(server)
+        sent.result(DEADLINE)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+
+
+@pytest.mark.parametrize("idle", [0.3, None])
+def test_a_lone_reader_ends_at_the_idle_timeout_or_at_shutdown(creds: dict[str, Path], idle: float | None) -> None:
+    with pair(creds["good"], "socket", "socket", recv_timeout=idle) as (_, server), ThreadPoolExecutor(1) as pool:
+        assert isinstance(server, SocketTlsConnection)
+        started = time.monotonic()
+        if idle is not None:  # the socket's own timeout, in the words recv_into uses
+            with pytest.raises(TimeoutError, match=r"^server: nothing received for 0.3 s$"):
+                server.recv_alone(memoryview(bytearray(10)))
+            assert 0.25 < time.monotonic() - started < 5
+            return
+        reading = pool.submit(server.recv_alone, memoryview(bytearray(10)))
+        time.sleep(0.2)  # the reader is waiting in OpenSSL for a record that never comes
+        assert not reading.done()
+        # close_notify without waiting gives up on the lock the reader holds: it neither hangs nor wakes it.
+        server.close_notify(wait=False)
+        assert time.monotonic() - started < 5 and not reading.done()
+        server.shutdown()
+        assert reading.result(DEADLINE) == 0
+
+
+def test_a_stream_read_by_the_compiled_loop_says_its_idle_timeout(creds: dict[str, Path]) -> None:
+    """TlsStream.read_some reads a socket-kind session alone; a stall is the stream's idle-timeout error."""
+    with pair(creds["good"], "socket", "socket", recv_timeout=0.3) as (client, server):
+        stream = TlsStream(server, idle_timeout=0.3)
+        client.sendall(b"abc")
+        started = time.monotonic()
+        with pytest.raises(ChannelError, match=r"nothing received for 0.3 s: the peer stalled \(idle timeout\)"):
+            stream.read_some(memoryview(bytearray(10)))
+        assert 0.25 < time.monotonic() - started < 5
+        stream.unread(b"xy")  # bytes put back come first, then the session's
+        client.sendall(b"defgh")
+        view = memoryview(bytearray(7))
+        assert stream.read_some(view) == 7 and bytes(view) == b"xydefgh"
+
+
 @pytest.mark.parametrize("client_kind", KINDS)
 @pytest.mark.parametrize("server_kind", KINDS)
 def test_close_notify_ends_the_stream_cleanly_after_every_byte(

@@ -247,14 +247,27 @@ class TlsStream:
         except OSError as exc:
             raise self._error(exc) from exc
 
+    def _read_alone(self, view: memoryview) -> int:
+        """As _read, where the compiled loop is this stream's only reader and nothing writes to it."""
+        if self._peeked or not isinstance(self.conn, SocketTlsConnection):
+            return self._read(view)
+        try:
+            return self.conn.recv_alone(view)
+        except OSError as exc:
+            raise self._error(exc) from exc
+
     def read_some(self, view: memoryview) -> int:
-        """As much of ``view`` as the stream holds: all of it but at the end (the compiled loop's reader)."""
+        """As much of ``view`` as the stream holds: all of it but at the end (the compiled loop's reader).
+
+        The loop is the stream's only reader and nothing writes to it (a destination's multifd channel), so
+        a socket-kind session is read with recv_alone: OpenSSL waits for the socket itself.
+        """
         if self.conn.shut:
             raise ChannelError(f"{self.name}: shut down")
         view = view.cast("B")
         got = 0
         while got < view.nbytes:
-            n = self._read(view[got:])
+            n = self._read_alone(view[got:])
             if n == 0:
                 if self.conn.shut:
                     raise ChannelError(f"{self.name}: shut down")
