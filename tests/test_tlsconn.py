@@ -96,10 +96,11 @@ def read_exactly(conn: TlsSession, size: int) -> bytes:
     return bytes(out)
 
 
-def read_to_end(conn: TlsSession) -> bytes:
+def read_to_end(read: Callable[[memoryview], int]) -> bytes:
+    """Everything ``read`` (a session's recv_into or recv_alone) gives until it gives 0."""
     out = bytearray()
     buf = memoryview(bytearray(1 << 16))
-    while n := conn.recv_into(buf):
+    while n := read(buf):
         out += buf[:n]
     return bytes(out)
 
@@ -182,14 +183,6 @@ def test_a_silent_peer_ends_a_read_at_the_idle_timeout_as_the_stream_says(creds:
         assert 0.25 < time.monotonic() - started < 5
 
 
-def read_alone_to_end(conn: SocketTlsConnection) -> bytes:
-    out = bytearray()
-    buf = memoryview(bytearray(1 << 16))
-    while n := conn.recv_alone(buf):
-        out += buf[:n]
-    return bytes(out)
-
-
 @pytest.mark.parametrize("client_kind", KINDS)
 def test_a_lone_reader_gets_every_byte_and_the_end(creds: dict[str, Path], client_kind: str) -> None:
     """recv_alone (a destination's multifd channel): OpenSSL waits for the socket itself."""
@@ -198,7 +191,7 @@ def test_a_lone_reader_gets_every_byte_and_the_end(creds: dict[str, Path], clien
         assert isinstance(server, SocketTlsConnection)
         # Sent in odd pieces and ended with close_notify while the reader waits in OpenSSL.
         sent = pool.submit(lambda: (send_in_pieces(client, data, 77777), client.close_notify()))
-        got = read_alone_to_end(server)
+        got = read_to_end(server.recv_alone)
         sent.result(DEADLINE)
     assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
 
@@ -247,7 +240,7 @@ def test_close_notify_ends_the_stream_cleanly_after_every_byte(
     with pair(creds["good"], client_kind, server_kind) as (client, server):
         client.sendall(data)
         client.close_notify()
-        assert read_to_end(server) == data
+        assert read_to_end(server.recv_into) == data
 
 
 def test_the_memory_kind_reads_on_after_its_close_notify(creds: dict[str, Path]) -> None:
@@ -257,7 +250,7 @@ def test_the_memory_kind_reads_on_after_its_close_notify(creds: dict[str, Path])
         assert select.select([client.sock], [], [], DEADLINE)[0]  # the peer's records wait at our socket
         client.close_notify()
         assert read_exactly(client, 4000) == b"late" * 1000
-        assert read_to_end(server) == b""
+        assert read_to_end(server.recv_into) == b""
 
 
 def test_the_socket_kind_does_not_read_on_after_its_close_notify(creds: dict[str, Path]) -> None:
