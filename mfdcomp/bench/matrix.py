@@ -88,7 +88,6 @@ def run_matrix(config: MatrixConfig, cache: Path, workdir: Path, say: Say) -> Ma
     if config.tls:
         ends = dataclasses.replace(ends, tls_creds=str(make_creds(workdir / "tls")))
         say("TLS on every channel: mfdcomp send/recv --tls-creds, QEMU with tls-creds-x509 (verify-peer=on)")
-    pump_name = "TLS loopback pump" if config.tls else "loopback pump"
     total = len(config.kinds) * len(config.channels) * config.repeats * (len(config.codecs) + 1)
     step = 0
     for kind in config.kinds:
@@ -112,10 +111,10 @@ def run_matrix(config: MatrixConfig, cache: Path, workdir: Path, say: Say) -> Ma
                     try:
                         rate = pump_run(path, config.transport, channels, workdir, ends.tls_creds)
                         pump.gb_per_s_runs.append(rate)
-                        say(f"[{step}/{total}] {where} {pump_name}: {rate:.2f} GB/s")
+                        say(f"[{step}/{total}] {where} {result.pump_name}: {rate:.2f} GB/s")
                     except ChildFailed as exc:
                         pump.not_run = str(exc)
-                        say(f"NOT RUN: {where} {pump_name}: {exc}")
+                        say(f"NOT RUN: {where} {result.pump_name}: {exc}")
                 for cell, baseline in zip(cells, qemus, strict=True):
                     step += 1
                     _transfer(cell, path, channels, ends, workdir, f"[{step}/{total}] {where}", say)

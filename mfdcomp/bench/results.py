@@ -197,6 +197,11 @@ class MatrixResult:
     library: list[LibraryBaseline] = field(default_factory=list)
     qemu: list[QemuBaseline] = field(default_factory=list)
 
+    @property
+    def pump_name(self) -> str:
+        """The pump's name in the report: a TLS run's pump runs under TLS too (loopback_pump.py --tls-creds)."""
+        return "TLS loopback pump" if self.transport.endswith("+TLS") else "loopback pump"
+
     def find_pump(self, kind: str, channels: int) -> PumpBaseline | None:
         return next((p for p in self.pump if (p.kind, p.channels) == (kind, channels)), None)
 

@@ -66,9 +66,7 @@ def _missing(target: str, what: str) -> Verdict:
 
 
 def _loopback(result: MatrixResult) -> list[Verdict]:
-    # A TLS run's pump runs under TLS too (benchmarks/loopback_pump.py --tls-creds): like against like.
-    pump_name = "TLS loopback pump" if result.transport.endswith("+TLS") else "loopback pump"
-    target = f"nocomp ≥ {LOOPBACK_SHARE:.0%} of the {pump_name}"
+    target = f"nocomp ≥ {LOOPBACK_SHARE:.0%} of the {result.pump_name}"
     cells = _cells(result, lambda c: c.codec.name == "none" and c.kind == TARGET_KIND)
     verdicts = []
     for cell in cells:

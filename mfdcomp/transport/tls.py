@@ -236,23 +236,18 @@ class TlsStream:
         except OSError as exc:
             raise self._error(exc, sending=True) from exc
 
-    def _read(self, view: memoryview) -> int:
+    def _read(self, view: memoryview, *, alone: bool = False) -> int:
+        """Bytes put back first, then the session's. ``alone``: this is the only reader and nothing
+        writes (read_some), so a socket-kind session lets OpenSSL wait for the socket (recv_alone)."""
         if self._peeked:
             n = min(len(self._peeked), view.nbytes)
             view[:n] = self._peeked[:n]
             del self._peeked[:n]
             return n
         try:
+            if alone and isinstance(self.conn, SocketTlsConnection):
+                return self.conn.recv_alone(view)
             return self.conn.recv_into(view)
-        except OSError as exc:
-            raise self._error(exc) from exc
-
-    def _read_alone(self, view: memoryview) -> int:
-        """As _read, where the compiled loop is this stream's only reader and nothing writes to it."""
-        if self._peeked or not isinstance(self.conn, SocketTlsConnection):
-            return self._read(view)
-        try:
-            return self.conn.recv_alone(view)
         except OSError as exc:
             raise self._error(exc) from exc
 
@@ -267,7 +262,7 @@ class TlsStream:
         view = view.cast("B")
         got = 0
         while got < view.nbytes:
-            n = self._read_alone(view[got:])
+            n = self._read(view[got:], alone=True)
             if n == 0:
                 if self.conn.shut:
                     raise ChannelError(f"{self.name}: shut down")
