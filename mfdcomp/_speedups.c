@@ -30,6 +30,10 @@
  *     sendmsg (or packed into out, for a TLS stream to send), pages hashed, all without the GIL
  *     (mfdcomp/_sendloop.c).
  *
+ * send_packets(fd, block, batches, page_size, capacity, detect_zero, first_packet_num, name_field, table,
+ *              zero_digest, flags, compressor, out)
+ *     send_packet for several batches of one block, the GIL released once (mfdcomp/_sendloop.c).
+ *
  * zero_flags(block, offsets, page_size) -> list[bool]
  *     For each byte offset, whether the page_size bytes there are all zero.
  *     numpy's reduceat reads every byte of every page; here a page stops at
@@ -530,6 +534,10 @@ static PyMethodDef methods[] = {
     {"send_packet", mfdcomp_send_packet, METH_VARARGS,
      "send_packet(fd, block, offsets, page_size, capacity, detect_zero, packet_num, name_field, table, zero_digest"
      "[, flags, compressor, out]) -> tuple: one RAM packet, scanned, compressed, written (or packed) and hashed "
+     "(mfdcomp/_sendloop.c)."},
+    {"send_packets", mfdcomp_send_packets, METH_VARARGS,
+     "send_packets(fd, block, batches, page_size, capacity, detect_zero, first_packet_num, name_field, table, "
+     "zero_digest[, flags, compressor, out]) -> tuple: send_packet for each batch, the GIL released once "
      "(mfdcomp/_sendloop.c)."},
     {"recv_packets", mfdcomp_recv_packets, METH_VARARGS,
      "recv_packets(fd, header, staging, blocks, page_size, capacity, max_packets, zero_digest[, codec_flag, "

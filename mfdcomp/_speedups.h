@@ -67,8 +67,9 @@ typedef struct {
                       size_t error_size);
 } mfdcomp_decompressor;
 
-/* recv_packets(...): see mfdcomp/_recvloop.c. send_packet(...): see mfdcomp/_sendloop.c. */
+/* recv_packets(...): see mfdcomp/_recvloop.c. send_packet(...), send_packets(...): see mfdcomp/_sendloop.c. */
 PyObject *mfdcomp_recv_packets(PyObject *self, PyObject *args);
 PyObject *mfdcomp_send_packet(PyObject *self, PyObject *args);
+PyObject *mfdcomp_send_packets(PyObject *self, PyObject *args);
 
 #endif

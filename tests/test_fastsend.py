@@ -1,10 +1,11 @@
 """The compiled send path (mfdcomp/_sendloop.c, mfdcomp.engine.fastsend) against the Python path.
 
 The same batches of pages go through a real source engine over a real socket twice, with the compiled
-path and with the Python path alone; the bytes on the wire (init, RAM and SYNC packets), the page digests,
-the order the offsets end in and the counters must be equal. Codecs: nocomp, and zstd on its compiled
-streams, whose packet_compressor the compiled path calls instead of send_prepare. Transports: a plain
-socket, which the compiled path writes itself, and TLS, which gets each packet packed whole and sends it.
+path and with the Python path alone; the bytes on the wire (init, RAM and SYNC packets, their headers
+with the offsets in the order sent: QEMU's partition), the page digests and the counters must be equal.
+Codecs: nocomp, and zstd on its compiled streams, whose packet_compressor the compiled path calls instead
+of send_prepare. Transports: a plain socket, which the compiled path writes itself, and TLS, which gets
+the packets packed and sends them whole. send_packets itself: the same as a send_packet per batch.
 """
 
 from __future__ import annotations
@@ -69,7 +70,6 @@ class Block:
 class Sent:
     wire: bytes
     digests: dict[str, str]
-    batches: list[list[int]]
     stats: dict[str, Any]
     error: tuple[str, str] | None
     cause: str | None = None  # the type of the channel's own error, when one failed
@@ -153,7 +153,6 @@ def send(
     return Sent(
         bytes(received),
         digests.hexdigests() if digests is not None else {},
-        mine,
         engine.stats()[0].as_dict(),
         error,
         None if engine.state.error is None else type(engine.state.error).__name__,
@@ -185,7 +184,6 @@ def test_both_paths_put_the_same_bytes_on_the_wire(
     pure = send(make_block(kinds), batches, fast=False, **args)  # type: ignore[arg-type]
     assert taken == [True]
     assert compiled.error is None and pure.error is None
-    assert compiled.batches == pure.batches  # QEMU's partition, swap for swap
     assert compiled.stats == pure.stats
     assert compiled.digests == pure.digests
     assert compiled.wire == pure.wire
@@ -198,17 +196,17 @@ def test_the_compiled_path_is_taken(monkeypatch: pytest.MonkeyPatch, codec: str)
     calls = []
 
     class Counting:
-        def send_packet(self, *args: Any) -> Any:
-            calls.append((len(args[2]), args[10], args[11] is not None))
+        def send_packets(self, *args: Any) -> Any:
+            calls.append(([len(batch) for batch in args[2]], args[10], args[11] is not None))
             assert module is not None
-            return module.send_packet(*args)
+            return module.send_packets(*args)
 
     monkeypatch.setattr(speedups, "compiled", lambda: Counting())  # the module fastsend asks
     block = make_block([k % 4 for k in range(PAGES)])
     sent = send(block, [[k * PS for k in range(128)], [PS, 0]], fast=True, detect=True, hashing=True, codec=codec)
     assert sent.error is None
     compressing = codec != "none"
-    assert calls == [(128, 4 * compressing, compressing), (2, 4 * compressing, compressing)]
+    assert calls == [([128, 2], 4 * compressing, compressing)]  # both batches in one call
 
 
 def test_zstd_on_python_zstandard_stays_on_the_python_path() -> None:
@@ -278,6 +276,152 @@ def test_send_packet_refuses_bad_arguments() -> None:
         sizes = module.send_packet(-1, full, *args[2:], 0, None, out)
         assert (sizes[0], sizes[2], sizes[3], sizes[5]) == (2, header + 2 * PS, 0, 2 * PS)
         assert out[header:] == full[: 2 * PS]
+
+
+def _drain(sock: socket.socket, into: bytearray) -> None:
+    """Everything the peer sends, until it ends."""
+    while chunk := sock.recv(1 << 20):
+        into.extend(chunk)
+
+
+def _mixed_memory() -> bytes:
+    return bytes(make_block([k % 4 for k in range(PAGES)]).memory)
+
+
+def _one_by_one(module: Any, fd: int, memory: bytes, batches: list[list[int]], first: int, **kw: Any) -> tuple:
+    """send_packet for each batch in turn: what send_packets must come to."""
+    table = kw.get("table")
+    sums = [0, 0, 0, 0, 0, 0]
+    out = kw.get("out")
+    packed = b""
+    for k, offsets in enumerate(batches):
+        normal, zero, written, err, _, payload, problem = module.send_packet(
+            fd, memory, offsets, PS, 128, True, first + k, NAME, table, bytes(16), 0, None, out
+        )
+        assert err == 0 and problem is None
+        if out is not None:
+            packed += bytes(out[:written])
+        for i, value in enumerate((1, 1 if normal else 0, normal, zero, written, payload)):
+            sums[i] += value
+    return tuple(sums), packed
+
+
+NAME = b"pc.ram".ljust(256, b"\0")
+BATCHES = [[k * PS for k in range(128)], [5 * PS, 0, 9 * PS], [(200 + k) * PS for k in range(40)]]
+
+
+@pytest.mark.parametrize("packing", [False, True], ids=["socket", "packed"])
+def test_send_packets_is_send_packet_for_each_batch(packing: bool) -> None:
+    """One call for several batches: the same bytes, digests and counts as a send_packet per batch, numbered on."""
+    module = speedups.compiled()
+    assert module is not None
+    memory = _mixed_memory()
+    results = []
+    for grouped in (True, False):
+        table = bytearray(PAGES * 16)
+        ours, theirs = socket.socketpair()
+        received = bytearray()
+        reader = threading.Thread(target=_drain, args=(theirs, received))
+        reader.start()
+        with ours, theirs:
+            out = bytearray(3 * (1344 + 128 * PS) + 128 * PS) if packing else None
+            fd = -1 if packing else ours.fileno()
+            if grouped:
+                *counts, err, problem = module.send_packets(
+                    fd, memory, BATCHES, PS, 128, True, 7, NAME, table, bytes(16), 0, None, out
+                )
+                assert (err, problem) == (0, None)
+                sums, wire = tuple(counts), bytes(out[: counts[4]]) if out is not None else b""
+            else:
+                sums, wire = _one_by_one(module, fd, memory, BATCHES, 7, table=table, out=out)
+            ours.shutdown(socket.SHUT_WR)
+            reader.join()
+        results.append((sums, wire + bytes(received), bytes(table)))
+    assert results[0] == results[1]
+    # Every fourth page is zero: 32 of the first batch's, page 0 of the second's, 10 of the third's.
+    assert results[0][0][:4] == (3, 3, 96 + 2 + 30, 32 + 1 + 10)
+
+
+def test_send_packets_packs_what_fits_and_leaves_the_rest() -> None:
+    """Packing, a packet after the first goes in only if its bound fits behind the others: the call stops
+    before it (errno 0), its codec not fed; the first alone not fitting is EMSGSIZE, nothing packed."""
+    module = speedups.compiled()
+    assert module is not None
+    memory = _mixed_memory()
+    full = [[k * PS for k in range(128)]] * 3
+    one = 1344 + 128 * PS
+    packets, _, normal, _, written, payload, err, problem = module.send_packets(
+        -1, memory, full, PS, 128, True, 0, NAME, None, bytes(16), 0, None, bytearray(one + one // 2)
+    )
+    assert (packets, err, problem) == (1, 0, None)
+    assert written == 1344 + normal * PS and payload == normal * PS
+    packets, *_, written, payload, err, problem = module.send_packets(
+        -1, memory, full, PS, 128, True, 0, NAME, None, bytes(16), 0, None, bytearray(1344 + PS)
+    )
+    assert (packets, written, err, problem) == (0, 0, errno.EMSGSIZE, None)
+
+
+def test_send_packets_checks_every_batch_before_sending_any() -> None:
+    module = speedups.compiled()
+    assert module is not None
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        with pytest.raises(ValueError, match="page offsets must lie"):
+            module.send_packets(
+                ours.fileno(), _mixed_memory(), [[0], [PAGES * PS]], PS, 128, True, 0, NAME, None, bytes(16)
+            )
+        over = list(range(0, 129 * PS, PS))
+        with pytest.raises(ValueError, match="at most 128 pages"):
+            module.send_packets(ours.fileno(), _mixed_memory(), [[0], over], PS, 128, True, 0, NAME, None, bytes(16))
+        theirs.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            theirs.recv(1)  # nothing went out
+
+
+def test_send_packets_stops_at_a_failed_write_with_its_errno() -> None:
+    module = speedups.compiled()
+    assert module is not None
+    ours, theirs = socket.socketpair()
+    theirs.close()
+    with ours:
+        packets, pages_packets, *_, written, _, err, problem = module.send_packets(
+            ours.fileno(), _mixed_memory(), BATCHES, PS, 128, True, 0, NAME, None, bytes(16)
+        )
+    assert (packets, pages_packets, written, err, problem) == (0, 0, 0, errno.EPIPE, None)
+
+
+def test_a_channel_takes_its_batches_by_the_group_and_never_across_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled path sends up to GROUP batches of one block a call; another block's batch starts the next."""
+    from mfdcomp.engine.fastsend import GROUP
+
+    module = speedups.compiled()
+    assert module is not None
+    calls: list[tuple[str, list[int]]] = []
+
+    class Counting:
+        def send_packets(self, *args: Any) -> Any:
+            calls.append((bytes(args[7]).rstrip(b"\0").decode(), [len(batch) for batch in args[2]]))
+            assert module is not None
+            return module.send_packets(*args)
+
+    monkeypatch.setattr(speedups, "compiled", lambda: Counting())
+    first, second = make_block([3] * PAGES), Block("vga", make_block([2] * PAGES).memory)
+    ours, theirs = socket.socketpair()
+    drained = threading.Thread(target=_drain, args=(theirs, bytearray()))
+    drained.start()
+    engine = SourceEngine([SocketStream(ours, "grouped")], Nocomp(), level=None, page_size=PS, uuid=UUID,
+                          detect_zero_pages=True)  # fmt: skip
+    try:
+        engine.start()
+        batches = [(first, [k * PS]) for k in range(GROUP + 2)] + [(second, [k * PS]) for k in range(3)]
+        engine.send_round([*batches, (first, [PS])])
+        engine.finish()
+    finally:
+        engine.close()
+        drained.join()
+        theirs.close()
+    assert calls == [("pc.ram", [1] * GROUP), ("pc.ram", [1, 1]), ("vga", [1, 1, 1]), ("pc.ram", [1])]
+    assert engine.stats()[0].packets == GROUP + 6 + 1  # and the SYNC
 
 
 # --- the compressor contract itself: a compressor that refuses ------------------------------------------
