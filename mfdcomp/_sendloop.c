@@ -248,6 +248,11 @@ one_packet(struct sender *s, Py_ssize_t *offsets, Py_ssize_t count, unsigned lon
         k += run;
     }
     r.payload = r.normal * ps;
+    /* A codec's pages are hashed before it reads them: its window and tables push them out of the cache
+     * before the write (512 MiB of zstd-1 over 2 channels: the sender's CPU 1.039 -> 1.021 s, 8 pairs). */
+    const int hash_first = s->compressor != NULL && s->hashing;
+    if (hash_first)
+        mfdcomp_xxh3_pages()(base, offsets, r.normal, ps, 0, s->table.buf);
     if (s->compressor != NULL && r.normal > 0) {
         /* The codec's payload replaces the pages (a packet without normal pages has none, as in Python). */
         const char *out = NULL;
@@ -282,8 +287,11 @@ one_packet(struct sender *s, Py_ssize_t *offsets, Py_ssize_t count, unsigned lon
         r.written = sendmsg_all(s->fd, iov, iovcnt, &r.err);
     }
     if (r.err == 0 && s->hashing) {
-        /* After the write, as the Python path: the pages were just read, and are hashed from the cache. */
-        mfdcomp_xxh3_pages()(base, offsets, r.normal, ps, 0, s->table.buf);
+        /* Without a codec after the write, as the Python path: the pages were just read, and are hashed from
+         * the cache. (A failed write fails the channel and the session: digests recorded before it are
+         * never compared.) */
+        if (!hash_first)
+            mfdcomp_xxh3_pages()(base, offsets, r.normal, ps, 0, s->table.buf);
         for (Py_ssize_t k = r.normal; k < count; k++)
             memcpy((unsigned char *)s->table.buf + 16 * (offsets[k] / ps), s->zero_digest.buf, 16);
     }
