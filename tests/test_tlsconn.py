@@ -216,6 +216,24 @@ def test_a_lone_reader_ends_at_the_idle_timeout_or_at_shutdown(creds: dict[str, 
         assert reading.result(DEADLINE) == 0
 
 
+def test_a_lone_reader_fills_its_view_across_records_and_keeps_what_came_before_a_stall(
+    creds: dict[str, Path],
+) -> None:
+    """recv_alone reads every record a view spans in one call; bytes that came before a stall are returned,
+    and the next call is the idle timeout."""
+    data = os.urandom(100_000)  # seven 16 KiB records
+    with pair(creds["good"], "socket", "socket", recv_timeout=0.3) as (client, server):
+        assert isinstance(server, SocketTlsConnection)
+        client.sendall(data)
+        view = memoryview(bytearray(len(data)))
+        assert server.recv_alone(view) == len(data) and bytes(view) == data
+        client.sendall(b"0123456789")
+        view = memoryview(bytearray(100))
+        assert server.recv_alone(view) == 10 and bytes(view[:10]) == b"0123456789"
+        with pytest.raises(TimeoutError, match=r"^server: nothing received for 0.3 s$"):
+            server.recv_alone(view)
+
+
 def test_a_stream_read_by_the_compiled_loop_says_its_idle_timeout(creds: dict[str, Path]) -> None:
     """TlsStream.read_some reads a socket-kind session alone; a stall is the stream's idle-timeout error."""
     with pair(creds["good"], "socket", "socket", recv_timeout=0.3) as (client, server):
