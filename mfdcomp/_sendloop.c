@@ -156,18 +156,20 @@ struct sent {
 static int
 sender_start(struct sender *s, PyObject *table_obj, PyObject *compressor_obj, PyObject *out_obj)
 {
-    s->hashing = table_obj != Py_None;
-    s->packing = out_obj != Py_None;
+    /* Set as each buffer is acquired: sender_release releases those. */
+    s->hashing = s->packing = 0;
     s->compressor = NULL;
     s->packet = s->zero = NULL;
     s->iov = NULL;
-    if (s->hashing && PyObject_GetBuffer(table_obj, &s->table, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
-        s->hashing = 0;
-        return -1;
+    if (table_obj != Py_None) {
+        if (PyObject_GetBuffer(table_obj, &s->table, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+            return -1;
+        s->hashing = 1;
     }
-    if (s->packing && PyObject_GetBuffer(out_obj, &s->out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
-        s->packing = 0;
-        return -1;
+    if (out_obj != Py_None) {
+        if (PyObject_GetBuffer(out_obj, &s->out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+            return -1;
+        s->packing = 1;
     }
     if (compressor_obj != Py_None &&
         (s->compressor = PyCapsule_GetPointer(compressor_obj, MFDCOMP_COMPRESSOR_CAPSULE)) == NULL)
@@ -189,6 +191,24 @@ sender_start(struct sender *s, PyObject *table_obj, PyObject *compressor_obj, Py
     return 0;
 }
 
+/* The arguments of send_packet and send_packets (format: their shared format, the call's name after ':'), the
+ * sender started: 0, or -1 with the error set (nothing to release after a failed parse, else release). */
+static int
+sender_parse(struct sender *s, PyObject *args, const char *format, PyObject **pages_obj, unsigned long long *number,
+             int *parsed)
+{
+    PyObject *table_obj, *compressor_obj = Py_None, *out_obj = Py_None;
+    unsigned int flags = 0;
+    *parsed = PyArg_ParseTuple(args, format, &s->fd, &s->block, pages_obj, &s->page_size, &s->capacity,
+                               &s->detect_zero, number, &s->name, &table_obj, &s->zero_digest, &flags,
+                               &compressor_obj, &out_obj);
+    if (!*parsed)
+        return -1;
+    s->flags = flags;
+    return sender_start(s, table_obj, compressor_obj, out_obj);
+}
+
+/* Everything sender_parse acquired. */
 static void
 sender_release(struct sender *s)
 {
@@ -199,6 +219,9 @@ sender_release(struct sender *s)
         PyBuffer_Release(&s->table);
     if (s->packing)
         PyBuffer_Release(&s->out);
+    PyBuffer_Release(&s->zero_digest);
+    PyBuffer_Release(&s->name);
+    PyBuffer_Release(&s->block);
 }
 
 /* The batch's offsets, checked as send_packet checks them (capacity, alignment when hashed, digest slots):
@@ -302,20 +325,18 @@ PyObject *
 mfdcomp_send_packet(PyObject *self, PyObject *args)
 {
     struct sender s;
-    PyObject *offsets_obj, *table_obj, *compressor_obj = Py_None, *out_obj = Py_None;
+    PyObject *offsets_obj;
     unsigned long long packet_num;
-    unsigned int flags = 0;
+    int parsed;
     (void)self;
-    if (!PyArg_ParseTuple(args, "iy*OnnpKy*Oy*|IOO:send_packet", &s.fd, &s.block, &offsets_obj, &s.page_size,
-                          &s.capacity, &s.detect_zero, &packet_num, &s.name, &table_obj, &s.zero_digest, &flags,
-                          &compressor_obj, &out_obj))
-        return NULL;
-    s.flags = flags;
     PyObject *result = NULL;
     Py_ssize_t *offsets = NULL, count = 0;
-    if (sender_start(&s, table_obj, compressor_obj, out_obj) < 0 ||
-        (offsets = batch_offsets(&s, offsets_obj, &count)) == NULL)
+    if (sender_parse(&s, args, "iy*OnnpKy*Oy*|IOO:send_packet", &offsets_obj, &packet_num, &parsed) < 0 ||
+        (offsets = batch_offsets(&s, offsets_obj, &count)) == NULL) {
+        if (!parsed)
+            return NULL;
         goto done;
+    }
     char problem[256] = "";
     Py_ssize_t packed = 0;
     struct sent r;
@@ -341,9 +362,6 @@ mfdcomp_send_packet(PyObject *self, PyObject *args)
 done:
     PyMem_Free(offsets);
     sender_release(&s);
-    PyBuffer_Release(&s.zero_digest);
-    PyBuffer_Release(&s.name);
-    PyBuffer_Release(&s.block);
     return result;
 }
 
@@ -351,19 +369,17 @@ PyObject *
 mfdcomp_send_packets(PyObject *self, PyObject *args)
 {
     struct sender s;
-    PyObject *batches_obj, *table_obj, *compressor_obj = Py_None, *out_obj = Py_None;
+    PyObject *batches_obj;
     unsigned long long first_num;
-    unsigned int flags = 0;
+    int parsed;
     (void)self;
-    if (!PyArg_ParseTuple(args, "iy*OnnpKy*Oy*|IOO:send_packets", &s.fd, &s.block, &batches_obj, &s.page_size,
-                          &s.capacity, &s.detect_zero, &first_num, &s.name, &table_obj, &s.zero_digest, &flags,
-                          &compressor_obj, &out_obj))
-        return NULL;
-    s.flags = flags;
     PyObject *result = NULL, *seq = NULL;
     Py_ssize_t **offsets = NULL, *counts = NULL, nbatches = 0;
-    if (sender_start(&s, table_obj, compressor_obj, out_obj) < 0)
+    if (sender_parse(&s, args, "iy*OnnpKy*Oy*|IOO:send_packets", &batches_obj, &first_num, &parsed) < 0) {
+        if (!parsed)
+            return NULL;
         goto done;
+    }
     seq = PySequence_Fast(batches_obj, "batches must be a sequence of offset lists");
     if (seq == NULL)
         goto done;
@@ -418,8 +434,5 @@ done:
     PyMem_Free(counts);
     Py_XDECREF(seq);
     sender_release(&s);
-    PyBuffer_Release(&s.zero_digest);
-    PyBuffer_Release(&s.name);
-    PyBuffer_Release(&s.block);
     return result;
 }

@@ -15,10 +15,11 @@ after ending its direction.
 
 :meth:`SocketTlsConnection.recv_alone` is the exception, for a connection that one thread reads
 and nobody writes meanwhile (a destination's multifd channel): OpenSSL waits for the socket itself,
-in C without the GIL, holding the lock, and one call reads every record the caller's view spans. The wait in Python costs an SSLWantReadError and a poll()
-from Python each time the reader drains the socket (10,751 times for 19,652 records in a 512 MiB
-zstd-1 session over 2 channels); without them that session's receiver took 0.71 CPU-s instead of
-0.76 and the session 0.995 s instead of 1.037 (4 alternating pairs).
+in C without the GIL, holding the lock, and one call reads every record the caller's view spans.
+The wait in Python costs an SSLWantReadError and a poll() from Python each time the reader drains
+the socket (10,751 times for 19,652 records in a 512 MiB zstd-1 session over 2 channels); without
+them that session's receiver took 0.71 CPU-s instead of 0.76 and the session 0.995 s instead of
+1.037 (4 alternating pairs).
 
 :class:`TlsConnection` runs OpenSSL on memory BIOs and does the socket I/O itself, so it can send
 close_notify without reading anything: the tap ends one direction cleanly, as QEMU 10.0's
