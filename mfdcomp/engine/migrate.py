@@ -287,7 +287,8 @@ def send_rounds(
     change ``options.dirty_fraction`` of the pages. Without a main channel (a
     file) a round ends at the channels' sync alone.
     """
-    rng = np.random.default_rng(options.seed)
+    # Made at the first perturbation: importing numpy.random took 3-5 ms of every session, most have one round.
+    rng: np.random.Generator | None = None
     plan = plan or (lambda number: options.dirty_fraction if number < options.rounds else None)
     ram.mark_all_dirty()  # a new destination starts empty: every page goes in the first round
     sent = RoundsSent(rounds=0, main_zero_pages=0)
@@ -295,6 +296,7 @@ def send_rounds(
     while fraction is not None:
         began = time.monotonic()
         if sent.rounds:
+            rng = rng or np.random.default_rng(options.seed)
             ram.perturb(fraction, rng)
         perturbed = time.monotonic()
         batches = _RoundBatches(ram, main, options, on_progress, engine.page_digests)
