@@ -28,8 +28,10 @@ from mfdcomp.wire import NOCOMP, Flag, ram_packet_size
 if TYPE_CHECKING:
     from mfdcomp.engine.destination import RecvChannel
 
-# Packets per call: progress and the run's state are looked at in between (4 MiB of 4 KiB pages).
-BATCH = 8
+# Packets per call: progress and the stream's queued bytes are looked at in between (32 MiB of 4 KiB pages).
+# Each return takes the GIL back from the other channels: 8 a call cost 512 MiB over 4 TCP channels 0.2894 s
+# against 0.2776 s for 32 and 0.2857 s against 0.2780 s for 32 against 64 (8 alternating pairs each).
+BATCH = 64
 
 _MORE, _SYNC, _SLOW, _FAILED, _STORE_FAILED, _CODEC_FAILED, _RAISED = range(7)
 
