@@ -152,7 +152,7 @@ struct sent {
 };
 
 /* Arguments after fd, block and the offsets, as send_packet and send_packets take them. 0, or -1 with the
- * error set (the sender released). */
+ * error set (the caller releases the sender either way). */
 static int
 sender_start(struct sender *s, PyObject *table_obj, PyObject *compressor_obj, PyObject *out_obj)
 {
@@ -192,17 +192,15 @@ sender_start(struct sender *s, PyObject *table_obj, PyObject *compressor_obj, Py
 }
 
 /* The arguments of send_packet and send_packets (format: their shared format, the call's name after ':'), the
- * sender started: 0, or -1 with the error set (nothing to release after a failed parse, else release). */
+ * sender started: 0, or -1 with the error set. s must start zeroed: sender_release is then right either way (a
+ * failed parse leaves its buffers released, their obj NULL). */
 static int
-sender_parse(struct sender *s, PyObject *args, const char *format, PyObject **pages_obj, unsigned long long *number,
-             int *parsed)
+sender_parse(struct sender *s, PyObject *args, const char *format, PyObject **pages_obj, unsigned long long *number)
 {
     PyObject *table_obj, *compressor_obj = Py_None, *out_obj = Py_None;
     unsigned int flags = 0;
-    *parsed = PyArg_ParseTuple(args, format, &s->fd, &s->block, pages_obj, &s->page_size, &s->capacity,
-                               &s->detect_zero, number, &s->name, &table_obj, &s->zero_digest, &flags,
-                               &compressor_obj, &out_obj);
-    if (!*parsed)
+    if (!PyArg_ParseTuple(args, format, &s->fd, &s->block, pages_obj, &s->page_size, &s->capacity, &s->detect_zero,
+                          number, &s->name, &table_obj, &s->zero_digest, &flags, &compressor_obj, &out_obj))
         return -1;
     s->flags = flags;
     return sender_start(s, table_obj, compressor_obj, out_obj);
@@ -324,19 +322,14 @@ one_packet(struct sender *s, Py_ssize_t *offsets, Py_ssize_t count, unsigned lon
 PyObject *
 mfdcomp_send_packet(PyObject *self, PyObject *args)
 {
-    struct sender s;
-    PyObject *offsets_obj;
+    struct sender s = {0};
+    PyObject *offsets_obj, *result = NULL;
     unsigned long long packet_num;
-    int parsed;
-    (void)self;
-    PyObject *result = NULL;
     Py_ssize_t *offsets = NULL, count = 0;
-    if (sender_parse(&s, args, "iy*OnnpKy*Oy*|IOO:send_packet", &offsets_obj, &packet_num, &parsed) < 0 ||
-        (offsets = batch_offsets(&s, offsets_obj, &count)) == NULL) {
-        if (!parsed)
-            return NULL;
+    (void)self;
+    if (sender_parse(&s, args, "iy*OnnpKy*Oy*|IOO:send_packet", &offsets_obj, &packet_num) < 0 ||
+        (offsets = batch_offsets(&s, offsets_obj, &count)) == NULL)
         goto done;
-    }
     char problem[256] = "";
     Py_ssize_t packed = 0;
     struct sent r;
@@ -368,18 +361,13 @@ done:
 PyObject *
 mfdcomp_send_packets(PyObject *self, PyObject *args)
 {
-    struct sender s;
-    PyObject *batches_obj;
+    struct sender s = {0};
+    PyObject *batches_obj, *result = NULL, *seq = NULL;
     unsigned long long first_num;
-    int parsed;
-    (void)self;
-    PyObject *result = NULL, *seq = NULL;
     Py_ssize_t **offsets = NULL, *counts = NULL, nbatches = 0;
-    if (sender_parse(&s, args, "iy*OnnpKy*Oy*|IOO:send_packets", &batches_obj, &first_num, &parsed) < 0) {
-        if (!parsed)
-            return NULL;
+    (void)self;
+    if (sender_parse(&s, args, "iy*OnnpKy*Oy*|IOO:send_packets", &batches_obj, &first_num) < 0)
         goto done;
-    }
     seq = PySequence_Fast(batches_obj, "batches must be a sequence of offset lists");
     if (seq == NULL)
         goto done;
@@ -405,13 +393,11 @@ mfdcomp_send_packets(PyObject *self, PyObject *args)
     for (; packets < nbatches; packets++) {
         if (s.packing && packets > 0 && s.out.len - packed < room)
             break;
-        Py_ssize_t before = packed;
+        /* A packet that did not go out (or into out) whole is not one of the call's: pack() advanced nothing. */
         r = one_packet(&s, offsets[packets], counts[packets], first_num + (unsigned long long)packets, &packed,
                        problem, sizeof problem);
-        if (r.payload < 0 || r.err) {
-            packed = before; /* a packet that did not go out (or into out) whole is not one of the call's */
+        if (r.payload < 0 || r.err)
             break;
-        }
         total.normal += r.normal;
         total.zero += r.zero;
         total.written += r.written;
@@ -419,8 +405,6 @@ mfdcomp_send_packets(PyObject *self, PyObject *args)
         pages_packets += r.normal > 0;
     }
     Py_END_ALLOW_THREADS
-    if (s.packing)
-        total.written = packed;
     if (r.payload < 0)
         result = Py_BuildValue("(nnnnnnis)", packets, pages_packets, total.normal, total.zero, total.written,
                                total.payload, 0, problem[0] ? problem : "the compressor failed without a message");

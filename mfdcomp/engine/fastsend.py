@@ -6,11 +6,12 @@ hashing) is the reference; here one call does all of it for a channel's next
 GROUP packets with the GIL released once. Used when the compiled module is
 there, the codec is nocomp or its context offers a compiled compressor
 (MultiFDMethods.packet_compressor); MFDCOMP_PURE_PYTHON=1 turns it off with the
-rest. A socket is written by the call itself; any other stream (TLS) gets the packets packed into one buffer and
-sends them whole. Pages are hashed while in the cache: as they are packed, and
-a codec's before it reads them, not after the send as the Python path does; a
-send that fails then has its pages' digests recorded, but it fails the channel,
-and the session with it, whose digests are never compared.
+rest. A socket is written by the call itself; any other stream (TLS) gets the
+packets packed into one buffer and sends them whole. Pages are hashed while in
+the cache: as they are packed, and a codec's before it reads them, not after
+the send as the Python path does; a send that fails then has its pages' digests
+recorded, but it fails the channel, and the session with it, whose digests are
+never compared.
 """
 
 from __future__ import annotations
