@@ -19,6 +19,7 @@ out, the hand-off took 0.61-0.67 s and taking takes 0.32-0.37 s.
 from __future__ import annotations
 
 import abc
+import collections
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Generic, Protocol, TypeVar
@@ -102,7 +103,8 @@ class ChannelEngine(abc.ABC, Generic[EndT]):
         self._num_lock = threading.Lock()
         self._take_lock = threading.Lock()  # held while a channel takes its next batches
         self._batches: Iterator[Batch] = iter(())  # under _take_lock; replaced under state.cond between rounds
-        self._held: Batch | None = None  # under _take_lock: taken from _batches, not yet by a channel
+        # Under _take_lock: taken from _batches, not yet by a channel (another block's, or a group's look-ahead).
+        self._ahead: collections.deque[Batch] = collections.deque()
         self._round = 0  # under state.cond: rounds started
         self._exiting = False  # under state.cond
         self._wake = self.state.condition()  # channel threads wait on it for a round
@@ -169,18 +171,24 @@ class ChannelEngine(abc.ABC, Generic[EndT]):
     def _take(self, limit: int) -> list[Batch]:
         """Up to ``limit`` of the round's next batches, all of one block; none when it has no more.
 
-        Stops at once after a failure.
+        A group (``limit`` > 1) is at most a fair share of the batches ahead: with ``limit`` for every
+        channel looked ahead, the round's last batches still spread over the channels instead of going
+        to the first one that asks. Stops at once after a failure.
         """
         taken: list[Batch] = []
         with self._take_lock:
             self.state.raise_if_failed("send")
+            if limit > 1:
+                wanted = limit * len(self.channels)
+                while len(self._ahead) < wanted and (batch := next(self._batches, None)) is not None:
+                    self._ahead.append(batch)
+                limit = min(limit, -(-len(self._ahead) // len(self.channels)))
             while len(taken) < limit:
-                batch = self._held or next(self._batches, None)
-                self._held = None
+                batch = self._ahead.popleft() if self._ahead else next(self._batches, None)
                 if batch is None:
                     break
                 if taken and batch[0] is not taken[0][0]:
-                    self._held = batch  # another block's: the next take's first
+                    self._ahead.appendleft(batch)  # another block's: the next take's first
                     break
                 taken.append(batch)
         return taken
