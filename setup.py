@@ -46,6 +46,8 @@ setup(
                 "mfdcomp/_recvloop.c",
                 # A nocomp source channel's packet, scanned, written and hashed without the GIL.
                 "mfdcomp/_sendloop.c",
+                # TLS sessions read by those loops through the OpenSSL that Python's ssl loaded.
+                "mfdcomp/_tlsdirect.c",
                 # XXH3 page hashing, one build per instruction set, picked at load (mfdcomp/_xxh3_pages.h).
                 "mfdcomp/_xxh3_default.c",
                 "mfdcomp/_xxh3_avx2.c",
@@ -53,6 +55,7 @@ setup(
             ],
             depends=["mfdcomp/_vendor/xxhash.h", "mfdcomp/_xxh3_pages.h", "mfdcomp/_speedups.h"],
             extra_compile_args=["-O3", "-std=c11"],
+            libraries=["dl"],  # dlopen (in libc itself since glibc 2.34)
             optional=True,
         )
     ],

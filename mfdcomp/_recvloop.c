@@ -20,13 +20,18 @@
  * the codec refuses ends the call with the codec's message, the packet counted as the Python loop counts it
  * before its codec fails (the packet and its wire bytes, its zero pages applied).
  *
- * A stream that is no descriptor (TLS: OpenSSL must read it, with the GIL) is read through its read_some
- * method instead: the loop takes the GIL for each read only (three a packet: the header's first 12 bytes,
- * its rest, the payload), and does the checks, the decoding and the stores without it, as for a socket.
+ * A TLS stream's session is read by the loop itself through OpenSSL (mfdcomp/_tlsdirect.c), without the GIL,
+ * while the caller holds the session. Any other stream without a descriptor, and a TLS one where that can't
+ * be done, is read through its read_some method: the loop takes the GIL for each read only (three a packet:
+ * the header's first 12 bytes, its rest, the payload), and does the checks, the decoding and the stores
+ * without it, as for a socket.
  *
  * recv_packets(fd, header, staging, blocks, page_size, capacity, max_packets, zero_digest[, codec_flag,
- *              payload_buffer, decompressor, reader])
- *     fd: the channel's socket (blocking; SO_RCVTIMEO makes a stall EAGAIN), or -1 with a reader: a callable
+ *              payload_buffer, decompressor, reader, tls])
+ *     fd: the channel's socket (blocking; SO_RCVTIMEO makes a stall EAGAIN), or -1 with a reader or tls, a
+ *     session spec (mfdcomp/_tlsdirect.c): it ends the call as a socket's read would, a wait longer than its
+ *     timeout with errno ETIMEDOUT (status 3), OpenSSL's failure with status 7 (problem: its reason). A reader:
+ *     a callable
  *     taking a writable memoryview and returning how many bytes it put there, fewer than asked only at the
  *     end of the stream; whatever it raises ends the call (status 6, problem: the exception, the packet's
  *     bytes read so far dropped, as the Python loop's read would leave them). header: a writable buffer of at
@@ -43,8 +48,8 @@
  *     3 when a read failed with errno (given_back as for 2), 4 when writing failed_pages pages into block
  *     number given_back failed with errno (its zero pages applied, its pages hashed and maybe written in
  *     part, as TargetMemory leaves them; the packet is not counted), 5 when the codec refused a payload
- *     (problem: its message; counted as said above), 6 when the reader raised (problem: the exception).
- *     problem is None otherwise.
+ *     (problem: its message; counted as said above), 6 when the reader raised (problem: the exception), 7
+ *     when OpenSSL failed a read (problem: its reason; given_back as for 2). problem is None otherwise.
  */
 #include "_speedups.h"
 
@@ -55,7 +60,7 @@
 
 #define MAX_BLOCKS 256
 
-enum { MORE = 0, SYNC = 1, SLOW = 2, FAILED = 3, STORE_FAILED = 4, CODEC_FAILED = 5, RAISED = 6 };
+enum { MORE = 0, SYNC = 1, SLOW = 2, FAILED = 3, STORE_FAILED = 4, CODEC_FAILED = 5, RAISED = 6, TLS_FAILED = 7 };
 
 struct block {
     const char *name;
@@ -169,6 +174,8 @@ struct loop {
     /* a stream without a descriptor: its read_some (NULL: read fd), and what it raised (taken with the GIL) */
     PyObject *reader;
     PyObject *raised;
+    /* or its TLS session, read here without the GIL (tls.ssl NULL: none) */
+    struct mfdcomp_tls tls;
     /* out */
     int status, err;
     Py_ssize_t given_back, failed_pages;
@@ -199,6 +206,8 @@ take_exception(void)
 static Py_ssize_t
 read_full(struct loop *loop, unsigned char *buf, Py_ssize_t size)
 {
+    if (loop->tls.ssl != NULL)
+        return mfdcomp_tls_read(&loop->tls, buf, size, &loop->err, loop->problem, sizeof loop->problem);
     if (loop->reader == NULL)
         return recv_full(loop->fd, buf, size, &loop->err);
     Py_ssize_t got = -1;
@@ -222,6 +231,13 @@ read_full(struct loop *loop, unsigned char *buf, Py_ssize_t size)
     return got;
 }
 
+/* The status of a read that failed: the reader raised, OpenSSL failed (problem set), or errno. */
+static int
+read_failure(const struct loop *loop)
+{
+    return loop->raised != NULL ? RAISED : loop->problem[0] ? TLS_FAILED : FAILED;
+}
+
 /* Runs without the GIL: touches only the buffers acquired for it (and takes it for a reader's reads). */
 static void
 run_loop(struct loop *loop)
@@ -234,7 +250,7 @@ run_loop(struct loop *loop)
         /* The 12-byte header first, as the Python loop reads it: a device-state packet is shorter. */
         Py_ssize_t got = read_full(loop, h, HEADER_SIZE);
         if (got < 0) {
-            loop->status = loop->raised != NULL ? RAISED : FAILED;
+            loop->status = read_failure(loop);
             loop->given_back = -got - 1;
             return;
         }
@@ -248,7 +264,7 @@ run_loop(struct loop *loop)
         }
         got = read_full(loop, h + HEADER_SIZE, header_size - HEADER_SIZE);
         if (got < 0) {
-            loop->status = loop->raised != NULL ? RAISED : FAILED;
+            loop->status = read_failure(loop);
             loop->given_back = HEADER_SIZE - got - 1;
             return;
         }
@@ -305,7 +321,7 @@ run_loop(struct loop *loop)
                     t->packets++;
                     t->wire += header_size + payload;
                 }
-                loop->status = loop->raised != NULL ? RAISED : FAILED;
+                loop->status = read_failure(loop);
                 loop->given_back = header_size - got - 1;
                 return;
             }
@@ -407,12 +423,13 @@ mfdcomp_recv_packets(PyObject *self, PyObject *args)
     Py_buffer header, staging, zero_digest;
     Py_buffer payload_buffer = {0};
     PyObject *blocks_obj, *payload_obj = Py_None, *decompressor_obj = Py_None, *reader_obj = Py_None;
+    PyObject *tls_obj = Py_None;
     unsigned int codec_flag = 0;
     (void)self;
     memset(&loop, 0, sizeof loop);
-    if (!PyArg_ParseTuple(args, "iw*w*Onnny*|IOOO:recv_packets", &loop.fd, &header, &staging, &blocks_obj,
+    if (!PyArg_ParseTuple(args, "iw*w*Onnny*|IOOOO:recv_packets", &loop.fd, &header, &staging, &blocks_obj,
                           &loop.page_size, &loop.capacity, &loop.max_packets, &zero_digest, &codec_flag,
-                          &payload_obj, &decompressor_obj, &reader_obj))
+                          &payload_obj, &decompressor_obj, &reader_obj, &tls_obj))
         return NULL;
     PyObject *result = NULL, *seq = NULL;
     struct block *blocks = NULL;
@@ -433,10 +450,13 @@ mfdcomp_recv_packets(PyObject *self, PyObject *args)
         loop.payload_buffer = payload_buffer.buf;
         loop.max_payload = payload_buffer.len;
     }
-    if (loop.fd < 0 ? !PyCallable_Check(reader_obj) : reader_obj != Py_None) {
-        PyErr_SetString(PyExc_ValueError, "a socket (fd >= 0) or a reader (fd -1), not both");
+    int sources = (reader_obj != Py_None) + (tls_obj != Py_None);
+    if (loop.fd < 0 ? sources != 1 || (reader_obj != Py_None && !PyCallable_Check(reader_obj)) : sources != 0) {
+        PyErr_SetString(PyExc_ValueError, "a socket (fd >= 0), or a reader or a TLS session (fd -1)");
         goto done;
     }
+    if (tls_obj != Py_None && mfdcomp_tls_take(tls_obj, &loop.tls) < 0)
+        goto done;
     if (reader_obj != Py_None)
         loop.reader = reader_obj;
     if (loop.page_size <= 0 || loop.capacity <= 0 || loop.capacity > (1 << 20) || loop.max_packets <= 0) {
@@ -478,7 +498,7 @@ mfdcomp_recv_packets(PyObject *self, PyObject *args)
         result = Py_BuildValue("(inLLLLLLLLnN)", loop.status, loop.given_back, (long long)loop.err, t->packets,
                                t->sync_packets, t->pages_packets, t->normal, t->zero, t->payload, t->wire,
                                loop.failed_pages, loop.raised);
-    else if (loop.status == CODEC_FAILED)
+    else if (loop.status == CODEC_FAILED || loop.status == TLS_FAILED)
         result = Py_BuildValue("(inLLLLLLLLns)", loop.status, loop.given_back, (long long)loop.err, t->packets,
                                t->sync_packets, t->pages_packets, t->normal, t->zero, t->payload, t->wire,
                                loop.failed_pages, loop.problem[0] ? loop.problem : "the codec failed without a message");

@@ -539,6 +539,8 @@ static PyMethodDef methods[] = {
      "send_packets(fd, block, batches, page_size, capacity, detect_zero, first_packet_num, name_field, table, "
      "zero_digest[, flags, compressor, out]) -> tuple: send_packet for each batch, the GIL released once "
      "(mfdcomp/_sendloop.c)."},
+    {"tls_bind", mfdcomp_tls_bind, METH_O,
+     "tls_bind(path) -> str | None: bind to the OpenSSL of the _ssl module at path; why not, or None."},
     {"recv_packets", mfdcomp_recv_packets, METH_VARARGS,
      "recv_packets(fd, header, staging, blocks, page_size, capacity, max_packets, zero_digest[, codec_flag, "
      "payload_buffer, decompressor, reader]) -> tuple: RAM packets from a socket or a reader into the targets "

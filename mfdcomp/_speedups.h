@@ -67,6 +67,25 @@ typedef struct {
                       size_t error_size);
 } mfdcomp_decompressor;
 
+/* A TLS session a compiled loop reads itself (mfdcomp/_tlsdirect.c): OpenSSL's SSL*, its socket, the longest
+ * wait for it. Used only while the caller holds the session's lock. */
+struct mfdcomp_tls {
+    void *ssl;
+    int fd, timeout_ms;
+};
+
+/* tls_bind(path): see mfdcomp/_tlsdirect.c. */
+PyObject *mfdcomp_tls_bind(PyObject *self, PyObject *arg);
+
+/* A session spec (sslobj, owner, fd, timeout_ms) into *tls, checked; 0, or -1 with ValueError. */
+int mfdcomp_tls_take(PyObject *spec, struct mfdcomp_tls *tls);
+
+/* Up to size bytes of the session into buf, waiting for the socket as needed (no GIL): the count, size unless
+ * the session ended (close_notify, or the socket's end); or -1 - (the count read) when a wait timed out
+ * (*err ETIMEDOUT), polling failed (*err its errno), or OpenSSL failed (its reason in problem). */
+Py_ssize_t mfdcomp_tls_read(const struct mfdcomp_tls *tls, unsigned char *buf, Py_ssize_t size, int *err,
+                            char *problem, size_t problem_size);
+
 /* recv_packets(...): see mfdcomp/_recvloop.c. send_packet(...), send_packets(...): see mfdcomp/_sendloop.c. */
 PyObject *mfdcomp_recv_packets(PyObject *self, PyObject *args);
 PyObject *mfdcomp_send_packet(PyObject *self, PyObject *args);

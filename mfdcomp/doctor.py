@@ -310,6 +310,22 @@ def speedups_finding() -> Finding:
     return Finding(CODECS, "per-packet hot paths", Status.INFO, speedups.status(), advice)
 
 
+def tls_reads_finding() -> Finding | None:
+    """Whether the compiled receive loop reads TLS sessions itself (mfdcomp/_tlsdirect.c); None without it."""
+    import ssl
+
+    from mfdcomp import speedups
+
+    if speedups.compiled() is None:
+        return None
+    why = speedups.bind_tls()
+    if why is None:
+        detail = f"read by the compiled loop itself, through the {ssl.OPENSSL_VERSION} of Python's ssl"
+        return Finding(CODECS, "TLS channel reads", Status.OK, detail)
+    detail = f"through Python's ssl, a call per 16 KiB record: {why}"
+    return Finding(CODECS, "TLS channel reads", Status.INFO, detail, "a Python whose ssl module is a shared _ssl")
+
+
 def diagnose(
     root: Path = Path("/"),
     registry: Registry | None = None,
@@ -345,6 +361,7 @@ def diagnose(
         + iommu_findings(root, sorted(needed_by), uses)
         + codec_findings(reports, registry, sections)
         + [speedups_finding()]
+        + [f for f in [tls_reads_finding()] if f is not None]
         + failures
     )
     order = [*areas, *CORE_AREAS]

@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from types import ModuleType
 
-__all__ = ["ENV", "compiled", "import_compiled", "load", "status"]
+__all__ = ["ENV", "bind_tls", "compiled", "import_compiled", "load", "status"]
 
 ENV = "MFDCOMP_PURE_PYTHON"
 
@@ -53,3 +53,21 @@ def compiled() -> ModuleType | None:
 
 def status() -> str:
     return _STATUS
+
+
+_TLS: list[str | None] = []  # bind_tls's answer, once given
+
+
+def bind_tls() -> str | None:
+    """None when the compiled loops may read TLS sessions themselves, else why not (mfdcomp/_tlsdirect.c).
+
+    They call the OpenSSL that Python's ssl module loaded, found from the _ssl module's file (bound once).
+    """
+    if not _TLS:
+        if _MODULE is None:
+            _TLS.append(_STATUS)
+        else:
+            import _ssl  # the C module behind ssl: its file is the one linked to that OpenSSL
+
+            _TLS.append(_MODULE.tls_bind(getattr(_ssl, "__file__", None)))
+    return _TLS[0]

@@ -5,8 +5,9 @@ real destination channel thread over a real socket twice: with the compiled loop
 alone. Both must end the same way (no error, or the same error type and message) and leave the same target
 bytes, received flags, page digests and counters. Codecs: nocomp, and zstd on its compiled streams, whose
 packet_decompressor the compiled loop calls where the Python loop calls recv. Transports: a plain socket,
-which the compiled loop reads itself, and TLS, which it reads through the stream's read_some (the bytes of
-a packet it leaves handed back with unread), with the same inputs, and one whose TLS breaks mid-stream.
+which the compiled loop reads itself; TLS, whose session it reads itself through OpenSSL (mfdcomp/_tlsdirect.c);
+and TLS where OpenSSL is not bound, read through the stream's read_some (the bytes of a packet it leaves
+handed back with unread): the same inputs, and one whose TLS breaks mid-stream.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ pytestmark = pytest.mark.skipif(speedups.compiled() is None, reason="mfdcomp._sp
 
 COMPILED_ZSTD = ZstdCodec(impl=LIBZSTD).implementation is not None
 CODECS = ["none", pytest.param("zstd", marks=pytest.mark.skipif(not COMPILED_ZSTD, reason="no compiled zstd here"))]
-TRANSPORTS = ["socket", "tls"]
+TRANSPORTS = ["socket", "tls", "tls-read-some"]
+TLS_TRANSPORTS = ["tls", "tls-read-some"]
 
 
 def codec_of(name: str) -> Codec:
@@ -97,9 +99,12 @@ class CountingCompiled:
         self._module = module
         self.packets = 0
 
+        self.direct_calls = 0  # of them, those that read a TLS session themselves
+
     def recv_packets(self, *args: Any) -> tuple[int, ...]:
         result: tuple[int, ...] = self._module.recv_packets(*args)
         self.packets += result[3]
+        self.direct_calls += len(args) > 12 and args[12] is not None
         return result
 
 
@@ -161,6 +166,15 @@ def run_channel(
 ) -> RecvChannel:
     """A real destination channel thread reads ``data`` from a real socket into ``memory``, to its end."""
     stream, writer = _feed(data) if transport == "socket" else _feed_tls(data, garbage_at)
+    with pytest.MonkeyPatch.context() as patch:
+        if transport == "tls-read-some":  # as where the OpenSSL of Python's ssl can't be bound
+            patch.setattr(speedups, "bind_tls", lambda: "not bound in this test")
+        return _run(stream, writer, limits, memory, fast, codec)
+
+
+def _run(
+    stream: Stream, writer: threading.Thread, limits: ReceiverLimits, memory: TargetMemory, fast: bool, codec: str
+) -> RecvChannel:
     channel = RecvChannel(
         0,
         stream,
@@ -428,9 +442,11 @@ def test_a_stream_cut_inside_a_packet_ends_the_same(cut: int, transport: str) ->
     assert outcome.error is not None and outcome.error[0] == "TruncatedError"
 
 
+@pytest.mark.parametrize("transport", TLS_TRANSPORTS)
 @pytest.mark.parametrize("where", ["start", "first-bytes", "rest-of-header", "payload", "last-byte"])
-def test_tls_broken_inside_a_packet_ends_the_same(where: str, counting: CountingCompiled) -> None:
-    """The compiled loop's reader raises (the TLS stream's error): the same error and counts as the Python loop."""
+def test_tls_broken_inside_a_packet_ends_the_same(where: str, transport: str, counting: CountingCompiled) -> None:
+    """OpenSSL fails a read of the compiled loop (its own, or the reader's): the same error and counts as the
+    Python loop's."""
     seed = next(s for s in nocomp_seeds() if s.name.startswith("mfdcomp/"))
     data = _without_init(seed.data)
     start = seed.bounds[2] - seed.bounds[1]  # the second packet
@@ -438,8 +454,10 @@ def test_tls_broken_inside_a_packet_ends_the_same(where: str, counting: Counting
     header = ram_packet_size(seed.limits.page_size)
     assert length > header + 1, "the second packet carries pages"
     cut = {"start": 0, "first-bytes": 5, "rest-of-header": 100, "payload": header + 1, "last-byte": length - 1}[where]
-    outcome = assert_same(data, seed.limits, f"garbage at {cut}", transport="tls", garbage_at=start + cut)
+    outcome = assert_same(data, seed.limits, f"garbage at {cut}", transport=transport, garbage_at=start + cut)
     assert outcome.error is not None and outcome.error[0] == "TlsError", outcome.error
+    assert "decryption failed or bad record mac" in outcome.error[1], outcome.error
+    assert bool(counting.direct_calls) == (transport == "tls"), "the session read by the loop itself, or not"
     # The second packet counts once its header is in, as the Python loop counts it before its payload.
     assert outcome.stats["packets"] == (1 if cut < header else 2)
     assert counting.packets == outcome.stats["packets"], "the compiled loop took the packets"
@@ -516,10 +534,12 @@ def test_recv_packets_refuses_short_buffers() -> None:
         short = (b"pc.ram", 8192, -1, memoryview(bytearray(4096)), np.zeros(2, np.bool_), None)
         with pytest.raises(ValueError, match="too short"):
             compiled.recv_packets(*args[:3], [short], *args[4:])
-        with pytest.raises(ValueError, match="not both"):
+        with pytest.raises(ValueError, match="a socket"):
             compiled.recv_packets(*args, 0, None, None, lambda view: 0)  # a socket and a reader
-        with pytest.raises(ValueError, match="not both"):
+        with pytest.raises(ValueError, match="a socket"):
             compiled.recv_packets(-1, *args[1:], 0, None, None, None)  # neither
+        with pytest.raises(ValueError, match="a socket"):
+            compiled.recv_packets(-1, *args[1:], 0, None, None, lambda view: 0, (None, None, 0, 0))  # both
 
 
 def test_a_reader_that_misbehaves_ends_the_loop_with_its_error() -> None:

@@ -1,8 +1,10 @@
 """A destination channel's packets through the compiled loop (mfdcomp/_recvloop.c).
 
 The Python loop in mfdcomp.engine.destination is the reference; this one reads
-packet after packet from a plain socket without the GIL (from a TLS stream
-through its read_some, the GIL taken for each read), and leaves to it every
+packet after packet from a plain socket or a TLS session (through the OpenSSL
+Python's ssl loaded: mfdcomp/_tlsdirect.c) without the GIL (where that OpenSSL
+can't be bound, through the TLS stream's read_some, the GIL taken for each
+read), and leaves to it every
 packet it does not take whole (a device-state packet, one that fails a check,
 the end of the stream), handing back the bytes it read of that packet. Used
 when the compiled module is there, the codec is nocomp or its context offers a
@@ -13,6 +15,7 @@ payload the codec's decompressor refuses is its CodecError, as recv's would be.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -22,7 +25,7 @@ from mfdcomp.errors import CodecError
 from mfdcomp.methods import CodecPath, PacketDecompressor
 from mfdcomp.methods.nocomp import NocompMethods
 from mfdcomp.pagedigest import zero_page_digest
-from mfdcomp.transport.base import DescriptorStream, ReaderStream
+from mfdcomp.transport.base import DescriptorStream, ReaderStream, TlsReaderStream
 from mfdcomp.wire import NOCOMP, Flag, ram_packet_size
 
 if TYPE_CHECKING:
@@ -33,7 +36,7 @@ if TYPE_CHECKING:
 # against 0.2776 s for 32 and 0.2857 s against 0.2780 s for 32 against 64 (8 alternating pairs each).
 BATCH = 64
 
-_MORE, _SYNC, _SLOW, _FAILED, _STORE_FAILED, _CODEC_FAILED, _RAISED = range(7)
+_MORE, _SYNC, _SLOW, _FAILED, _STORE_FAILED, _CODEC_FAILED, _RAISED, _TLS_FAILED = range(8)
 
 
 class FastReceive:
@@ -54,10 +57,11 @@ class FastReceive:
         self._staging = staging
         self._decoder = decoder  # capsule None: nocomp, the pages are the payload
         self._payload = payload  # a compressed payload's bytes (the Python loop's buffer for them)
-        # A socket is read by the loop itself; a TLS stream through its read_some. Looked at once: isinstance
-        # against a Protocol costs tens of microseconds.
+        # A socket is read by the loop itself, a TLS session too where OpenSSL is bound, any other stream through
+        # its read_some. Looked at once: isinstance against a Protocol costs tens of microseconds.
         self._descriptor = stream if isinstance(stream, DescriptorStream) else None
         self._reader = None if isinstance(stream, DescriptorStream) else stream.read_some
+        self._tls = stream if isinstance(stream, TlsReaderStream) and speedups.bind_tls() is None else None
         self._codec_args: tuple[object, ...] = (
             (0, None, None) if decoder.capsule is None else (channel.limits.codec_flag, payload, decoder.capsule)
         )
@@ -118,20 +122,22 @@ class FastReceive:
                 if readable is None:  # bytes are queued in front of the socket: the Python loop takes them
                     return
                 fd = readable
-            status, back, err, packets, syncs, pages_packets, normal, zero, payload, wire, failed, problem = (
-                compiled.recv_packets(
-                    fd,
-                    self._header,
-                    self._staging,
-                    self._blocks,
-                    ps,
-                    limits.capacity,
-                    BATCH,
-                    self._zero_digest,
-                    *self._codec_args,
-                    self._reader,
+            with self._tls.direct_session() if self._tls is not None else contextlib.nullcontext() as tls:
+                status, back, err, packets, syncs, pages_packets, normal, zero, payload, wire, failed, problem = (
+                    compiled.recv_packets(
+                        fd,
+                        self._header,
+                        self._staging,
+                        self._blocks,
+                        ps,
+                        limits.capacity,
+                        BATCH,
+                        self._zero_digest,
+                        *self._codec_args,
+                        self._reader if tls is None else None,
+                        tls,
+                    )
                 )
-            )
             stats.packets += packets
             stats.sync_packets += syncs
             stats.normal_pages += normal
@@ -147,10 +153,12 @@ class FastReceive:
             elif status == _SLOW:
                 self._give_back(back)
                 return
-            elif status == _FAILED:
-                assert self._descriptor is not None
+            elif status == _FAILED and self._descriptor is not None:
                 error = OSError(err, os.strerror(err))
                 raise self._descriptor.recv_error(error) from error
+            elif status in (_FAILED, _TLS_FAILED):  # a TLS session's own read: its errno, or OpenSSL's reason
+                assert self._tls is not None
+                raise self._tls.read_failed(err, problem if status == _TLS_FAILED else None)
             elif status == _RAISED:  # the reader's own error, as the Python loop's read raises it
                 assert isinstance(problem, BaseException)
                 raise problem

@@ -9,6 +9,7 @@ thread blocked in the stream with a :class:`ChannelError`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol, runtime_checkable
 
 from typing_extensions import Buffer
@@ -82,6 +83,17 @@ class ReaderStream(Stream, Protocol):
 
     def unread(self, data: bytes) -> None:
         """Put ``data`` back in front of the stream: the next reads return it first."""
+
+
+@runtime_checkable
+class TlsReaderStream(ReaderStream, Protocol):
+    """A TLS stream whose session the compiled receive loop may read itself (mfdcomp/_tlsdirect.c)."""
+
+    def direct_session(self) -> AbstractContextManager[tuple[object, object, int, int] | None]:
+        """The session spec the loop reads, held while the context lasts; None where read_some must serve."""
+
+    def read_failed(self, err: int, reason: str | None) -> ChannelError:
+        """The error a direct read raises that failed with errno ``err`` or OpenSSL's ``reason``."""
 
 
 class Listener(Protocol):

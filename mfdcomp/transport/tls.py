@@ -17,10 +17,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import math
 import os
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -269,6 +270,27 @@ class TlsStream:
                 break
             got += n
         return got
+
+    @contextlib.contextmanager
+    def direct_session(self) -> Iterator[tuple[object, object, int, int] | None]:
+        """(sslobj, owner, fd, timeout_ms) of the session, for the compiled loop to read it itself (it is this
+        stream's only reader and nothing writes, as for read_some), held while the context lasts; None where
+        read_some must serve: bytes put back, a memory-BIO session, one shut down."""
+        conn = self.conn
+        if self._peeked or not isinstance(conn, SocketTlsConnection) or conn.shut:
+            yield None
+            return
+        with conn.held_alone() as tls:
+            sslobj = getattr(tls, "_sslobj", None)
+            timeout = conn.recv_timeout
+            wait_ms = -1 if timeout is None else max(0, math.ceil(timeout * 1000))
+            yield None if sslobj is None else (sslobj, tls, tls.fileno(), wait_ms)
+
+    def read_failed(self, err: int, reason: str | None) -> ChannelError:
+        """As the read path raises it: OpenSSL's ``reason``, or errno ``err`` (ETIMEDOUT: the idle timeout)."""
+        if reason is not None:
+            return self.conn.failure(reason)
+        return self._error(OSError(err, os.strerror(err)))
 
     def unread(self, data: bytes) -> None:
         self._peeked[:0] = data

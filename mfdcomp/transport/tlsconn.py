@@ -35,7 +35,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 from typing_extensions import Buffer
@@ -155,11 +155,17 @@ class TlsSession(abc.ABC):
         if self.shut:
             return TlsError(f"{self.name}: shut down")
         reason = _reason(exc)
-        if "alert" in reason:
-            return TlsError(f"{self.name}: the peer refused the TLS session: {reason}")
-        if handshake and getattr(exc, "verify_message", None):
+        if handshake and getattr(exc, "verify_message", None) and "alert" not in reason:
             whose = "source's (client)" if self.server_side else "destination's (server)"
             return TlsError(f"{self.name}: TLS handshake failed: the {whose} certificate was refused: {reason}")
+        return self.failure(reason, handshake)
+
+    def failure(self, reason: str, handshake: bool = False) -> TlsError:
+        """The error for OpenSSL's ``reason`` (its text, as ``_reason`` gives it): an alert is the peer's refusal."""
+        if self.shut:
+            return TlsError(f"{self.name}: shut down")
+        if "alert" in reason:
+            return TlsError(f"{self.name}: the peer refused the TLS session: {reason}")
         if handshake:
             return TlsError(f"{self.name}: TLS handshake failed: {reason}")
         return TlsError(f"{self.name}: TLS: {reason}")
@@ -280,6 +286,21 @@ class SocketTlsConnection(TlsSession):
                 return got
             if not self._wait(events, self._recv_timeout):
                 raise TimeoutError(f"{self.name}: nothing received for {self._recv_timeout:g} s")
+
+    @contextlib.contextmanager
+    def held_alone(self) -> Iterator[ssl.SSLSocket]:
+        """The session, for a compiled reader that calls OpenSSL itself (mfdcomp/_tlsdirect.c) in recv_alone's
+        mode: the lock is held while the context lasts, so nothing else calls into it meanwhile."""
+        tls = self._session
+        with self._lock:
+            if not self._alone:
+                tls.settimeout(self._recv_timeout)
+                self._alone = True
+            yield tls
+
+    @property
+    def recv_timeout(self) -> float | None:
+        return self._recv_timeout
 
     def recv_alone(self, view: memoryview) -> int:
         """As recv_into, for a connection that this thread alone reads and nobody writes meanwhile, and
