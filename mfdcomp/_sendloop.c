@@ -137,6 +137,8 @@ pack(const struct iovec *iov, int iovcnt, unsigned char *out, Py_ssize_t room, i
 struct sender {
     int fd, detect_zero, hashing, packing;
     Py_buffer block, name, zero_digest, table, out;
+    struct mfdcomp_tls tls; /* a TLS session written here (ssl NULL: none) */
+    unsigned char *gather;  /* its small pieces, gathered (GATHER bytes) */
     const mfdcomp_compressor *compressor;
     Py_ssize_t page_size, capacity, header_size;
     uint32_t flags;
@@ -145,16 +147,58 @@ struct sender {
 };
 
 /* What one packet came to: its pages, the bytes written (or packed), why it stopped (errno, or the
- * compressor's message in problem with payload -1). */
+ * compressor's message in problem with payload -1, or OpenSSL's reason in problem with err TLS_REASON). */
 struct sent {
     Py_ssize_t normal, zero, written, payload;
     int err;
 };
 
+#define TLS_REASON (-1) /* sent.err: OpenSSL failed, its reason in problem */
+#define RECORD (16 << 10) /* TLS's largest record of plaintext */
+#define GATHER (64 << 10)
+
+/* The packet's pieces through the TLS session: a piece of a record or more as it is (OpenSSL cuts it into
+ * records, encrypting straight from the pages or the codec's output), smaller ones (the header, lone pages)
+ * gathered first, so that each does not cost a record of its own. The bytes written, all of them unless it
+ * failed (*err). */
+static Py_ssize_t
+tls_writev(struct sender *s, const struct iovec *iov, int iovcnt, int *err, char *problem, size_t problem_size)
+{
+    Py_ssize_t sent = 0;
+    size_t used = 0;
+    for (int k = 0; k <= iovcnt; k++) {
+        size_t n = k < iovcnt ? iov[k].iov_len : 0;
+        if (k < iovcnt && n < RECORD && used + n <= GATHER) {
+            memcpy(s->gather + used, iov[k].iov_base, n);
+            used += n;
+            continue;
+        }
+        if (used > 0) { /* before a piece that is not gathered, and at the end */
+            if (mfdcomp_tls_write(&s->tls, s->gather, used, err, problem, problem_size) < 0)
+                break;
+            sent += (Py_ssize_t)used;
+            used = 0;
+        }
+        if (k == iovcnt)
+            break;
+        if (n < RECORD) {
+            memcpy(s->gather, iov[k].iov_base, n);
+            used = n;
+        } else if (mfdcomp_tls_write(&s->tls, iov[k].iov_base, n, err, problem, problem_size) < 0) {
+            break;
+        } else {
+            sent += (Py_ssize_t)n;
+        }
+    }
+    if (problem[0] && *err == 0)
+        *err = TLS_REASON;
+    return sent;
+}
+
 /* Arguments after fd, block and the offsets, as send_packet and send_packets take them. 0, or -1 with the
  * error set (the caller releases the sender either way). */
 static int
-sender_start(struct sender *s, PyObject *table_obj, PyObject *compressor_obj, PyObject *out_obj)
+sender_start(struct sender *s, PyObject *table_obj, PyObject *compressor_obj, PyObject *out_obj, PyObject *tls_obj)
 {
     /* Set as each buffer is acquired: sender_release releases those. */
     s->hashing = s->packing = 0;
@@ -174,10 +218,19 @@ sender_start(struct sender *s, PyObject *table_obj, PyObject *compressor_obj, Py
     if (compressor_obj != Py_None &&
         (s->compressor = PyCapsule_GetPointer(compressor_obj, MFDCOMP_COMPRESSOR_CAPSULE)) == NULL)
         return -1;
+    if (tls_obj != Py_None && (s->packing || mfdcomp_tls_take(tls_obj, &s->tls) < 0)) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "a TLS session or out, not both");
+        return -1;
+    }
     if (s->page_size <= 0 || s->page_size % 8 || s->capacity <= 0 || s->capacity > (1 << 20) ||
-        s->name.len != NAME_LEN || s->zero_digest.len != 16 || (s->packing ? s->fd != -1 : s->fd < 0) ||
-        (s->flags & FLAG_SYNC)) {
+        s->name.len != NAME_LEN || s->zero_digest.len != 16 ||
+        (s->packing || s->tls.ssl != NULL ? s->fd != -1 : s->fd < 0) || (s->flags & FLAG_SYNC)) {
         PyErr_SetString(PyExc_ValueError, "bad page_size, capacity, name field, zero digest, fd (or out) or flags");
+        return -1;
+    }
+    if (s->tls.ssl != NULL && (s->gather = PyMem_Malloc(GATHER)) == NULL) {
+        PyErr_NoMemory();
         return -1;
     }
     s->header_size = FIXED_SIZE + 8 * s->capacity;
@@ -197,13 +250,14 @@ sender_start(struct sender *s, PyObject *table_obj, PyObject *compressor_obj, Py
 static int
 sender_parse(struct sender *s, PyObject *args, const char *format, PyObject **pages_obj, unsigned long long *number)
 {
-    PyObject *table_obj, *compressor_obj = Py_None, *out_obj = Py_None;
+    PyObject *table_obj, *compressor_obj = Py_None, *out_obj = Py_None, *tls_obj = Py_None;
     unsigned int flags = 0;
     if (!PyArg_ParseTuple(args, format, &s->fd, &s->block, pages_obj, &s->page_size, &s->capacity, &s->detect_zero,
-                          number, &s->name, &table_obj, &s->zero_digest, &flags, &compressor_obj, &out_obj))
+                          number, &s->name, &table_obj, &s->zero_digest, &flags, &compressor_obj, &out_obj,
+                          &tls_obj))
         return -1;
     s->flags = flags;
-    return sender_start(s, table_obj, compressor_obj, out_obj);
+    return sender_start(s, table_obj, compressor_obj, out_obj, tls_obj);
 }
 
 /* Everything sender_parse acquired. */
@@ -213,6 +267,7 @@ sender_release(struct sender *s)
     PyMem_Free(s->packet);
     PyMem_Free(s->zero);
     PyMem_Free(s->iov);
+    PyMem_Free(s->gather);
     if (s->hashing)
         PyBuffer_Release(&s->table);
     if (s->packing)
@@ -304,6 +359,8 @@ one_packet(struct sender *s, Py_ssize_t *offsets, Py_ssize_t count, unsigned lon
     if (s->packing) {
         r.written = pack(iov, iovcnt, (unsigned char *)s->out.buf + *packed, s->out.len - *packed, &r.err);
         *packed += r.written;
+    } else if (s->tls.ssl != NULL) {
+        r.written = tls_writev(s, iov, iovcnt, &r.err, problem, problem_size);
     } else {
         r.written = sendmsg_all(s->fd, iov, iovcnt, &r.err);
     }
@@ -327,7 +384,7 @@ mfdcomp_send_packet(PyObject *self, PyObject *args)
     unsigned long long packet_num;
     Py_ssize_t *offsets = NULL, count = 0;
     (void)self;
-    if (sender_parse(&s, args, "iy*OnnpKy*Oy*|IOO:send_packet", &offsets_obj, &packet_num) < 0 ||
+    if (sender_parse(&s, args, "iy*OnnpKy*Oy*|IOOO:send_packet", &offsets_obj, &packet_num) < 0 ||
         (offsets = batch_offsets(&s, offsets_obj, &count)) == NULL)
         goto done;
     char problem[256] = "";
@@ -350,6 +407,8 @@ mfdcomp_send_packet(PyObject *self, PyObject *args)
     if (r.payload < 0)
         result = Py_BuildValue("(nnniNns)", r.normal, r.zero, (Py_ssize_t)0, 0, ordered, (Py_ssize_t)0,
                                problem[0] ? problem : "the compressor failed without a message");
+    else if (r.err == TLS_REASON)
+        result = Py_BuildValue("(nnniNns)", r.normal, r.zero, r.written, r.err, ordered, r.payload, problem);
     else
         result = Py_BuildValue("(nnniNnO)", r.normal, r.zero, r.written, r.err, ordered, r.payload, Py_None);
 done:
@@ -366,7 +425,7 @@ mfdcomp_send_packets(PyObject *self, PyObject *args)
     unsigned long long first_num;
     Py_ssize_t **offsets = NULL, *counts = NULL, nbatches = 0;
     (void)self;
-    if (sender_parse(&s, args, "iy*OnnpKy*Oy*|IOO:send_packets", &batches_obj, &first_num) < 0)
+    if (sender_parse(&s, args, "iy*OnnpKy*Oy*|IOOO:send_packets", &batches_obj, &first_num) < 0)
         goto done;
     seq = PySequence_Fast(batches_obj, "batches must be a sequence of offset lists");
     if (seq == NULL)
@@ -405,9 +464,10 @@ mfdcomp_send_packets(PyObject *self, PyObject *args)
         pages_packets += r.normal > 0;
     }
     Py_END_ALLOW_THREADS
-    if (r.payload < 0)
+    if (r.payload < 0 || r.err == TLS_REASON)
         result = Py_BuildValue("(nnnnnnis)", packets, pages_packets, total.normal, total.zero, total.written,
-                               total.payload, 0, problem[0] ? problem : "the compressor failed without a message");
+                               total.payload, r.payload < 0 ? 0 : r.err,
+                               problem[0] ? problem : "the compressor failed without a message");
     else
         result = Py_BuildValue("(nnnnnniO)", packets, pages_packets, total.normal, total.zero, total.written,
                                total.payload, r.err, Py_None);

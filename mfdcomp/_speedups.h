@@ -86,6 +86,12 @@ int mfdcomp_tls_take(PyObject *spec, struct mfdcomp_tls *tls);
 Py_ssize_t mfdcomp_tls_read(const struct mfdcomp_tls *tls, unsigned char *buf, Py_ssize_t size, int *err,
                             char *problem, size_t problem_size);
 
+/* All size bytes of buf through the session, waiting for the socket as needed (no GIL): 0; or -1 when a wait
+ * timed out (*err ETIMEDOUT), the socket failed (*err its errno, EPIPE for a peer gone without one), or
+ * OpenSSL failed (its reason in problem). */
+int mfdcomp_tls_write(const struct mfdcomp_tls *tls, const unsigned char *buf, size_t size, int *err, char *problem,
+                      size_t problem_size);
+
 /* recv_packets(...): see mfdcomp/_recvloop.c. send_packet(...), send_packets(...): see mfdcomp/_sendloop.c. */
 PyObject *mfdcomp_recv_packets(PyObject *self, PyObject *args);
 PyObject *mfdcomp_send_packet(PyObject *self, PyObject *args);

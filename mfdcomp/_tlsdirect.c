@@ -1,4 +1,4 @@
-/* Reading a TLS session from the compiled loops without the GIL, through the OpenSSL that Python's ssl uses.
+/* Reading and writing TLS sessions in the compiled loops without the GIL, through the OpenSSL Python's ssl uses.
  *
  * OpenSSL returns one record (16 KiB at most) per SSL_read, so a TLS channel read through ssl costs a Python
  * call and a GIL hand-off per record: a 512 KiB payload is 32 of them. Here the compiled loop calls SSL_read_ex
@@ -16,7 +16,10 @@
  *     Binds to the library of the _ssl module at path (None: the program itself, for an _ssl built in); None
  *     when bound, else why not. Once bound, later calls return None at once.
  *
- * A session spec, as recv_packets takes it: (sslobj, owner, fd, timeout_ms), sslobj the owner's _sslobj,
+ * The source's compiled loop writes a TLS channel the same way (SSL_write_ex, the session's send lock and lock
+ * held), its packets' pieces straight from the pages or the codec's output, without packing them first.
+ *
+ * A session spec, as recv_packets and send_packets take it: (sslobj, owner, fd, timeout_ms), sslobj the owner's _sslobj,
  * owner the ssl.SSLSocket, fd its descriptor, timeout_ms the longest wait for the socket (-1: none).
  */
 #include "_speedups.h"
@@ -32,6 +35,7 @@ enum { E_SSL = 1, E_WANT_READ = 2, E_WANT_WRITE = 3, E_SYSCALL = 5, E_ZERO_RETUR
 
 static struct {
     int (*read_ex)(void *ssl, void *buf, size_t num, size_t *readbytes);
+    int (*write_ex)(void *ssl, const void *buf, size_t num, size_t *written);
     int (*get_error)(const void *ssl, int ret);
     int (*get_rfd)(const void *ssl);
     unsigned long (*peek_last_error)(void);
@@ -52,10 +56,10 @@ mfdcomp_tls_bind(PyObject *self, PyObject *arg)
     void *library = dlopen(path, RTLD_NOW | (path != NULL ? RTLD_NOLOAD : 0));
     if (library == NULL)
         return PyUnicode_FromFormat("%s is not loaded (%s)", path ? path : "the program", dlerror());
-    const char *names[] = {"SSL_read_ex",        "SSL_get_error",           "SSL_get_rfd",
-                           "ERR_peek_last_error", "ERR_reason_error_string", "ERR_clear_error"};
-    void *found[6];
-    for (size_t k = 0; k < 6; k++) {
+    const char *names[] = {"SSL_read_ex",         "SSL_get_error",           "SSL_get_rfd",    "ERR_peek_last_error",
+                           "ERR_reason_error_string", "ERR_clear_error", "SSL_write_ex"};
+    void *found[7];
+    for (size_t k = 0; k < 7; k++) {
         found[k] = dlsym(library, names[k]);
         if (found[k] == NULL) {
             dlclose(library);
@@ -69,6 +73,7 @@ mfdcomp_tls_bind(PyObject *self, PyObject *arg)
     *(void **)&api.peek_last_error = found[3];
     *(void **)&api.reason_error_string = found[4];
     *(void **)&api.clear_error = found[5];
+    *(void **)&api.write_ex = found[6];
     bound = 1;
     Py_RETURN_NONE;
 }
@@ -174,4 +179,44 @@ mfdcomp_tls_read(const struct mfdcomp_tls *tls, unsigned char *buf, Py_ssize_t s
         return -got - 1;
     }
     return got;
+}
+
+int
+mfdcomp_tls_write(const struct mfdcomp_tls *tls, const unsigned char *buf, size_t size, int *err, char *problem,
+                  size_t problem_size)
+{
+    api.clear_error();
+    while (size > 0) {
+        size_t n = 0;
+        /* Not partial writes (ssl's mode): all of it, or a failure after which the same bytes are offered
+         * again, OpenSSL having kept what it encrypted. */
+        int ok = api.write_ex(tls->ssl, buf, size, &n);
+        if (ok == 1) {
+            buf += n;
+            size -= n;
+            continue;
+        }
+        int saved = errno;
+        int kind = api.get_error(tls->ssl, ok);
+        if (kind == E_WANT_WRITE || kind == E_WANT_READ) {
+            int ready = wait_fd(tls->fd, kind == E_WANT_WRITE ? POLLOUT : POLLIN, tls->timeout_ms);
+            if (ready > 0)
+                continue;
+            *err = ready == 0 ? ETIMEDOUT : errno;
+            return -1;
+        }
+        unsigned long last = api.peek_last_error();
+        if (kind == E_SYSCALL && last == 0) {
+            *err = saved ? saved : EPIPE; /* the socket's own failure; none: the peer is gone */
+        } else {
+            const char *reason = last ? api.reason_error_string(last) : NULL;
+            if (reason != NULL)
+                snprintf(problem, problem_size, "%s", reason);
+            else
+                snprintf(problem, problem_size, "OpenSSL error %d (code %lx)", kind, last);
+        }
+        api.clear_error();
+        return -1;
+    }
+    return 0;
 }

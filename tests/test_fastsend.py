@@ -4,8 +4,9 @@ The same batches of pages go through a real source engine over a real socket twi
 path and with the Python path alone; the bytes on the wire (init, RAM and SYNC packets, their headers
 with the offsets in the order sent: QEMU's partition), the page digests and the counters must be equal.
 Codecs: nocomp, and zstd on its compiled streams, whose packet_compressor the compiled path calls instead
-of send_prepare. Transports: a plain socket, which the compiled path writes itself, and TLS, which gets
-the packets packed and sends them whole. send_packets itself: the same as a send_packet per batch.
+of send_prepare. Transports: a plain socket, which the compiled path writes itself; TLS, whose session it
+writes itself through OpenSSL (mfdcomp/_tlsdirect.c); and TLS where OpenSSL is not bound, which gets the
+packets packed and sends them whole. send_packets itself: the same as a send_packet per batch.
 """
 
 from __future__ import annotations
@@ -119,8 +120,28 @@ def send(
     reader = threading.Thread(target=read)
     reader.start()
     stream: Stream = SocketStream(ours, "fast")
-    if transport == "tls":
+    if transport != "socket":
         stream = tls_client.wrap(SocketStream(ours, "fast"))
+    with pytest.MonkeyPatch.context() as patch:
+        if transport == "tls-packed":  # as where the OpenSSL of Python's ssl can't be bound
+            patch.setattr(speedups, "bind_tls", lambda: "not bound in this test")
+        return _send_on(stream, block, batches, fast, detect, hashing, again, codec, taken, reader, theirs, received)
+
+
+def _send_on(
+    stream: Stream,
+    block: Block,
+    batches: list[list[int]],
+    fast: bool,
+    detect: bool,
+    hashing: bool,
+    again: bool,
+    codec: str,
+    taken: list[bool] | None,
+    reader: threading.Thread,
+    theirs: socket.socket,
+    received: bytearray,
+) -> Sent:
     digests = PageDigests({block.name: block.memory.nbytes}, PS) if hashing else None
     engine = SourceEngine(
         [stream],
@@ -165,7 +186,7 @@ batch = st.lists(st.integers(0, PAGES - 1).map(lambda k: k * PS), max_size=128) 
 )
 
 
-@pytest.mark.parametrize("transport", ["socket", "tls"])
+@pytest.mark.parametrize("transport", ["socket", "tls", "tls-packed"])
 @pytest.mark.parametrize("codec", CODECS)
 @settings(max_examples=150, deadline=None, derandomize=True, database=None)
 @given(
@@ -189,24 +210,31 @@ def test_both_paths_put_the_same_bytes_on_the_wire(
     assert compiled.wire == pure.wire
 
 
+@pytest.mark.parametrize("transport", ["socket", "tls", "tls-packed"])
 @pytest.mark.parametrize("codec", CODECS)
-def test_the_compiled_path_is_taken(monkeypatch: pytest.MonkeyPatch, codec: str) -> None:
+def test_the_compiled_path_is_taken(monkeypatch: pytest.MonkeyPatch, codec: str, transport: str) -> None:
     module = speedups.compiled()
     assert module is not None
     calls = []
 
     class Counting:
         def send_packets(self, *args: Any) -> Any:
-            calls.append(([len(batch) for batch in args[2]], args[10], args[11] is not None))
+            fd, out, tls = args[0], args[12], args[13]
+            how = "fd" if fd >= 0 else "tls" if tls is not None else "packed" if out is not None else "?"
+            calls.append(([len(batch) for batch in args[2]], args[10], args[11] is not None, how))
             assert module is not None
             return module.send_packets(*args)
 
     monkeypatch.setattr(speedups, "compiled", lambda: Counting())  # the module fastsend asks
     block = make_block([k % 4 for k in range(PAGES)])
-    sent = send(block, [[k * PS for k in range(128)], [PS, 0]], fast=True, detect=True, hashing=True, codec=codec)
+    batches = [[k * PS for k in range(128)], [PS, 0]]
+    sent = send(block, batches, fast=True, detect=True, hashing=True, codec=codec, transport=transport)
     assert sent.error is None
     compressing = codec != "none"
-    assert calls == [([128, 2], 4 * compressing, compressing)]  # both batches in one call
+    how = {"socket": "fd", "tls": "tls", "tls-packed": "packed"}[transport]
+    assert calls[0] == ([128, 2], 4 * compressing, compressing, how)
+    # Both batches in one call, but where a packing buffer fills first (it holds a few packets).
+    assert len(calls) == 1 or how == "packed"
 
 
 def test_zstd_on_python_zstandard_stays_on_the_python_path() -> None:

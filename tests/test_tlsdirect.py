@@ -10,22 +10,29 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import socket
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from test_tlsconn import DEADLINE, creds, pair
+from tls_ends import tls_ends
 
 from mfdcomp import doctor, speedups
+from mfdcomp.engine.source import SourceEngine
 from mfdcomp.errors import ChannelError
+from mfdcomp.methods.nocomp import Nocomp
+from mfdcomp.transport.sockets import SocketStream
 from mfdcomp.transport.tls import TlsStream
 from mfdcomp.transport.tlsconn import SocketTlsConnection, TlsConnection
+from mfdcomp.wire import INIT_SIZE
 
 __all__ = ["creds"]  # the fixture, used by name
 
@@ -176,3 +183,51 @@ def test_doctor_says_why_not_where_openssl_is_not_bound(monkeypatch: pytest.Monk
     assert finding.detail.endswith("a call per 16 KiB record: OpenSSL's SSL_read_ex is not found from the program")
     monkeypatch.setattr(speedups, "compiled", lambda: None)
     assert doctor.tls_reads_finding() is None
+
+
+def _source_over_tls(fast: bool, case: str) -> tuple[str, str]:
+    """One source channel over TLS whose peer, after the init packet, goes (or stops reading): its error."""
+    ours, theirs = socket.socketpair()
+    server, client = tls_ends()
+    release = threading.Event()
+
+    def peer() -> None:
+        stream = server.wrap(SocketStream(theirs, "peer"))
+        stream.accept_handshake(time.monotonic() + DEADLINE)
+        stream.recv_exact_into(memoryview(bytearray(INIT_SIZE)))
+        if case == "peer-stalls":
+            release.wait(DEADLINE)
+        stream.shutdown()
+        stream.close()
+
+    waiter = threading.Thread(target=peer)
+    waiter.start()
+    stream = client.wrap(SocketStream(ours, "source", send_idle_timeout=0.3 if case == "peer-stalls" else None))
+    engine = SourceEngine([stream], Nocomp(), level=None, page_size=4096, uuid=bytes(16), detect_zero_pages=True)
+    engine.fast = fast
+    block = Block("pc.ram", memoryview(os.urandom(64 << 20)))
+    batches = [(block, [(first + k) * 4096 for k in range(128)]) for first in range(0, 16384, 128)]
+    try:
+        with pytest.raises(ChannelError):
+            engine.start()
+            engine.send_round(batches)
+            engine.finish()
+    finally:
+        engine.close()
+        release.set()
+        waiter.join(DEADLINE)
+    error = engine.state.error
+    assert error is not None
+    return type(error).__name__, str(error)
+
+
+@dataclass
+class Block:
+    name: str
+    memory: memoryview
+
+
+@pytest.mark.parametrize("case", ["peer-gone", "peer-stalls"])
+def test_a_tls_source_channel_fails_alike_on_both_paths(case: str) -> None:
+    compiled, pure = (_source_over_tls(fast, case) for fast in (True, False))
+    assert compiled == pure

@@ -25,7 +25,7 @@ from mfdcomp.errors import CodecError
 from mfdcomp.methods import CodecPath, PacketDecompressor
 from mfdcomp.methods.nocomp import NocompMethods
 from mfdcomp.pagedigest import zero_page_digest
-from mfdcomp.transport.base import DescriptorStream, ReaderStream, TlsReaderStream
+from mfdcomp.transport.base import DescriptorStream, DirectTlsStream, ReaderStream
 from mfdcomp.wire import NOCOMP, Flag, ram_packet_size
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ class FastReceive:
         # its read_some. Looked at once: isinstance against a Protocol costs tens of microseconds.
         self._descriptor = stream if isinstance(stream, DescriptorStream) else None
         self._reader = None if isinstance(stream, DescriptorStream) else stream.read_some
-        self._tls = stream if isinstance(stream, TlsReaderStream) and speedups.bind_tls() is None else None
+        self._tls = stream if isinstance(stream, DirectTlsStream) and speedups.bind_tls() is None else None
         self._codec_args: tuple[object, ...] = (
             (0, None, None) if decoder.capsule is None else (channel.limits.codec_flag, payload, decoder.capsule)
         )

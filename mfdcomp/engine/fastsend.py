@@ -6,8 +6,10 @@ hashing) is the reference; here one call does all of it for a channel's next
 GROUP packets with the GIL released once. Used when the compiled module is
 there, the codec is nocomp or its context offers a compiled compressor
 (MultiFDMethods.packet_compressor); MFDCOMP_PURE_PYTHON=1 turns it off with the
-rest. A socket is written by the call itself; any other stream (TLS) gets the
-packets packed into one buffer and sends them whole. Pages are hashed while in
+rest. A socket is written by the call itself, and so is a TLS session where the
+OpenSSL of Python's ssl is bound (mfdcomp/_tlsdirect.c: the pieces of each packet
+through SSL_write, the small ones gathered); any other stream gets the packets
+packed into one buffer and sends them whole. Pages are hashed while in
 the cache: as they are packed, and a codec's before it reads them, not after
 the send as the Python path does; a send that fails then has its pages' digests
 recorded, but it fails the channel, and the session with it, whose digests are
@@ -16,6 +18,7 @@ never compared.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +29,7 @@ from mfdcomp.errors import ChannelError, CodecError
 from mfdcomp.methods import CodecPath, MultiFDMethods, PacketCompressor
 from mfdcomp.methods.nocomp import NocompMethods
 from mfdcomp.pagedigest import zero_page_digest
-from mfdcomp.transport.base import DescriptorStream, Stream
+from mfdcomp.transport.base import DescriptorStream, DirectTlsStream, Stream
 from mfdcomp.wire import ram_packet_size
 from mfdcomp.wire.constants import RAMBLOCK_NAME_LEN
 
@@ -39,7 +42,11 @@ GROUP = 8
 counting it) was about 25 us, a tenth of a nocomp channel's CPU on the 2-core VM."""
 
 _PACKED = 4
-"""Packets a TLS channel's packing buffer holds, besides room for one payload over its pages."""
+"""Packets a packing buffer (a TLS channel's where OpenSSL isn't bound) holds, besides room for one payload over
+its pages."""
+
+_TLS_REASON = -1
+"""send_packets' errno when OpenSSL failed a write, its reason being the problem."""
 
 
 @dataclass(frozen=True)
@@ -70,14 +77,11 @@ class FastSend:
         self._on_sent = on_sent  # set once: counts packets written whole
         # Looked at once: isinstance against a Protocol costs tens of microseconds.
         self._descriptor = stream if isinstance(stream, DescriptorStream) else None
-        # A stream without a descriptor: packets packed here (_PACKED of them, and room for a payload twice
-        # the pages, past any codec's bound), then sent whole.
-        pages = engine.capacity * engine.page_size
-        self._out = (
-            None
-            if self._descriptor is not None
-            else bytearray(_PACKED * (ram_packet_size(engine.page_size) + pages) + pages)
-        )
+        # A TLS session is written by the call itself where OpenSSL is bound (mfdcomp/_tlsdirect.c).
+        self._tls = stream if isinstance(stream, DirectTlsStream) and speedups.bind_tls() is None else None
+        # Any other stream without a descriptor: packets packed here (_PACKED of them, and room for a payload
+        # twice the pages, past any codec's bound), then sent whole. Made at the first packing.
+        self._out: bytearray | None = None
         self._flags = method.flag
         self._compressor = compressor
         self._zero_digest = zero_page_digest(engine.page_size) if engine.page_digests is not None else bytes(16)
@@ -126,37 +130,50 @@ class FastSend:
         table = None if digests is None else digests.tables[block.name]
         number = engine.next_packet_nums(len(batches))  # one counter over all channels: none skipped
         while batches:
-            packets, pages_packets, normal, zero, written, payload, err, problem = compiled.send_packets(
-                fd,
-                block.memory,
-                batches,
-                engine.page_size,
-                engine.capacity,
-                engine.detect_zero_pages,
-                number,
-                field,
-                table,
-                self._zero_digest,
-                self._flags,
-                self._compressor.capsule,
-                self._out,
-            )
-            if self._out is not None and packets:
-                stream.send_all([memoryview(self._out)[:written]])
+            with self._tls.direct_session(writing=True) if self._tls is not None else contextlib.nullcontext() as tls:
+                out = None if self._descriptor is not None or tls is not None else self._packing()
+                packets, pages_packets, normal, zero, written, payload, err, problem = compiled.send_packets(
+                    fd,
+                    block.memory,
+                    batches,
+                    engine.page_size,
+                    engine.capacity,
+                    engine.detect_zero_pages,
+                    number,
+                    field,
+                    table,
+                    self._zero_digest,
+                    self._flags,
+                    self._compressor.capsule,
+                    out,
+                    tls,
+                )
+            if out is not None and packets:
+                stream.send_all([memoryview(out)[:written]])
             if packets:
                 self._on_sent(Sent(packets, pages_packets, normal, zero, written, payload), self._compressor.path)
             batches = batches[packets:]
             number += packets
+            # As the Python path's send_all: nothing counted for a packet that did not go out whole.
+            if err == _TLS_REASON and self._tls is not None:
+                raise self._tls.write_failed(0, problem)
             if problem is not None:  # the codec's own words, as its send_prepare raises them
                 raise CodecError(problem)
+            if err and tls is not None and self._tls is not None:
+                raise self._tls.write_failed(err, None)
             if err and self._descriptor is not None:
-                # As the Python path's send_all: nothing counted for a packet that did not go out whole.
                 error = OSError(err, os.strerror(err))
                 raise self._descriptor.send_error(error) from error
             if err:
-                size = len(self._out or b"")
+                size = len(out or b"")
                 raise ChannelError(f"{stream.name}: a packet does not fit the {size}-byte packing buffer")
         return True
+
+    def _packing(self) -> bytearray:
+        if self._out is None:
+            pages = self._engine.capacity * self._engine.page_size
+            self._out = bytearray(_PACKED * (ram_packet_size(self._engine.page_size) + pages) + pages)
+        return self._out
 
     def _name_field(self, name: str) -> bytes | None:
         """The block name as a RAM packet carries it, or None for one the Python path refuses (too long)."""

@@ -86,14 +86,17 @@ class ReaderStream(Stream, Protocol):
 
 
 @runtime_checkable
-class TlsReaderStream(ReaderStream, Protocol):
-    """A TLS stream whose session the compiled receive loop may read itself (mfdcomp/_tlsdirect.c)."""
+class DirectTlsStream(Stream, Protocol):
+    """A TLS stream whose session the compiled loops may read or write themselves (mfdcomp/_tlsdirect.c)."""
 
-    def direct_session(self) -> AbstractContextManager[tuple[object, object, int, int] | None]:
-        """The session spec the loop reads, held while the context lasts; None where read_some must serve."""
+    def direct_session(self, writing: bool = False) -> AbstractContextManager[tuple[object, object, int, int] | None]:
+        """The session spec a loop reads (or writes), held while the context lasts; None where it can't."""
 
     def read_failed(self, err: int, reason: str | None) -> ChannelError:
         """The error a direct read raises that failed with errno ``err`` or OpenSSL's ``reason``."""
+
+    def write_failed(self, err: int, reason: str | None) -> ChannelError:
+        """The error a direct write raises that failed with errno ``err`` or OpenSSL's ``reason``."""
 
 
 class Listener(Protocol):

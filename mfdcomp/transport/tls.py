@@ -272,17 +272,21 @@ class TlsStream:
         return got
 
     @contextlib.contextmanager
-    def direct_session(self) -> Iterator[tuple[object, object, int, int] | None]:
-        """(sslobj, owner, fd, timeout_ms) of the session, for the compiled loop to read it itself (it is this
-        stream's only reader and nothing writes, as for read_some), held while the context lasts; None where
-        read_some must serve: bytes put back, a memory-BIO session, one shut down."""
+    def direct_session(self, writing: bool = False) -> Iterator[tuple[object, object, int, int] | None]:
+        """(sslobj, owner, fd, timeout_ms) of the session, for a compiled loop to read (or write) it itself,
+        held while the context lasts; None where the loop can't: a memory-BIO session, one shut down, and for
+        reading, bytes put back (read_some returns them first).
+
+        Reading, the loop is the stream's only reader and nothing writes (as for read_some); writing, it is
+        the only writer and nothing reads (a source's multifd channel).
+        """
         conn = self.conn
-        if self._peeked or not isinstance(conn, SocketTlsConnection) or conn.shut:
+        if (self._peeked and not writing) or not isinstance(conn, SocketTlsConnection) or conn.shut:
             yield None
             return
-        with conn.held_alone() as tls:
+        with conn.held_writing() if writing else conn.held_alone() as tls:
             sslobj = getattr(tls, "_sslobj", None)
-            timeout = conn.recv_timeout
+            timeout = conn.send_timeout if writing else conn.recv_timeout
             wait_ms = -1 if timeout is None else max(0, math.ceil(timeout * 1000))
             yield None if sslobj is None else (sslobj, tls, tls.fileno(), wait_ms)
 
@@ -291,6 +295,12 @@ class TlsStream:
         if reason is not None:
             return self.conn.failure(reason)
         return self._error(OSError(err, os.strerror(err)))
+
+    def write_failed(self, err: int, reason: str | None) -> ChannelError:
+        """As send_all raises it: OpenSSL's ``reason``, or errno ``err`` (ETIMEDOUT: the send idle timeout)."""
+        if reason is not None:
+            return self.conn.failure(reason)
+        return self._error(OSError(err, os.strerror(err)), sending=True)
 
     def unread(self, data: bytes) -> None:
         self._peeked[:0] = data

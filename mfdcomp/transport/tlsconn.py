@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import errno
+import os
 import select
 import socket
 import ssl
@@ -298,9 +300,22 @@ class SocketTlsConnection(TlsSession):
                 self._alone = True
             yield tls
 
+    @contextlib.contextmanager
+    def held_writing(self) -> Iterator[ssl.SSLSocket]:
+        """The session, for a compiled writer that calls OpenSSL itself (mfdcomp/_tlsdirect.c) and waits for
+        the socket as sendall does: both locks held while the context lasts (a writer that nobody reads
+        beside, as a source's multifd channel)."""
+        tls = self._session
+        with self._send_lock, self._lock:
+            yield tls
+
     @property
     def recv_timeout(self) -> float | None:
         return self._recv_timeout
+
+    @property
+    def send_timeout(self) -> float | None:
+        return self._send_timeout
 
     def recv_alone(self, view: memoryview) -> int:
         """As recv_into, for a connection that this thread alone reads and nobody writes meanwhile, and
@@ -350,6 +365,10 @@ class SocketTlsConnection(TlsSession):
                         events = select.POLLOUT
                     except ssl.SSLWantReadError:
                         events = select.POLLIN
+                    except ssl.SSLEOFError as exc:
+                        # The socket refused the bytes (ssl loses its errno on a write): the peer is gone, as
+                        # the compiled writer says with the errno it sees.
+                        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE)) from exc
                     except ssl.SSLError as exc:
                         raise self._tls_error(exc) from exc
                 if not self._wait(events, self._send_timeout):
