@@ -16,7 +16,8 @@ Runs, each bounded:
 3. the hostile-peer cases (tests/test_hostile_peer.py, strangers' connections
    of tests/test_accept_loop.py, zstd windows beyond the session's level, the
    hostile cases of tests/test_engine_faults.py, crafted mapped-ram manifests,
-   the TLS peers of tests/test_tls.py)
+   the TLS peers of tests/test_tls.py, and those of the compiled loops' own TLS
+   reads and writes: tests/test_fastrecv.py, tests/test_tlsdirect.py)
    and the fault cases (tests/test_faults_*.py, the receiver's targets of
    tests/test_recv_targets.py, Ctrl-C and SIGTERM of tests/test_interrupts.py,
    the ended-channel flushes and packet numbering of
@@ -64,6 +65,10 @@ HOSTILE = [
     # TLS (issue 19): refused certificates and plain peers, garbage before and inside the handshake, a handshake
     # that never ends, a peer gone after authenticating, fuzzed ClientHellos, --max-size.
     ["tests/test_tls.py", "-k", "not transfer_over_tcp and not plain_send and not lets_a_session and not bench"],
+    # TLS channels the compiled loops read and write themselves: garbage under the session (inside a packet,
+    # at each place), a peer that stalls, one that goes, a shutdown in the middle of a read.
+    ["tests/test_fastrecv.py", "-k", "tls_broken"],
+    ["tests/test_tlsdirect.py", "-k", "garbage or stall or both_paths or shutdown"],
 ]
 FAULTS = [
     [
