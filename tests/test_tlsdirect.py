@@ -42,6 +42,13 @@ SLOW, FAILED, TLS_FAILED = 2, 3, 7
 MAGIC_AND_MORE = b"\x11\x22\x33\x44\x00"  # the first bytes of a packet header
 
 
+@pytest.fixture(autouse=True)
+def _bound() -> None:
+    """The compiled calls below take session specs: OpenSSL is bound first, as fastrecv and fastsend bind it
+    (each test runs alone too, with -k)."""
+    assert speedups.bind_tls() is None
+
+
 def loop_args(spec: Any) -> list[Any]:
     """recv_packets' arguments for one 8-page block, nocomp, reading the session ``spec``."""
     block = (b"pc.ram", 8 * 4096, -1, memoryview(bytearray(8 * 4096)), np.zeros(8, np.bool_), None)
