@@ -165,32 +165,29 @@ static Py_ssize_t
 tls_writev(struct sender *s, const struct iovec *iov, int iovcnt, int *err, char *problem, size_t problem_size)
 {
     Py_ssize_t sent = 0;
-    size_t used = 0;
-    for (int k = 0; k <= iovcnt; k++) {
-        size_t n = k < iovcnt ? iov[k].iov_len : 0;
-        if (k < iovcnt && n < RECORD && used + n <= GATHER) {
-            memcpy(s->gather + used, iov[k].iov_base, n);
-            used += n;
-            continue;
-        }
-        if (used > 0) { /* before a piece that is not gathered, and at the end */
+    size_t used = 0; /* gathered, not yet written */
+    for (int k = 0; k < iovcnt; k++) {
+        size_t n = iov[k].iov_len;
+        if (used > 0 && (n >= RECORD || used + n > GATHER)) {
             if (mfdcomp_tls_write(&s->tls, s->gather, used, err, problem, problem_size) < 0)
-                break;
+                goto failed;
             sent += (Py_ssize_t)used;
             used = 0;
         }
-        if (k == iovcnt)
-            break;
         if (n < RECORD) {
-            memcpy(s->gather, iov[k].iov_base, n);
-            used = n;
-        } else if (mfdcomp_tls_write(&s->tls, iov[k].iov_base, n, err, problem, problem_size) < 0) {
-            break;
+            memcpy(s->gather + used, iov[k].iov_base, n);
+            used += n;
         } else {
+            if (mfdcomp_tls_write(&s->tls, iov[k].iov_base, n, err, problem, problem_size) < 0)
+                goto failed;
             sent += (Py_ssize_t)n;
         }
     }
-    if (problem[0] && *err == 0)
+    if (used > 0 && mfdcomp_tls_write(&s->tls, s->gather, used, err, problem, problem_size) < 0)
+        goto failed;
+    return sent + (Py_ssize_t)used;
+failed:
+    if (*err == 0) /* OpenSSL's reason, in problem */
         *err = TLS_REASON;
     return sent;
 }

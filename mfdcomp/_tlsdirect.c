@@ -56,24 +56,31 @@ mfdcomp_tls_bind(PyObject *self, PyObject *arg)
     void *library = dlopen(path, RTLD_NOW | (path != NULL ? RTLD_NOLOAD : 0));
     if (library == NULL)
         return PyUnicode_FromFormat("%s is not loaded (%s)", path ? path : "the program", dlerror());
-    const char *names[] = {"SSL_read_ex",         "SSL_get_error",           "SSL_get_rfd",    "ERR_peek_last_error",
-                           "ERR_reason_error_string", "ERR_clear_error", "SSL_write_ex"};
-    void *found[7];
-    for (size_t k = 0; k < 7; k++) {
-        found[k] = dlsym(library, names[k]);
+    struct {
+        const char *name;
+        void **slot;
+    } wanted[] = {
+        {"SSL_read_ex", (void **)&api.read_ex},
+        {"SSL_write_ex", (void **)&api.write_ex},
+        {"SSL_get_error", (void **)&api.get_error},
+        {"SSL_get_rfd", (void **)&api.get_rfd},
+        {"ERR_peek_last_error", (void **)&api.peek_last_error},
+        {"ERR_reason_error_string", (void **)&api.reason_error_string},
+        {"ERR_clear_error", (void **)&api.clear_error},
+    };
+    const size_t count = sizeof wanted / sizeof wanted[0];
+    void *found[sizeof wanted / sizeof wanted[0]];
+    for (size_t k = 0; k < count; k++) {
+        found[k] = dlsym(library, wanted[k].name);
         if (found[k] == NULL) {
             dlclose(library);
-            return PyUnicode_FromFormat("OpenSSL's %s is not found from %s", names[k], path ? path : "the program");
+            return PyUnicode_FromFormat("OpenSSL's %s is not found from %s", wanted[k].name,
+                                        path ? path : "the program");
         }
     }
-    /* Kept open: the functions stay as long as the process. */
-    *(void **)&api.read_ex = found[0];
-    *(void **)&api.get_error = found[1];
-    *(void **)&api.get_rfd = found[2];
-    *(void **)&api.peek_last_error = found[3];
-    *(void **)&api.reason_error_string = found[4];
-    *(void **)&api.clear_error = found[5];
-    *(void **)&api.write_ex = found[6];
+    /* All or none; the library kept open: the functions stay as long as the process. */
+    for (size_t k = 0; k < count; k++)
+        *wanted[k].slot = found[k];
     bound = 1;
     Py_RETURN_NONE;
 }
@@ -94,7 +101,7 @@ mfdcomp_tls_take(PyObject *spec, struct mfdcomp_tls *tls)
 #if PY_VERSION_HEX < 0x03070000 || PY_VERSION_HEX >= 0x030E0000
     (void)sslobj;
     (void)owner;
-    PyErr_SetString(PyExc_ValueError, "direct TLS reads are not known to work with this Python");
+    PyErr_SetString(PyExc_ValueError, "direct TLS calls are not known to work with this Python");
     return -1;
 #else
     if (!bound) {
@@ -141,6 +148,31 @@ wait_fd(int fd, short events, int timeout_ms)
     }
 }
 
+/* After a call that did not succeed (SSL_get_error's kind): 1 when the socket became ready for what OpenSSL
+ * wants (call again), else 0 with *err ETIMEDOUT or poll's errno. A TLS 1.3 read may want a write (a key
+ * update's answer), a write a read. */
+static int
+await_want(const struct mfdcomp_tls *tls, int kind, int *err)
+{
+    int ready = wait_fd(tls->fd, kind == E_WANT_READ ? POLLIN : POLLOUT, tls->timeout_ms);
+    if (ready > 0)
+        return 1;
+    *err = ready == 0 ? ETIMEDOUT : errno;
+    return 0;
+}
+
+/* OpenSSL's reason for the failure (the last error queued, ``last``) into problem; the queue cleared. */
+static void
+say_reason(int kind, unsigned long last, char *problem, size_t problem_size)
+{
+    const char *reason = last ? api.reason_error_string(last) : NULL;
+    if (reason != NULL)
+        snprintf(problem, problem_size, "%s", reason);
+    else
+        snprintf(problem, problem_size, "OpenSSL error %d (code %lx)", kind, last);
+    api.clear_error();
+}
+
 Py_ssize_t
 mfdcomp_tls_read(const struct mfdcomp_tls *tls, unsigned char *buf, Py_ssize_t size, int *err, char *problem,
                  size_t problem_size)
@@ -155,11 +187,9 @@ mfdcomp_tls_read(const struct mfdcomp_tls *tls, unsigned char *buf, Py_ssize_t s
             continue;
         }
         int kind = api.get_error(tls->ssl, ok);
-        if (kind == E_WANT_READ || kind == E_WANT_WRITE) { /* a post-handshake message may want a write */
-            int ready = wait_fd(tls->fd, kind == E_WANT_READ ? POLLIN : POLLOUT, tls->timeout_ms);
-            if (ready > 0)
+        if (kind == E_WANT_READ || kind == E_WANT_WRITE) {
+            if (await_want(tls, kind, err))
                 continue;
-            *err = ready == 0 ? ETIMEDOUT : errno;
             return -got - 1;
         }
         unsigned long last = api.peek_last_error();
@@ -171,11 +201,7 @@ mfdcomp_tls_read(const struct mfdcomp_tls *tls, unsigned char *buf, Py_ssize_t s
             api.clear_error();
             break;
         }
-        if (reason != NULL)
-            snprintf(problem, problem_size, "%s", reason);
-        else
-            snprintf(problem, problem_size, "OpenSSL error %d (code %lx)", kind, last);
-        api.clear_error();
+        say_reason(kind, last, problem, problem_size);
         return -got - 1;
     }
     return got;
@@ -198,24 +224,18 @@ mfdcomp_tls_write(const struct mfdcomp_tls *tls, const unsigned char *buf, size_
         }
         int saved = errno;
         int kind = api.get_error(tls->ssl, ok);
-        if (kind == E_WANT_WRITE || kind == E_WANT_READ) {
-            int ready = wait_fd(tls->fd, kind == E_WANT_WRITE ? POLLOUT : POLLIN, tls->timeout_ms);
-            if (ready > 0)
+        if (kind == E_WANT_READ || kind == E_WANT_WRITE) {
+            if (await_want(tls, kind, err))
                 continue;
-            *err = ready == 0 ? ETIMEDOUT : errno;
             return -1;
         }
         unsigned long last = api.peek_last_error();
         if (kind == E_SYSCALL && last == 0) {
             *err = saved ? saved : EPIPE; /* the socket's own failure; none: the peer is gone */
+            api.clear_error();
         } else {
-            const char *reason = last ? api.reason_error_string(last) : NULL;
-            if (reason != NULL)
-                snprintf(problem, problem_size, "%s", reason);
-            else
-                snprintf(problem, problem_size, "OpenSSL error %d (code %lx)", kind, last);
+            say_reason(kind, last, problem, problem_size);
         }
-        api.clear_error();
         return -1;
     }
     return 0;

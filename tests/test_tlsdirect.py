@@ -16,12 +16,12 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from test_fastsend import Block
 from test_tlsconn import DEADLINE, creds, pair
 from tls_ends import tls_ends
 
@@ -118,7 +118,7 @@ def test_a_stall_ends_a_direct_read_at_its_timeout_as_the_stream_says(creds: dic
             status, back, err, *_ = compiled.recv_packets(*loop_args(spec))
         assert 0.25 < time.monotonic() - started < DEADLINE
         assert (status, back, err) == (FAILED, len(MAGIC_AND_MORE), errno.ETIMEDOUT)
-        error = stream.read_failed(err, None)
+        error = stream.direct_failed(err, None)
         assert isinstance(error, ChannelError)
         assert str(error) == "server: nothing received for 0.3 s: the peer stalled (idle timeout)"
 
@@ -166,7 +166,7 @@ def test_garbage_under_the_session_is_openssls_reason(creds: dict[str, Path]) ->
         with stream.direct_session() as spec:
             status, back, _err, *_, problem = compiled.recv_packets(*loop_args(spec))
         assert (status, back, problem) == (TLS_FAILED, len(MAGIC_AND_MORE), "decryption failed or bad record mac")
-        assert str(stream.read_failed(0, problem)) == "server: TLS: decryption failed or bad record mac"
+        assert str(stream.direct_failed(0, problem)) == "server: TLS: decryption failed or bad record mac"
 
 
 def test_without_the_compiled_module_the_answer_is_why(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -226,12 +226,6 @@ def _source_over_tls(fast: bool, case: str) -> tuple[str, str]:
     error = engine.state.error
     assert error is not None
     return type(error).__name__, str(error)
-
-
-@dataclass
-class Block:
-    name: str
-    memory: memoryview
 
 
 @pytest.mark.parametrize("case", ["peer-gone", "peer-stalls"])

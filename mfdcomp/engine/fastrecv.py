@@ -158,7 +158,7 @@ class FastReceive:
                 raise self._descriptor.recv_error(error) from error
             elif status in (_FAILED, _TLS_FAILED):  # a TLS session's own read: its errno, or OpenSSL's reason
                 assert self._tls is not None
-                raise self._tls.read_failed(err, problem if status == _TLS_FAILED else None)
+                raise self._tls.direct_failed(err, problem if status == _TLS_FAILED else None)
             elif status == _RAISED:  # the reader's own error, as the Python loop's read raises it
                 assert isinstance(problem, BaseException)
                 raise problem

@@ -156,11 +156,11 @@ class FastSend:
             number += packets
             # As the Python path's send_all: nothing counted for a packet that did not go out whole.
             if err == _TLS_REASON and self._tls is not None:
-                raise self._tls.write_failed(0, problem)
+                raise self._tls.direct_failed(0, problem, writing=True)
             if problem is not None:  # the codec's own words, as its send_prepare raises them
                 raise CodecError(problem)
             if err and tls is not None and self._tls is not None:
-                raise self._tls.write_failed(err, None)
+                raise self._tls.direct_failed(err, None, writing=True)
             if err and self._descriptor is not None:
                 error = OSError(err, os.strerror(err))
                 raise self._descriptor.send_error(error) from error

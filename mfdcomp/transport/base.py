@@ -92,11 +92,8 @@ class DirectTlsStream(Stream, Protocol):
     def direct_session(self, writing: bool = False) -> AbstractContextManager[tuple[object, object, int, int] | None]:
         """The session spec a loop reads (or writes), held while the context lasts; None where it can't."""
 
-    def read_failed(self, err: int, reason: str | None) -> ChannelError:
-        """The error a direct read raises that failed with errno ``err`` or OpenSSL's ``reason``."""
-
-    def write_failed(self, err: int, reason: str | None) -> ChannelError:
-        """The error a direct write raises that failed with errno ``err`` or OpenSSL's ``reason``."""
+    def direct_failed(self, err: int, reason: str | None, *, writing: bool = False) -> ChannelError:
+        """The error a direct read (or write) raises that failed with errno ``err`` or OpenSSL's ``reason``."""
 
 
 class Listener(Protocol):

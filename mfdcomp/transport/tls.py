@@ -290,17 +290,12 @@ class TlsStream:
             wait_ms = -1 if timeout is None else max(0, math.ceil(timeout * 1000))
             yield None if sslobj is None else (sslobj, tls, tls.fileno(), wait_ms)
 
-    def read_failed(self, err: int, reason: str | None) -> ChannelError:
-        """As the read path raises it: OpenSSL's ``reason``, or errno ``err`` (ETIMEDOUT: the idle timeout)."""
+    def direct_failed(self, err: int, reason: str | None, *, writing: bool = False) -> ChannelError:
+        """As the read path (or send_all) raises it: OpenSSL's ``reason``, or errno ``err`` (ETIMEDOUT: the
+        idle timeout, or the send idle timeout)."""
         if reason is not None:
             return self.conn.failure(reason)
-        return self._error(OSError(err, os.strerror(err)))
-
-    def write_failed(self, err: int, reason: str | None) -> ChannelError:
-        """As send_all raises it: OpenSSL's ``reason``, or errno ``err`` (ETIMEDOUT: the send idle timeout)."""
-        if reason is not None:
-            return self.conn.failure(reason)
-        return self._error(OSError(err, os.strerror(err)), sending=True)
+        return self._error(OSError(err, os.strerror(err)), sending=writing)
 
     def unread(self, data: bytes) -> None:
         self._peeked[:0] = data

@@ -291,8 +291,9 @@ class SocketTlsConnection(TlsSession):
 
     @contextlib.contextmanager
     def held_alone(self) -> Iterator[ssl.SSLSocket]:
-        """The session, for a compiled reader that calls OpenSSL itself (mfdcomp/_tlsdirect.c) in recv_alone's
-        mode: the lock is held while the context lasts, so nothing else calls into it meanwhile."""
+        """The session in recv_alone's mode (OpenSSL waits for the socket itself), the lock held while the
+        context lasts: for recv_alone, and for a compiled reader that calls OpenSSL itself
+        (mfdcomp/_tlsdirect.c)."""
         tls = self._session
         with self._lock:
             if not self._alone:
@@ -327,13 +328,9 @@ class SocketTlsConnection(TlsSession):
         a view spans are read in one call: a 512 KiB payload is 32 records, and a call into Python for
         each cost the receiver of 512 MiB of zstd-1 over 2 channels 0.03 CPU-s.
         """
-        tls = self._session
         read = self._record_reader()
         got = 0
-        with self._lock:
-            if not self._alone:
-                tls.settimeout(self._recv_timeout)
-                self._alone = True
+        with self.held_alone():
             try:
                 while got < view.nbytes:
                     n = read(view.nbytes - got, view[got:])
